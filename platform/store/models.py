@@ -1,0 +1,145 @@
+"""ORM tables of the platform store. Schema changes go through an Alembic migration
+(platform/store/migrations/versions); tests/store checks the two agree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+RUN_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "PREEMPTED", "CANCELLED", "PRUNED")
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "PRUNED"})
+EVAL_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    config_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    cluster: Mapped[str | None] = mapped_column(String(16))
+    job_ids: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    hosts: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    num_gpus: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    gpu_hours: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    output_dir: Mapped[str] = mapped_column(Text, nullable=False)
+    log_dir: Mapped[str | None] = mapped_column(Text)
+    sweep_name: Mapped[str | None] = mapped_column(String(128), index=True)
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    checkpoints: Mapped[list[Checkpoint]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoint_run_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    formats: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    run: Mapped[Run] = relationship(back_populates="checkpoints")
+    evaluations: Mapped[list[Evaluation]] = relationship(back_populates="checkpoint", cascade="all, delete-orphan")
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("checkpoint_id", "benchmark", "spec_hash", name="uq_evaluation_ckpt_bench_spec"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False, index=True)
+    benchmark: Mapped[str] = mapped_column(String(64), nullable=False)
+    benchmark_version: Mapped[str] = mapped_column(String(64), nullable=False)
+    spec_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    score: Mapped[float | None] = mapped_column(Float)
+    sub_scores: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    num_samples: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    checkpoint: Mapped[Checkpoint] = relationship(back_populates="evaluations")
+
+
+class SampleScore(Base):
+    __tablename__ = "sample_scores"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "prompt_index", "sample_index", name="uq_sample_eval_prompt_sample"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False, index=True)
+    prompt_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    sample_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    optuna_storage: Mapped[str] = mapped_column(Text, nullable=False)
+    mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    config_hash: Mapped[str | None] = mapped_column(String(64))
+    resolved_config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="RUNNING")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class MetricPoint(Base):
+    """Metrics the trainer reports (eval metrics at least): what sweeps prune on.
+
+    Unique on (run, key, step) so a step re-logged after a resume overwrites instead of
+    duplicating."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (
+        UniqueConstraint("run_id", "key", "step", name="uq_metric_run_key_step"),
+        Index("ix_metric_run_key", "run_id", "key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    key: Mapped[str] = mapped_column(String(250), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    value: Mapped[float] = mapped_column(Float, nullable=False)
+    logged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

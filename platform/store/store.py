@@ -1,0 +1,492 @@
+"""The platform store: runs, checkpoints, evaluations, per-sample scores, sweeps, metrics.
+
+One class, two backends: SQLite (embedded default; WAL, busy timeout, foreign keys, and
+every transaction `BEGIN IMMEDIATE` so concurrent writers queue instead of failing) and
+PostgreSQL (clusters). The same contract suite (tests/store) runs on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from awm_platform.store.models import (
+    EVAL_STATUSES,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Evaluation,
+    MetricPoint,
+    Run,
+    SampleScore,
+    Sweep,
+)
+
+T = TypeVar("T")
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class NotFoundError(StoreError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else "not found"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control away from pysqlite so that we can BEGIN IMMEDIATE:
+            # a deferred transaction that later writes fails with SQLITE_BUSY at once
+            # (no busy-timeout wait) when another writer holds the lock.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+
+class Store:
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if upgrade:
+            self.upgrade()
+
+    # ------------------------------------------------------------------ lifecycle ----
+    @classmethod
+    def default(cls, url: str | None = None) -> Store:
+        from awm_platform.paths import default_platform_db_url
+
+        return cls(url or default_platform_db_url())
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> Store:
+        return cls.default(cfg.storage.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Many processes may open a fresh store at once (16 workers, a sweep): only one
+        may run the migrations. SQLite: a file lock; PostgreSQL: an advisory lock."""
+        if self.dialect == "sqlite":
+            db = make_url(self.url).database
+            if not db or db == ":memory:":
+                yield
+                return
+            with open(f"{db}.migrate.lock", "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        else:
+            key = int(hashlib.sha256(b"awm-platform-migrations").hexdigest()[:15], 16)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                    conn.commit()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        assert head is not None
+        return head
+
+    def _alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> str:
+        """Bring the schema to `revision` (Alembic). Idempotent and safe to race."""
+        from alembic import command
+
+        with self._migration_lock():
+            if revision == "head" and self.current_revision() == self.head_revision():
+                return revision
+            command.upgrade(self._alembic_config(), revision)
+        return self.current_revision() or ""
+
+    # ------------------------------------------------------------------- sessions ----
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def _retry(self, fn: Any, attempts: int = 8) -> Any:
+        """SQLite under heavy contention can still report 'database is locked' past the
+        busy timeout on some paths; PostgreSQL can raise serialization failures. Retry
+        those with backoff; everything else propagates."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except OperationalError as exc:
+                msg = str(exc).lower()
+                if i == attempts - 1 or not ("locked" in msg or "busy" in msg or "deadlock" in msg
+                                             or "could not serialize" in msg):
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**i))
+        raise AssertionError("unreachable")
+
+    # ----------------------------------------------------------------------- runs ----
+    def create_run(self, *, name: str, config_hash: str, resolved_config: Mapping[str, Any], output_dir: str | Path,
+                   cluster: str | None = None, git_commit: str | None = None, num_gpus: int = 1,
+                   sweep_name: str | None = None, trial_number: int | None = None,
+                   status: str = "PENDING") -> Run:
+        _check_status(status)
+
+        def op() -> Run:
+            now = utcnow()
+            run = Run(name=name, config_hash=config_hash, resolved_config=dict(resolved_config), status=status,
+                      cluster=cluster, git_commit=git_commit, output_dir=str(output_dir), num_gpus=num_gpus,
+                      job_ids=[], hosts=[], gpu_hours=0.0, sweep_name=sweep_name, trial_number=trial_number,
+                      created_at=now, updated_at=now)
+            try:
+                with self.session() as s:
+                    s.add(run)
+            except IntegrityError:
+                raise StoreError(f"a run named {name!r} already exists (use another name, or `awm rerun {name}`)") from None
+            return run
+
+        return self._retry(op)
+
+    def get_run(self, name: str) -> Run:
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.name == name))
+        if run is None:
+            raise NotFoundError(f"no run named {name!r} in {self.redacted_url}")
+        return run
+
+    def find_run(self, name: str) -> Run | None:
+        try:
+            return self.get_run(name)
+        except NotFoundError:
+            return None
+
+    def list_runs(self, *, status: str | Sequence[str] | None = None, sweep_name: str | None = None,
+                  active_only: bool = False) -> list[Run]:
+        q = select(Run).order_by(Run.created_at, Run.id)
+        if status is not None:
+            q = q.where(Run.status.in_([status] if isinstance(status, str) else list(status)))
+        if active_only:
+            q = q.where(Run.status.not_in(list(TERMINAL_STATUSES)))
+        if sweep_name is not None:
+            q = q.where(Run.sweep_name == sweep_name)
+        with self.session() as s:
+            return list(s.scalars(q))
+
+    _RUN_MUTABLE = frozenset({"status", "cluster", "job_ids", "hosts", "num_gpus", "gpu_hours", "mlflow_run_id",
+                              "git_commit", "log_dir", "error", "started_at", "ended_at", "sweep_name",
+                              "trial_number", "resolved_config", "config_hash"})
+
+    def update_run(self, name: str, /, **fields: Any) -> Run:
+        bad = set(fields) - self._RUN_MUTABLE
+        if bad:
+            raise StoreError(f"cannot update run fields {sorted(bad)}; mutable: {sorted(self._RUN_MUTABLE)}")
+        if "status" in fields:
+            _check_status(fields["status"])
+
+        def op() -> Run:
+            with self.session() as s:
+                run = s.scalar(select(Run).where(Run.name == name))
+                if run is None:
+                    raise NotFoundError(f"no run named {name!r}")
+                for k, v in fields.items():
+                    setattr(run, k, list(v) if k in ("job_ids", "hosts") else v)
+                run.updated_at = utcnow()
+            return run
+
+        return self._retry(op)
+
+    def append_job_id(self, name: str, job_id: str, host: str | None = None) -> Run:
+        """Record a (re)submission's cluster job id; requeues keep the id, new jobs append."""
+
+        def op() -> Run:
+            with self.session() as s:
+                run = s.scalar(select(Run).where(Run.name == name).with_for_update())
+                if run is None:
+                    raise NotFoundError(f"no run named {name!r}")
+                if str(job_id) not in run.job_ids:
+                    run.job_ids = [*run.job_ids, str(job_id)]
+                if host and host not in run.hosts:
+                    run.hosts = [*run.hosts, host]
+                run.updated_at = utcnow()
+            return run
+
+        return self._retry(op)
+
+    def delete_run(self, name: str) -> None:
+        with self.session() as s:
+            run = s.scalar(select(Run).where(Run.name == name))
+            if run is None:
+                raise NotFoundError(f"no run named {name!r}")
+            s.delete(run)
+
+    # ---------------------------------------------------------------- checkpoints ----
+    def add_checkpoint(self, run_name: str, *, step: int, path: str | Path, sha256: str,
+                       formats: Sequence[str]) -> Checkpoint:
+        """Idempotent on (run, step): a checkpoint re-registered after a resume updates the row."""
+
+        def op() -> Checkpoint:
+            with self.session() as s:
+                run_id = self._run_id(s, run_name)
+                ckpt = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+                if ckpt is None:
+                    ckpt = Checkpoint(run_id=run_id, step=step, path=str(path), sha256=sha256,
+                                      formats=list(formats), created_at=utcnow())
+                    s.add(ckpt)
+                else:
+                    ckpt.path, ckpt.sha256, ckpt.formats = str(path), sha256, list(formats)
+            return ckpt
+
+        return self._retry(op)
+
+    def list_checkpoints(self, run_name: str) -> list[Checkpoint]:
+        with self.session() as s:
+            run_id = self._run_id(s, run_name)
+            return list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)))
+
+    def get_checkpoint(self, run_name: str, step: int) -> Checkpoint:
+        with self.session() as s:
+            run_id = self._run_id(s, run_name)
+            ckpt = s.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+        if ckpt is None:
+            raise NotFoundError(f"run {run_name!r} has no checkpoint at step {step}")
+        return ckpt
+
+    # ---------------------------------------------------------------- evaluations ----
+    def upsert_evaluation(self, checkpoint_id: int, *, benchmark: str, benchmark_version: str, spec_hash: str,
+                          status: str = "PENDING", score: float | None = None,
+                          sub_scores: Mapping[str, Any] | None = None, ci_low: float | None = None,
+                          ci_high: float | None = None, num_samples: int = 0, error: str | None = None) -> Evaluation:
+        """One row per (checkpoint, benchmark, eval spec): re-running an evaluation updates it."""
+        if status not in EVAL_STATUSES:
+            raise StoreError(f"unknown evaluation status {status!r}; expected one of {EVAL_STATUSES}")
+
+        def op() -> Evaluation:
+            now = utcnow()
+            with self.session() as s:
+                ev = s.scalar(select(Evaluation).where(Evaluation.checkpoint_id == checkpoint_id,
+                                                       Evaluation.benchmark == benchmark,
+                                                       Evaluation.spec_hash == spec_hash))
+                if ev is None:
+                    ev = Evaluation(checkpoint_id=checkpoint_id, benchmark=benchmark, spec_hash=spec_hash,
+                                    created_at=now)
+                    s.add(ev)
+                ev.benchmark_version, ev.status, ev.score = benchmark_version, status, score
+                ev.sub_scores, ev.ci_low, ev.ci_high = dict(sub_scores or {}), ci_low, ci_high
+                ev.num_samples, ev.error, ev.updated_at = num_samples, error, now
+            return ev
+
+        try:
+            return self._retry(op)
+        except IntegrityError:
+            # lost an insert race against another writer of the same evaluation: now it exists
+            return self._retry(op)
+
+    def list_evaluations(self, *, run_name: str | None = None, benchmark: str | None = None) -> list[Evaluation]:
+        q = select(Evaluation).join(Checkpoint).order_by(Checkpoint.step, Evaluation.benchmark)
+        with self.session() as s:
+            if run_name is not None:
+                q = q.where(Checkpoint.run_id == self._run_id(s, run_name))
+            if benchmark is not None:
+                q = q.where(Evaluation.benchmark == benchmark)
+            return list(s.scalars(q))
+
+    def add_sample_scores(self, evaluation_id: int, rows: Sequence[Mapping[str, Any]]) -> int:
+        """rows: {prompt_index, sample_index, score, seed?, extra?}. Replaces existing rows of
+        the same (evaluation, prompt, sample) so a re-scored evaluation stays consistent."""
+        if not rows:
+            return 0
+        values = [{"evaluation_id": evaluation_id, "prompt_index": int(r["prompt_index"]),
+                   "sample_index": int(r["sample_index"]), "score": float(r["score"]),
+                   "seed": None if r.get("seed") is None else int(r["seed"]), "extra": dict(r.get("extra") or {})}
+                  for r in rows]
+
+        def op() -> int:
+            with self.session() as s:
+                stmt = self._insert(SampleScore).values(values)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["evaluation_id", "prompt_index", "sample_index"],
+                    set_={"score": stmt.excluded.score, "seed": stmt.excluded.seed, "extra": stmt.excluded.extra})
+                s.execute(stmt)
+            return len(values)
+
+        return self._retry(op)
+
+    def get_sample_scores(self, evaluation_id: int) -> list[SampleScore]:
+        with self.session() as s:
+            return list(s.scalars(select(SampleScore).where(SampleScore.evaluation_id == evaluation_id)
+                                  .order_by(SampleScore.prompt_index, SampleScore.sample_index)))
+
+    # -------------------------------------------------------------------- metrics ----
+    def log_metrics(self, run_name: str, metrics: Mapping[str, float], step: int) -> None:
+        if not metrics:
+            return
+        now = utcnow()
+
+        def op() -> None:
+            with self.session() as s:
+                run_id = self._run_id(s, run_name)
+                values = [{"run_id": run_id, "key": k, "step": int(step), "value": float(v), "logged_at": now}
+                          for k, v in metrics.items()]
+                stmt = self._insert(MetricPoint).values(values)
+                stmt = stmt.on_conflict_do_update(index_elements=["run_id", "key", "step"],
+                                                  set_={"value": stmt.excluded.value,
+                                                        "logged_at": stmt.excluded.logged_at})
+                s.execute(stmt)
+
+        self._retry(op)
+
+    def get_metric_history(self, run_name: str, key: str) -> list[tuple[int, float]]:
+        with self.session() as s:
+            run_id = self._run_id(s, run_name)
+            rows = s.execute(select(MetricPoint.step, MetricPoint.value)
+                             .where(MetricPoint.run_id == run_id, MetricPoint.key == key)
+                             .order_by(MetricPoint.step))
+            return [(int(a), float(b)) for a, b in rows]
+
+    def metric_keys(self, run_name: str) -> list[str]:
+        with self.session() as s:
+            run_id = self._run_id(s, run_name)
+            return list(s.scalars(select(MetricPoint.key).where(MetricPoint.run_id == run_id).distinct()
+                                  .order_by(MetricPoint.key)))
+
+    # --------------------------------------------------------------------- sweeps ----
+    def create_sweep(self, *, study_name: str, optuna_storage: str, mlflow_parent_run_id: str | None = None,
+                     config_hash: str | None = None, resolved_config: Mapping[str, Any] | None = None) -> Sweep:
+        def op() -> Sweep:
+            now = utcnow()
+            sw = Sweep(study_name=study_name, optuna_storage=optuna_storage,
+                       mlflow_parent_run_id=mlflow_parent_run_id, config_hash=config_hash,
+                       resolved_config=dict(resolved_config or {}), status="RUNNING", created_at=now, updated_at=now)
+            try:
+                with self.session() as s:
+                    s.add(sw)
+            except IntegrityError:
+                raise StoreError(f"a sweep named {study_name!r} already exists (resume it with "
+                                 f"`awm sweep resume {study_name}`)") from None
+            return sw
+
+        return self._retry(op)
+
+    def get_sweep(self, study_name: str) -> Sweep:
+        with self.session() as s:
+            sw = s.scalar(select(Sweep).where(Sweep.study_name == study_name))
+        if sw is None:
+            raise NotFoundError(f"no sweep named {study_name!r} in {self.redacted_url}")
+        return sw
+
+    def list_sweeps(self) -> list[Sweep]:
+        with self.session() as s:
+            return list(s.scalars(select(Sweep).order_by(Sweep.created_at)))
+
+    def update_sweep(self, study_name: str, /, **fields: Any) -> Sweep:
+        allowed = {"status", "mlflow_parent_run_id", "optuna_storage"}
+        if set(fields) - allowed:
+            raise StoreError(f"cannot update sweep fields {sorted(set(fields) - allowed)}")
+
+        def op() -> Sweep:
+            with self.session() as s:
+                sw = s.scalar(select(Sweep).where(Sweep.study_name == study_name))
+                if sw is None:
+                    raise NotFoundError(f"no sweep named {study_name!r}")
+                for k, v in fields.items():
+                    setattr(sw, k, v)
+                sw.updated_at = utcnow()
+            return sw
+
+        return self._retry(op)
+
+    # -------------------------------------------------------------------- helpers ----
+    def count(self, table: type[Any]) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(table)) or 0)
+
+    @property
+    def redacted_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def _insert(self, table: type[Any]) -> Any:
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - only the two supported backends
+            raise StoreError(f"unsupported database backend {self.dialect!r} (use SQLite or PostgreSQL)")
+        return insert(table)
+
+    @staticmethod
+    def _run_id(s: Session, run_name: str) -> int:
+        run_id = s.scalar(select(Run.id).where(Run.name == run_name))
+        if run_id is None:
+            raise NotFoundError(f"no run named {run_name!r}")
+        return int(run_id)
+
+
+def _check_status(status: str) -> None:
+    if status not in RUN_STATUSES:
+        raise StoreError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")

@@ -1,0 +1,72 @@
+"""The `awm` command line, run as users run it (a subprocess of the installed console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def awm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "awm_platform.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd, env=os.environ.copy(), timeout=120)
+
+
+def test_help_lists_the_command_groups() -> None:
+    out = awm("--help")
+    assert out.returncode == 0
+    for group in ("config", "db", "services", "version"):
+        assert group in out.stdout
+
+
+def test_config_validate_ok_and_bad(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("name: demo\nsample:\n  num_image_per_prompt: 4\n  prompts_per_epoch: 2\ntrain:\n  batch_size: 2\n")
+    ok = awm("config", "validate", str(good))
+    assert ok.returncode == 0 and "ok:" in ok.stdout and "8 images per update" in ok.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: demo\ntrain:\n  ghuber_powr: 0.5\n")
+    res = awm("config", "validate", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}:3" in res.stderr and "unknown key 'train.ghuber_powr'" in res.stderr
+    assert "did you mean 'train.ghuber_power'" in res.stderr
+
+    res = awm("config", "validate", str(good), "--set", "train.beta=-0.5")
+    assert res.returncode == 2 and "'train.beta' must be >= 0.0" in res.stderr
+
+    res = awm("config", "validate", str(good), "--world-size", "3")
+    assert res.returncode == 2 and "not divisible by the world size 3" in res.stderr
+
+
+def test_config_show_resolves_derives_and_redacts(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: demo\nstorage:\n  url: postgresql+psycopg://u:pw123@h/db\n"
+                    "sample: {num_image_per_prompt: 24, prompts_per_epoch: 72}\n")
+    out = awm("config", "show", str(path), "--world-size", "8", "--set", "train.beta=0.003")
+    assert out.returncode == 0, out.stderr
+    data = yaml.safe_load(out.stdout)
+    assert data["train"]["beta"] == 0.003
+    assert data["derived"]["sample_num_batches_per_epoch"] == 36
+    assert data["derived"]["gradient_accumulation_steps"] == 72
+    assert "pw123" not in out.stdout and len(data["config_hash"]) == 16
+    as_json = json.loads(awm("config", "show", str(path), "--json").stdout)
+    assert as_json["derived"]["world_size"] == 1
+
+
+def test_db_upgrade_creates_the_store_under_awm_home(isolated_awm_home: Path) -> None:
+    out = awm("db", "upgrade")
+    assert out.returncode == 0, out.stderr
+    assert (isolated_awm_home / "awm.db").exists()
+    assert "schema revision 0001" in out.stdout
+    cur = awm("db", "current")
+    assert "current=0001 head=0001" in cur.stdout
+
+
+def test_version() -> None:
+    out = awm("version")
+    assert out.returncode == 0 and out.stdout.strip()
