@@ -226,6 +226,14 @@ class ExperimentConfig(_Section):
     def _rewards(cls, v: dict[str, float]) -> dict[str, float]:
         if not v:
             raise ValueError("at least one reward is required, e.g. {jpeg_compressibility: 1.0}")
+        from trainers.awm.rewards import REGISTRY  # name -> "module:factory"; importing it loads no model
+
+        unknown = sorted(n for n in v if n not in REGISTRY and ":" not in n)
+        if unknown:
+            close = {n: difflib.get_close_matches(n, list(REGISTRY), n=1) for n in unknown}
+            hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())
+            raise ValueError(f"unknown reward {hints}; known: {', '.join(sorted(REGISTRY))}, "
+                             "or a custom 'package.module:factory'")
         return v
 
     @model_validator(mode="after")

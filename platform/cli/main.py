@@ -128,19 +128,29 @@ def services_up(which: Which = "all") -> None:
 
 
 @services_app.command("down")
-def services_down(which: Which = "all") -> None:
+def services_down(which: Which = "all",
+                  purge: Annotated[bool, typer.Option("--purge", help="Also delete their data (job state, "
+                                                      "accounting DB, PostgreSQL data).")] = False) -> None:
     """Stop exactly the service processes `up` started (by PID)."""
-    _services_call("services_down", which)
-    typer.echo(f"stopped: {which}")
+    from awm_platform import services
+
+    if which not in ("slurm", "postgres", "all"):
+        fail(f"unknown service {which!r}: expected slurm, postgres or all")
+    try:
+        services.services_down(which, purge=purge)
+    except services.ServicesError as exc:
+        fail(str(exc))
+    typer.echo(f"stopped: {which}" + (" (data purged)" if purge else ""))
 
 
 @services_app.command("status")
 def services_status(which: Which = "all") -> None:
     """Show which local services are running (exit 1 if any requested one is down)."""
     status = _services_call("services_status", which)
-    for k, v in status.items():
+    shown = {k: v for k, v in status.items() if k in ("slurm", "postgres")}  # `env` holds passwords
+    for k, v in shown.items():
         typer.echo(f"{k}: {v}")
-    if not all(str(v).startswith("up") for k, v in status.items() if k in ("slurm", "postgres")):
+    if not all(str(v).startswith("up") for v in shown.values()):
         raise typer.Exit(1)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -70,3 +71,14 @@ def test_db_upgrade_creates_the_store_under_awm_home(isolated_awm_home: Path) ->
 def test_version() -> None:
     out = awm("version")
     assert out.returncode == 0 and out.stdout.strip()
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_services_status_reports_both_and_hides_passwords(slurm_cluster, postgres_server) -> None:
+    out = awm("services", "status")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("slurm: up") and "\npostgres: up" in out.stdout
+    assert "PASSWORD" not in out.stdout and "postgresql+psycopg://" not in out.stdout
+    bad = awm("services", "status", "redis")
+    assert bad.returncode == 2 and "unknown service 'redis'" in bad.stderr

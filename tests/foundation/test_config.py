@@ -104,6 +104,12 @@ def test_rewards_alias_and_options() -> None:
         config_from_dict({"reward_fn": {"ocr": 1.0}, "reward_kwargs": {"pickscore": {}}})
 
 
+def test_unknown_reward_name_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match="unknown reward 'jpeg_compressability' \\(did you mean 'jpeg_compressibility'"):
+        config_from_dict({"reward_fn": {"jpeg_compressability": 1.0}})
+    assert config_from_dict({"reward_fn": {"mypkg.rewards:aesthetic": 1.0}}).reward_fn == {"mypkg.rewards:aesthetic": 1.0}
+
+
 def test_group_size_one_with_per_prompt_stats_is_rejected() -> None:
     with pytest.raises(ConfigError, match="num_image_per_prompt=1 with per_prompt_stat_tracking"):
         config_from_dict({"sample": {"num_image_per_prompt": 1, "prompts_per_epoch": 4}, "train": {"batch_size": 1}})

@@ -1,0 +1,1 @@
+"""Real local services (scripts/services.sh): SLURM + PostgreSQL."""
