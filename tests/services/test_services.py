@@ -159,6 +159,8 @@ def test_fake_gpu_job_schedules(slurm_cluster: fx.SlurmCluster, tmp_path: Path) 
         [
             "sbatch",
             "--parsable",
+            "-o",
+            "/dev/null",
             "-p",
             slurm_cluster.partition,
             f"--gres=gpu:{slurm_cluster.fake_gpus + 1}",
