@@ -120,7 +120,8 @@ class SweepSpec(_Spec):
     def validate_against(self, cfg: ExperimentConfig) -> None:
         """Every searched key must exist in the experiment config, and the ends of every range
         must satisfy that key's own constraints (e.g. train.beta >= 0)."""
-        from awm_platform.config import ConfigError, ExperimentConfig, get_dotted
+        from awm_platform.config import ExperimentConfig, get_dotted
+        from pydantic import ValidationError
 
         base = cfg.model_dump(mode="json", exclude={"sweep"})
         evaluated = set(cfg.eval.rewards or cfg.reward_fn)
@@ -129,7 +130,7 @@ class SweepSpec(_Spec):
             if prefix in ("eval", "eval_ema") and reward not in evaluated:
                 raise ValueError(
                     f"sweep.objective: '{obj.metric}' is never logged: the evaluation computes "
-                    f"{sorted(evaluated)} (eval.rewards or reward_fn); use e.g. '{prefix}/{sorted(evaluated)[0]}'")
+                    f"{sorted(evaluated)} (eval.rewards or reward_fn); use e.g. '{prefix}/{min(evaluated)}'")
             if prefix == "eval_ema" and not (cfg.eval.ema and cfg.train.ema):
                 raise ValueError(f"sweep.objective: '{obj.metric}' needs eval.ema and train.ema enabled")
         for key, spec in self.params.items():
@@ -143,12 +144,12 @@ class SweepSpec(_Spec):
                 trial = _with_value(base, key, value)
                 try:
                     ExperimentConfig.model_validate(trial)
-                except Exception as exc:  # pydantic ValidationError or ConfigError
-                    first = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
-                    raise ValueError(
-                        f"sweep.params.{key}: value {value!r} violates the key's own constraint: {first}") from None
-                except ConfigError as exc:  # pragma: no cover - defensive
-                    raise ValueError(f"sweep.params.{key}: {exc}") from None
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(x) for x in first["loc"])
+                    why = first["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"sweep.params.{key}: value {value!r} violates the key's own constraint "
+                                     f"({where}: {why})") from None
 
 
 def _with_value(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""Turn the optuna-free `sweep:` models into Optuna objects, and open Optuna storages safely.
+
+Imported only by the orchestrator and the sweep commands that need Optuna (never at CLI
+start-up: `import optuna` alone costs ~1 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from awm_platform.sweeps.spec import ParamSpec, SweepSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+JOURNAL_PREFIX = "journal:"
+
+
+def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for key, p in spec.params.items():
+        if p.type == "categorical":
+            out[key] = CategoricalDistribution(list(p.choices or []))
+        elif p.type == "int":
+            out[key] = IntDistribution(int(p.low), int(p.high), log=p.log,  # type: ignore[arg-type]
+                                       step=int(p.step) if p.step is not None else 1)
+        else:
+            out[key] = FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)  # type: ignore[arg-type]
+    return out
+
+
+def grid_values(p: ParamSpec) -> list[Any]:
+    if p.type == "categorical":
+        return list(p.choices or [])
+    assert p.low is not None and p.high is not None
+    step = p.step if p.step is not None else 1
+    n = round((p.high - p.low) / step) + 1
+    vals = [p.low + i * step for i in range(n) if p.low + i * step <= p.high + 1e-12]
+    return [round(v) for v in vals] if p.type == "int" else [round(float(v), 12) for v in vals]
+
+
+def grid_size(spec: SweepSpec) -> int:
+    n = 1
+    for p in spec.params.values():
+        n *= len(grid_values(p))
+    return n
+
+
+def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """`seed_offset` (the number of trials already in the study on resume) keeps a resumed
+    orchestrator from replaying the random start-up suggestions it already made."""
+    import optuna
+
+    s = spec.sampler
+    seed = s.seed + seed_offset
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=len(spec.params) > 1)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return _AskTellGridSampler({k: grid_values(p) for k, p in spec.params.items()}, seed=seed)
+    if s.name == "cmaes":
+        try:
+            import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it, and says so only at first use)
+        except ImportError:
+            raise RuntimeError("sweep.sampler.name=cmaes needs the 'cmaes' package: pip install cmaes") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                            warn_independent_sampling=False)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=s.population_size)
+    raise ValueError(f"unknown sampler {s.name!r}")  # pragma: no cover - pydantic restricts names
+
+
+def _grid_sampler_class() -> type:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """optuna's GridSampler calls `study.stop()` once the grid is exhausted, which raises
+        outside `study.optimize`; the orchestrator caps n_trials at the grid size instead."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGridSampler
+
+
+def _AskTellGridSampler(*args: Any, **kwargs: Any) -> Any:
+    return _grid_sampler_class()(*args, **kwargs)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    import optuna
+
+    p = spec.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+# ----------------------------------------------------------------------- storage ----
+def storage_url(spec: SweepSpec) -> str:
+    """The study's storage as one string: an RDB URL, or `journal:<path>`."""
+    from awm_platform.paths import default_optuna_storage_url
+
+    if spec.journal_path:
+        return f"{JOURNAL_PREFIX}{Path(spec.journal_path).expanduser().resolve()}"
+    return spec.storage or default_optuna_storage_url()
+
+
+def redact_url(url: str) -> str:
+    from awm_platform.config import redact
+
+    return str(redact(url))
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """P6: two processes opening a *fresh* SQLite file race on creating Optuna's schema
+    ("table studies already exists"). Serialise storage creation per file with flock."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(url.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.optuna-init.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """RDB (SQLite / PostgreSQL) or journal file. No Optuna heartbeat: the orchestrator, not
+    the training job, owns every trial, so an orchestrator restart must *adopt* RUNNING
+    trials, not have Optuna fail and re-enqueue them (see docs/sweeps.md)."""
+    import optuna
+
+    if url.startswith(JOURNAL_PREFIX):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+        path = url.removeprefix(JOURNAL_PREFIX)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # the open(O_EXCL)-based lock works on NFS, where symlink locks may not
+        return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True})
+    with _creation_lock(url):
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Reproducible per-trial training seed (cfg.seed) from the study seed and the trial's
+    number (a retry reuses its original trial's number, hence its seed)."""
+    digest = hashlib.sha256(f"awm-sweep:{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 1)

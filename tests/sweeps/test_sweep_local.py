@@ -1,0 +1,143 @@
+"""Real sweeps on the local executor: real runner, real training jobs (tiny model), SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import optuna
+import pytest
+from awm_platform.runner.proc import is_alive
+from awm_platform.store import Store
+from awm_platform.sweeps import commands
+from awm_platform.sweeps.optuna_bridge import storage_url
+from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext, consumed_trials
+from optuna.trial import TrialState
+
+from tests.sweeps.conftest import OrchestratorThread, kill_job_tree
+from tests.sweeps.helpers import sweep_section
+
+pytestmark = pytest.mark.slow
+
+
+def _ctx(base: dict[str, Any], name: str, **sweep: Any) -> SweepContext:
+    from awm_platform.config import config_from_dict
+
+    cfg = config_from_dict({**base, "name": name, "sweep": sweep_section(poll_interval_s=0.3, **sweep)})
+    return SweepContext(study_name=name, cfg=cfg, cluster="local", storage_url=storage_url(cfg.sweep))
+
+
+def _wait(pred, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(poll)
+    raise TimeoutError(f"waited {timeout} s for {what}")
+
+
+def _job_pid(store: Store, name: str) -> int | None:
+    run = store.find_run(name)
+    return int(run.job_ids[-1]) if run is not None and run.job_ids and run.status == "RUNNING" else None
+
+
+def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base):
+    """Concurrency (4 in flight, SQLite), a SIGKILLed trial retried with the same params,
+    MLflow parent/child runs and summary artifacts, and optuna.load_study reading it all."""
+    ctx = _ctx(trial_base, "conc", n_trials=4, parallelism=4, max_retries=1)
+    store = Store.default()
+    orch = Orchestrator(ctx, store=store, echo=print)
+    parent = orch.create()
+    assert parent
+    th = OrchestratorThread(orch)
+    pid = _wait(lambda: _job_pid(store, "conc-t1"), 120, "trial 1 running")
+    kill_job_tree(pid)
+    result = th.join(300)
+    assert result.status == "COMPLETED"
+
+    study = optuna.load_study(study_name="conc", storage=ctx.storage_url)  # optuna's own reader
+    trials = study.get_trials()
+    assert len({t.number for t in trials}) == len(trials) == 5
+    assert consumed_trials(trials) == 4
+    killed = trials[1]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["error"]
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.params == killed.params and retry.state == TrialState.COMPLETE
+    runs = {r.trial_number: r for r in store.list_runs(sweep_name="conc")}
+    assert sorted(runs) == [t.number for t in trials]  # every trial has exactly one run
+    assert runs[1].status == "FAILED"
+    for t in trials:
+        assert t.user_attrs["run_name"] == runs[t.number].name == f"conc-t{t.number}"
+        if t.state == TrialState.COMPLETE:
+            hist = store.get_metric_history(t.user_attrs["run_name"], "eval/jpeg_compressibility")
+            assert t.value == hist[-1][1] and set(t.intermediate_values) == {s for s, _ in hist}
+            assert runs[t.number].resolved_config["seed"] == t.user_attrs["seed"]
+            assert runs[t.number].resolved_config["train"]["beta"] == t.params["train.beta"]
+
+    from awm_platform.sweeps.tracking import tracking_uri
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(ctx.cfg))
+    prun = client.get_run(parent)
+    assert prun.info.status == "FINISHED" and prun.data.tags["awm.sweep.study"] == "conc"
+    assert "train.beta" in prun.data.tags["awm.sweep.search_space"]
+    arts = {a.path for a in client.list_artifacts(parent, "study")}
+    assert {"study/best_trials.json", "study/optimization_history.png"} <= arts
+    children = client.search_runs([prun.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert {c.data.tags.get("awm.sweep.trial") for c in children} >= {"0", "2", "3", "4"}
+    assert store.get_sweep("conc").mlflow_parent_run_id == parent
+
+
+def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(trial_base):
+    """SIGKILL the (detached) orchestrator with trials in flight; the resumed orchestrator
+    adopts them (no duplicate jobs) and finishes exactly n_trials. Its pruner's decision on
+    the last trial cancels the real job (gone from the executor) and marks the run PRUNED."""
+    ctx = _ctx(trial_base, "crash", n_trials=3, parallelism=2,
+               pruner={"name": "median", "n_startup_trials": 1})
+    pid = commands.start(ctx, detach=True, echo=print)
+    assert isinstance(pid, int)
+    assert (ctx.state_dir / "orchestrator.pid").read_text().strip() == str(pid)
+    store = Store.default()
+    _wait(lambda: len([r for r in store.list_runs(sweep_name="crash") if r.job_ids]) == 2, 120, "2 jobs")
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    jobs_before = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="crash")}
+    assert set(jobs_before) == {"crash-t0", "crash-t1"}
+
+    th = OrchestratorThread(Orchestrator(SweepContext.load("crash"), store=store, echo=print), resume=True)
+    job = _wait(lambda: _job_pid(store, "crash-t2"), 240, "trial 2 running")
+    # t2's trainer "reports" a terrible eval value at a step the completed trials evaluated
+    store.log_metrics("crash-t2", {"eval/jpeg_compressibility": -1e9}, step=1)
+    result = th.join(240)
+    assert result.status == "COMPLETED"
+    runs = store.list_runs(sweep_name="crash")
+    assert sorted(r.trial_number for r in runs) == [0, 1, 2]
+    for name, jobs in jobs_before.items():  # adopted: same job, not resubmitted
+        assert store.get_run(name).job_ids == jobs
+    study = optuna.load_study(study_name="crash", storage=ctx.storage_url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert store.get_run("crash-t2").status == "PRUNED" and not is_alive(job)
+    assert result.counts["PRUNED"] == 1 and consumed_trials(study.trials) == 3
+    assert store.get_sweep("crash").status == "COMPLETED"
+
+
+def test_stop_cancels_in_flight_jobs(trial_base):
+    ctx = _ctx({**trial_base, "num_epochs": 50, "save_freq": 50}, "halt", n_trials=4, parallelism=2)
+    pid = commands.start(ctx, detach=True, echo=print)
+    store = Store.default()
+    _wait(lambda: len([r for r in store.list_runs(sweep_name="halt") if r.status == "RUNNING"]) == 2, 120,
+          "2 running")
+    job_pids = [int(r.job_ids[-1]) for r in store.list_runs(sweep_name="halt")]
+    n = commands.stop("halt", echo=print)
+    _wait(lambda: not is_alive(pid) or os.waitpid(pid, os.WNOHANG)[0], 60, "orchestrator exit")
+    assert store.get_sweep("halt").status == "STOPPED"
+    assert {r.status for r in store.list_runs(sweep_name="halt")} == {"CANCELLED"}
+    assert not any(is_alive(p) for p in job_pids)
+    study = optuna.load_study(study_name="halt", storage=ctx.storage_url)
+    assert all(t.state == TrialState.FAIL and t.user_attrs["stopped"] for t in study.trials)
+    assert n == 0  # the live orchestrator did the cancelling
+    st = commands.status("halt")
+    assert st["status"] == "STOPPED" and [r["run_status"] for r in st["trials"]] == ["CANCELLED"] * 2
