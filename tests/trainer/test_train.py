@@ -1,0 +1,346 @@
+"""The AWM loop end to end on the tiny model: layout, resume (bitwise), stop, exports, variants."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import small_config
+
+
+class StopAfter:
+    """A stop signal that becomes set at the n-th poll (polls happen after each optimizer step)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+def _final_state(run_dir: Path):
+    from trainers.awm import checkpoint as C
+
+    info = C.find_latest_valid(run_dir)
+    state = dict(C.load_tensors(info.path / "state" / "adapters.safetensors"))
+    wema = info.path / "state" / "weight_ema.safetensors"
+    if wema.exists():
+        state.update({"wema." + k: v for k, v in C.load_tensors(wema).items()})
+    opt = C.load_torch(info.path / "state" / "optimizer.pt")
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            state[f"opt.{pid}.{k}"] = v
+    return info, state
+
+
+def _assert_bitwise_equal(a: dict, b: dict):
+    import torch
+
+    assert set(a) == set(b)
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+
+
+def _metric_keys(run_dir: Path) -> Counter:
+    from trainers.awm.logging import read_jsonl_metrics
+
+    c: Counter = Counter()
+    for row in read_jsonl_metrics(run_dir / "metrics.jsonl"):
+        for k in row:
+            if k != "step":
+                c[(row["step"], k)] += 1
+    return c
+
+
+def _train(cfg, run_dir, **kw):
+    import torch
+
+    from trainers.awm.recipe import train
+
+    torch.set_num_threads(1)
+    return train(cfg, run_dir, **kw)
+
+
+BASE = {"num_epochs": 3, "save_freq": 1, "eval_freq": 2, "eval": {"at_start": True, "max_prompts": 2}}
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("baseline") / "run"
+    cfg = small_config(tiny_dir, **BASE)
+    res = _train(cfg, run)
+    return cfg, run, res
+
+
+def test_layout_metrics_and_eval_files(baseline):
+    from trainers.awm import checkpoint as C
+
+    cfg, run, res = baseline
+    assert res.status == "completed" and res.global_step == 3 and res.epoch == 3
+    assert res.last_checkpoint == run / "checkpoints" / "step-3"
+    assert [s for s, _ in C.list_step_dirs(run)] == [1, 2, 3]
+    ck = run / "checkpoints" / "step-3"
+    for rel in ("lora/pytorch_lora_weights.safetensors", "lora_peft/adapter_config.json",
+                "lora_peft/adapter_model.safetensors", "lora_ema/pytorch_lora_weights.safetensors",
+                "state/optimizer.pt", "state/trainer_state.pt", "state/adapters.safetensors",
+                "state/weight_ema.safetensors", "state/rank-0.pt", "manifest.json"):
+        assert (ck / rel).is_file(), rel
+    m = json.loads((ck / "manifest.json").read_text())
+    assert m["step"] == 3 and m["epoch"] == 2 and m["next_epoch"] == 3 and not m["mid_epoch"]
+    from awm_platform.config import config_hash
+
+    assert m["config_hash"] == config_hash(cfg)
+    assert set(m["files"]) >= {"lora/pytorch_lora_weights.safetensors", "state/optimizer.pt"}
+    C.validate(ck)
+    keys = {k for (_s, k) in _metric_keys(run)}
+    for k in ("train/reward_jpeg_compressibility", "train/reward_avg", "train/policy_loss", "train/kl_loss",
+              "train/ema_kl_loss", "train/loss", "train/grad_norm", "train/lr", "train/zero_std_ratio",
+              "train/adv_abs_mean", "time/sampling", "time/reward_wait", "time/training", "time/epoch",
+              "time/images_per_sec", "eval/jpeg_compressibility", "eval_ema/jpeg_compressibility", "eval/avg"):
+        assert k in keys, k
+    steps_with_eval = sorted({s for (s, k) in _metric_keys(run) if k == "eval/avg"})
+    assert steps_with_eval == [0, 2, 3]
+    for s in steps_with_eval:
+        lines = (run / "evals" / f"step-{s}" / "samples.jsonl").read_text().splitlines()
+        recs = [json.loads(x) for x in lines]
+        assert sorted((r["weights"], r["prompt_index"]) for r in recs) == [
+            ("eval", 0), ("eval", 1), ("eval_ema", 0), ("eval_ema", 1)]
+        assert all("jpeg_compressibility" in r and "seed" in r for r in recs)
+    # eval noise is fixed per prompt: the live-weights eval at step 0 equals the EMA one
+    rows = [json.loads(x) for x in (run / "evals" / "step-0" / "samples.jsonl").read_text().splitlines()]
+    by = {(r["weights"], r["prompt_index"]): r["jpeg_compressibility"] for r in rows}
+    assert by[("eval", 0)] == by[("eval_ema", 0)]
+    assert max(_metric_keys(run).values()) == 1
+
+
+def test_resume_between_epochs_is_bitwise(baseline, tmp_path):
+    cfg, run0, _ = baseline
+    run = tmp_path / "run"
+    r1 = _train(cfg, run, stop=StopAfter(1))
+    assert r1.status == "interrupted" and r1.global_step == 1 and r1.epoch == 1
+    assert r1.last_checkpoint == run / "checkpoints" / "step-1"
+    r2 = _train(cfg, run)
+    assert r2.status == "completed" and r2.global_step == 3
+    _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
+    assert set(_metric_keys(run)) == set(_metric_keys(run0)) and max(_metric_keys(run).values()) == 1
+
+
+def test_resume_after_crash_mid_epoch_is_bitwise(baseline, tmp_path, monkeypatch):
+    from trainers.awm.recipe import AWMTrainer
+
+    cfg, run0, _ = baseline
+    run = tmp_path / "run"
+    orig = AWMTrainer.train_step
+
+    def crashing(self, *a, **k):
+        if self.global_step == 2:  # epoch 3: rollouts done, checkpoint step-2 written, crash mid-epoch
+            raise RuntimeError("simulated crash")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(AWMTrainer, "train_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train(cfg, run)
+    monkeypatch.setattr(AWMTrainer, "train_step", orig)
+    r = _train(cfg, run)
+    assert r.status == "completed" and r.global_step == 3
+    _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
+    counts = _metric_keys(run)
+    assert max(counts.values()) == 1 and set(counts) == set(_metric_keys(run0))
+
+
+def test_corrupt_checkpoint_is_skipped(baseline, tmp_path):
+    cfg, run0, _ = baseline
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    f = run / "checkpoints" / "step-3" / "lora" / "pytorch_lora_weights.safetensors"
+    f.write_bytes(f.read_bytes()[:100])  # truncated
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        r = _train(cfg, run)
+    assert any("skipping invalid checkpoint" in str(x.message) for x in w)
+    assert r.status == "completed" and r.global_step == 3  # epoch 3 re-run from step-2
+    _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
+
+
+def test_exported_lora_reproduces_trained_outputs(baseline):
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+    from peft import PeftModel
+
+    from trainers.awm import checkpoint as C
+    from trainers.awm import lora as L
+    from trainers.awm.model import SD3Family
+
+    cfg, run, _ = baseline
+    ck = run / "checkpoints" / "step-3"
+    # the trained policy, rebuilt from the exact training state
+    fam = SD3Family.load(cfg.pretrained.model)
+    L.add_policy_adapters(fam.transformer, L.make_lora_config(
+        rank=cfg.lora.rank, alpha=cfg.lora.alpha, init="gaussian",
+        target_modules=fam.lora_target_modules("attn", False)))
+    state = C.load_tensors(ck / "state" / "adapters.safetensors")
+    with torch.no_grad():
+        for n, p in fam.transformer.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+    # diffusers format into a fresh pipeline
+    pipe = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(ck / "lora"))
+    kw = {"prompt": ["a red cube", "a cat"], "num_inference_steps": 3, "guidance_scale": 1.0, "height": 64, "width": 64,
+              "max_sequence_length": 8, "output_type": "latent"}
+    got = pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    fam.pipe.set_progress_bar_config(disable=True)
+    want = fam.pipe(generator=torch.Generator().manual_seed(0), **kw).images
+    base = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
+    base.set_progress_bar_config(disable=True)
+    untrained = base(generator=torch.Generator().manual_seed(0), **kw).images
+    assert torch.equal(got, want) and not torch.allclose(got, untrained)
+    # PEFT format loads with peft
+    base2 = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
+    pm = PeftModel.from_pretrained(base2.transformer, str(ck / "lora_peft"))
+    x, t = torch.randn(2, *fam.latent_shape(64)), torch.tensor([0.4, 0.9])
+    cond = fam.encode_prompts(["a", "b"], max_sequence_length=8)
+    with torch.no_grad():
+        assert torch.equal(fam.velocity(pm, x, t, cond), fam.velocity(fam.transformer, x, t, cond))
+    # lora_ema differs from the live weights (weight EMA)
+    pe = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
+    pe.set_progress_bar_config(disable=True)
+    pe.load_lora_weights(str(ck / "lora_ema"))
+    assert not torch.equal(pe(generator=torch.Generator().manual_seed(0), **kw).images, got)
+
+
+def test_mid_epoch_stop_with_several_steps_per_epoch_is_bitwise(tiny_dir, tmp_path):
+    # 4 images/process, micro-batch 1 -> 4 micro-batches, 2 optimizer steps per epoch (accumulation 2);
+    # micro-batches of the 2nd step use pass-1 old log-probs (ratio != 1)
+    cfg = small_config(tiny_dir, num_epochs=2, save_freq=5, train={"batch_size": 1, "steps_per_epoch": 2})
+    r0 = _train(cfg, tmp_path / "a")
+    assert r0.status == "completed" and r0.global_step == 4
+    run = tmp_path / "b"
+    r1 = _train(cfg, run, stop=StopAfter(1))
+    assert r1.status == "interrupted" and r1.global_step == 1 and r1.epoch == 0
+    m = json.loads((run / "checkpoints" / "step-1" / "manifest.json").read_text())
+    assert m["mid_epoch"] and m["step_in_epoch"] == 1
+    r2 = _train(cfg, run)
+    assert r2.status == "completed" and r2.global_step == 4
+    _assert_bitwise_equal(_final_state(tmp_path / "a")[1], _final_state(run)[1])
+    assert max(_metric_keys(run).values()) == 1
+
+
+def test_every_coefficient_zero_runs(make_cfg, tmp_path):
+    cfg = make_cfg(num_epochs=1, train={"beta": 0.0, "ema_beta": 0.0, "kl_ema_decay": 0.0, "ema": False,
+                                        "adam_weight_decay": 0.0, "learning_rate": 1e-3},
+                   sample={"noise_level": 0.0})
+    r = _train(cfg, tmp_path / "run")
+    assert r.status == "completed"
+    assert r.final_metrics["train/kl_loss"] == 0.0 and r.final_metrics["train/ema_kl_loss"] == 0.0
+    m = json.loads((r.last_checkpoint / "manifest.json").read_text())
+    assert m["lora_ema"] == "live" and (r.last_checkpoint / "lora_ema" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_variants_run(make_cfg, tmp_path):
+    import math
+
+    cfg = make_cfg(num_epochs=1, time_type="uniform",
+                   sample={"noise_level": 0.7, "sde_frac": 0.5, "zero_std_policy": "drop", "guidance_scale": 2.0},
+                   train={"off_policy": True, "use_sa_solver": False, "loss_type": "sum_first", "kl_weight": "ELBO",
+                          "kl_ema_weight": "ELBO", "lr_scheduler": "cosine_then_constant", "decay_steps": 1,
+                          "beta": 0.01, "weighting": "t"})
+    r = _train(cfg, tmp_path / "run")
+    assert r.status == "completed"
+    for k in ("train/loss", "train/policy_loss", "train/kl_loss", "train/grad_norm"):
+        assert math.isfinite(r.final_metrics[k]), k
+
+
+def test_stop_event_interrupts_with_checkpoint(make_cfg, tmp_path):
+    import threading
+
+    ev = threading.Event()
+    ev.set()
+    r = _train(make_cfg(num_epochs=3, save_freq=10), tmp_path / "run", stop=ev)
+    assert r.status == "interrupted" and r.global_step == 1 and r.epoch == 1
+    assert (r.last_checkpoint / "manifest.json").is_file()
+
+
+def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from tests.trainer.conftest import small_config_dict
+    from trainers.awm.cli import app
+    from trainers.awm.recipe import AWMTrainer
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(small_config_dict(tiny_dir, num_epochs=2, save_freq=10)))
+    orig = AWMTrainer.rollout
+
+    def rollout_then_signal(self, epoch):
+        out = orig(self, epoch)
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(AWMTrainer, "rollout", rollout_then_signal)
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        res = CliRunner().invoke(app, ["train", str(cfg_path), "--run-dir", str(tmp_path / "run")])
+        assert res.exit_code == 3, res.output
+        monkeypatch.setattr(AWMTrainer, "rollout", orig)
+        res = CliRunner().invoke(app, ["train", str(cfg_path), "--run-dir", str(tmp_path / "run"),
+                                       "--set", "eval.max_prompts=1"])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(app, ["train", str(cfg_path), "--set", "train.nope=1"])
+        assert res.exit_code == 2 and "nope" in res.output
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
+    """A real `kill -9` of `awm train` after the first checkpoint; the rerun resumes bitwise."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.trainer.conftest import small_config_dict
+
+    _, run0, _ = baseline
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(small_config_dict(tiny_dir, **BASE)))
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    cmd = [sys.executable, "-c", "import torch; torch.set_num_threads(1); from trainers.awm.cli import app; app()",
+           "train", str(cfg_path), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (run / "checkpoints" / "step-1" / "manifest.json").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (run / "checkpoints" / "step-3").exists()  # killed before the end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
+    assert max(_metric_keys(run).values()) == 1 and set(_metric_keys(run)) == set(_metric_keys(run0))
+    assert not list((run / "checkpoints").glob(".tmp-*"))

@@ -1,0 +1,171 @@
+"""Tiny SD3-architecture pipelines with random weights (offline tests, quickstart, perf).
+
+Everything is built from configs: the CLIP and T5 tokenizers are created in memory (a
+byte-level, character-granularity CLIP BPE and a small T5 Unigram vocabulary), so no hub
+access and no fixture files are needed (docs: stack-notes section 2).  ``save_pretrained``
+writes a normal diffusers pipeline folder that ``StableDiffusion3Pipeline.from_pretrained``
+loads offline.
+
+Presets (transformer parameters, 64 px images):
+
+* ``"tiny"``    width 32,  2 heads, 2 layers, VAE /2  (~0.08M)  - unit tests, quickstart
+* ``"small"``   width 64,  4 heads, 4 layers, VAE /2  (~0.6M)
+* ``"perf"``    width 128, 4 heads, 6 layers, VAE /2  (~3.6M)   - perf/trainer_step.py
+
+Latents: 4 channels (SD3 has 16) and a VAE ``scaling_factor`` of 300, so the decoder works
+around the constant ``shift_factor`` and the decoded image responds smoothly to the latent
+amplitude. With SD3-like values (16 channels, 1.5035) the random VAE's GroupNorms make every
+noise-like latent decode to an equally incompressible image, and JPEG rewards are flat (no
+learning signal); with these values a few dozen AWM epochs visibly raise
+``jpeg_compressibility`` (tests/trainer/test_learning.py). Both are arguments.
+
+``dual_attention=True`` makes every block an SD3.5-Medium-style dual-attention block (a
+second self-attention ``attn2``), to exercise ``lora.include_attn2``.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"width": 32, "heads": 2, "layers": 2},
+    "small": {"width": 64, "heads": 4, "layers": 4},
+    "perf": {"width": 128, "heads": 4, "layers": 6},
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2 / CLIP byte -> printable unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def make_clip_tokenizer(model_max_length: int = 77):
+    """Character-level byte BPE with CLIP's special tokens (514 ids, no UNK possible)."""
+    from transformers import CLIPTokenizer
+
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(byte_chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+
+
+def make_t5_tokenizer(model_max_length: int = 512):
+    """Small Unigram vocabulary in T5's layout (pad=0, eos=1, unk=2)."""
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+    vocab += [("▁" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def make_tiny_pipeline(
+    *,
+    preset: str = "tiny",
+    width: int | None = None,
+    heads: int | None = None,
+    layers: int | None = None,
+    dual_attention: bool = False,
+    clip_hidden: int = 16,
+    clip_layers: int = 2,
+    t5_dim: int = 32,
+    t5_layers: int = 1,
+    latent_channels: int = 4,
+    vae_blocks: tuple[int, ...] = (8, 16),
+    image_size: int = 64,
+    patch_size: int = 2,
+    qk_norm: str | None = "rms_norm",
+    vae_scaling_factor: float = 300.0,
+    vae_shift_factor: float = 0.0609,
+    seed: int = 0,
+):
+    """Build a random-weight ``StableDiffusion3Pipeline`` (all modules in eval mode)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
+    p = dict(PRESETS[preset])
+    width = width or p["width"]
+    heads = heads or p["heads"]
+    layers = layers or p["layers"]
+    vae_factor = 2 ** (len(vae_blocks) - 1)
+    if image_size % (vae_factor * patch_size):
+        raise ValueError(f"image_size {image_size} must be divisible by VAE factor x patch size = {vae_factor * patch_size}")
+    sample_size = image_size // vae_factor
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tok, tok2, tok3 = make_clip_tokenizer(), make_clip_tokenizer(), make_t5_tokenizer()
+        clip_cfg = {
+            "vocab_size": len(tok), "hidden_size": clip_hidden, "intermediate_size": 2 * clip_hidden,
+            "num_hidden_layers": clip_layers, "num_attention_heads": 2, "projection_dim": clip_hidden,
+            "max_position_embeddings": 77, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id, "hidden_act": "gelu",
+        }
+        te1 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        te3 = T5EncoderModel(T5Config(
+            vocab_size=len(tok3), d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim, num_layers=t5_layers, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=tok3.pad_token_id, eos_token_id=tok3.eos_token_id,
+            decoder_start_token_id=0, dropout_rate=0.0,
+        ))
+        transformer = SD3Transformer2DModel(
+            sample_size=sample_size, patch_size=patch_size, in_channels=latent_channels,
+            out_channels=latent_channels, num_layers=layers, attention_head_dim=width // heads,
+            num_attention_heads=heads, joint_attention_dim=t5_dim, caption_projection_dim=width,
+            pooled_projection_dim=2 * clip_hidden, pos_embed_max_size=max(sample_size // patch_size, 8),
+            dual_attention_layers=tuple(range(layers)) if dual_attention else (), qk_norm=qk_norm,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
+            block_out_channels=tuple(vae_blocks), layers_per_block=1, latent_channels=latent_channels,
+            norm_num_groups=min(vae_blocks), sample_size=image_size,
+            use_quant_conv=False, use_post_quant_conv=False, shift_factor=vae_shift_factor, scaling_factor=vae_scaling_factor,
+        )
+    finally:
+        torch.random.set_rng_state(gen_state)
+    for m in (te1, te2, te3, transformer, vae):
+        m.eval()  # modules built from configs start in train() mode (stack-notes P2)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2,
+        text_encoder_3=te3, tokenizer_3=tok3,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny(out_dir: str | Path, *, preset: str = "tiny", dual_attention: bool = False, seed: int = 0,
+              **kwargs: Any) -> Path:
+    """Build a tiny pipeline and ``save_pretrained`` it to ``out_dir`` (returned, absolute)."""
+    out = Path(out_dir).expanduser().resolve()
+    pipe = make_tiny_pipeline(preset=preset, dual_attention=dual_attention, seed=seed, **kwargs)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out)
+    return out
+
+
+def transformer_num_params(pipe) -> int:
+    return sum(p.numel() for p in pipe.transformer.parameters())
