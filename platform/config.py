@@ -59,7 +59,8 @@ class LoraConfig(_Section):
     type: Literal["attn", "ffn"] = "attn"
     rank: int = Field(32, ge=1, le=1024)
     alpha: float = Field(64.0, gt=0)
-    init: Literal["gaussian", "default", "zeros"] = "gaussian"
+    init: Literal["gaussian", "default"] = Field(
+        "gaussian", description="PEFT init of A (B starts at zero either way): gaussian (upstream) or kaiming")
     target_modules: list[str] | None = Field(
         None, description="explicit PEFT target modules; None = upstream set for `type`")
     include_attn2: bool = Field(
@@ -196,7 +197,7 @@ class ExperimentConfig(_Section):
     eval_freq: int = Field(20, ge=1)
     num_checkpoint_limit: int = Field(5, ge=1, description="keep the last N checkpoints")
     checkpoint_keep_every: int = Field(0, ge=0, description="also keep every K-th step (0 = off)")
-    dataset: str = Field("pickscore", description="builtin prompt set (pickscore, ocr, geneval, drawbench, tiny) or a path")
+    dataset: str = Field("pickscore", description="builtin prompt set (pickscore, ocr, geneval, tiny) or a directory")
     prompt_fn: Literal["general_ocr", "geneval"] = "general_ocr"
     per_prompt_stat_tracking: bool = True
     time_type: Literal["discrete_wo_init", "discrete", "discrete_with_init", "uniform", "logit_normal"] = "discrete_wo_init"

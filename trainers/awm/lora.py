@@ -33,7 +33,7 @@ PEFT_WEIGHT_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 _PEFT_PREFIX = "base_model.model."
 
-_INIT = {"gaussian": "gaussian", "default": True, "zeros": True}
+_INIT = {"gaussian": "gaussian", "default": True}
 
 
 def make_lora_config(*, rank: int, alpha: float, init: str, target_modules: list[str]):

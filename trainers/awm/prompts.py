@@ -2,7 +2,7 @@
 
 Sources (``dataset``, ``prompt_fn``, split):
 
-* builtin names ``pickscore``, ``ocr``, ``geneval``, ``drawbench``: files under
+* builtin names ``pickscore``, ``ocr``, ``geneval``: files under
   ``benchmarks/<name>/data/``; ``tiny``: ``trainers/awm/data/tiny_prompts.txt`` (both splits);
   anything else is a directory path.
 * ``prompt_fn="general_ocr"``: ``<dir>/<split>.txt``, one prompt per line, metadata ``{}``;
@@ -31,7 +31,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("pickscore", "ocr", "geneval", "drawbench", "tiny")
+BUILTIN = ("pickscore", "ocr", "geneval", "tiny")
 _TAG_PLAN = 0x41574D50  # "AWMP"
 _TAG_ROLLOUT = 0x41574D52  # "AWMR"
 _TAG_TRAIN = 0x41574D54  # "AWMT"
