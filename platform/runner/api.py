@@ -1,0 +1,332 @@
+"""submit_run / rerun: build a job from a validated config and submit it through submitit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from awm_platform.runner.launch import CLUSTERS, launch_command, make_executor, sbatch_script
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+@dataclass
+class SubmittedRun:
+    name: str
+    run_dir: Path
+    job_id: str | None
+    cluster: str
+    sbatch_script: str | None
+    launch_command: list[str] = field(default_factory=list)
+    job: Any = None  # the submitit Job (None on dry-run); not part of the contract
+
+
+@contextlib.contextmanager
+def _scrubbed_environ() -> Iterator[None]:
+    """submitit copies os.environ into the job (local: Popen env; SLURM: sbatch exports it).
+    A caller with an active MLflow run (a sweep) must not leak MLFLOW_RUN_ID into it."""
+    saved = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_RUN_ID"] = saved
+
+
+def resolve_cluster(cfg: Any, cluster: str | None) -> str:
+    c = cluster or cfg.launcher.cluster
+    if c not in CLUSTERS:
+        raise SubmitError(f"unknown cluster {c!r}: expected one of {', '.join(CLUSTERS)}")
+    return c
+
+
+def tracking_target(cfg: Any) -> tuple[str, str | None]:
+    """(tracking URI, artifact root for a new experiment). None -> $MLFLOW_TRACKING_URI ->
+    the embedded `sqlite:///$AWM_HOME/mlflow.db` + `$AWM_HOME/mlartifacts`."""
+    from awm_platform.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri
+
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        root = None
+        if uri.startswith("sqlite:"):  # a local DB: keep artifacts next to the platform state
+            root = default_mlflow_artifact_root().as_uri()
+        return uri, root
+    return default_mlflow_tracking_uri(), default_mlflow_artifact_root().as_uri()
+
+
+def submit_run(
+    cfg: Any,
+    *,
+    cluster: str | None = None,
+    store: Any = None,
+    dry_run: bool = False,
+    sweep_name: str | None = None,
+    trial_number: int | None = None,
+    mlflow_parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    wait_debug: bool = True,
+) -> SubmittedRun:
+    """Create the store row (PENDING), write the capsule, submit through submitit.
+
+    `cluster` overrides `cfg.launcher.cluster` and is always passed to submitit explicitly.
+    With `dry_run` nothing is written or submitted; the sbatch script (SLURM) and the launch
+    command are returned for display. The debug cluster runs the job in-process, so
+    `submit_run` returns after it finished (unless `wait_debug=False`)."""
+    from awm_platform import paths
+    from awm_platform.config import config_hash, derive_topology, resolved_config
+    from awm_platform.runner.capsule import git_info, write_capsule
+    from awm_platform.runner.spec import JobSpec
+
+    cluster = resolve_cluster(cfg, cluster)
+    derive_topology(cfg)  # fail before anything is written
+    # not paths.run_dir(): a dry run must not create $AWM_HOME
+    run_dir = paths.awm_home(create=False) / "runs" / paths.validate_run_name(cfg.name)
+    cmd = launch_command(cfg, run_dir)
+    sbatch = sbatch_script(cfg, run_dir) if cluster == "slurm" else None
+    if dry_run:
+        return SubmittedRun(cfg.name, run_dir, None, cluster, sbatch, cmd)
+
+    from awm_platform.store import Store
+
+    own_store = store is None
+    store = store or Store.for_config(cfg)
+    try:
+        if store.find_run(cfg.name) is not None:
+            raise SubmitError(
+                f"a run named {cfg.name!r} already exists; pick another name "
+                f"(--set name=...) or `awm rerun {cfg.name}`"
+            )
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SubmitError(
+                f"run directory {run_dir} already exists and is not empty (left over from a "
+                "deleted run?); remove it or pick another name"
+            )
+        git = git_info()
+        tracking_uri, artifact_root = tracking_target(cfg)
+        tags = {
+            "awm.cluster": cluster,
+            **({"awm.sweep": sweep_name} if sweep_name else {}),
+            **({"awm.trial": str(trial_number)} if trial_number is not None else {}),
+            **(extra_tags or {}),
+        }
+        store.create_run(
+            name=cfg.name,
+            config_hash=config_hash(cfg),
+            resolved_config=resolved_config(cfg),
+            output_dir=run_dir,
+            cluster=cluster,
+            git_commit=git.get("commit"),
+            num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
+            sweep_name=sweep_name,
+            trial_number=trial_number,
+            status="PENDING",
+        )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            JobSpec(
+                name=cfg.name,
+                config=cfg.model_dump(mode="json", by_alias=False),
+                cluster=cluster,
+                store_url=store.url,
+                tracking_uri=tracking_uri,
+                artifact_root=artifact_root,
+                experiment=cfg.tracking.experiment,
+                parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
+                tags=tags,
+            ).save(run_dir)
+            write_capsule(run_dir, cfg=cfg, cluster=cluster, launch_command=cmd, sbatch=sbatch, git=git)
+            job = _submit(cfg, cluster, run_dir)
+        except Exception as exc:
+            store.update_run(cfg.name, status="FAILED", error=f"submission failed: {exc}")
+            raise
+        job_id = str(job.job_id)
+        store.append_job_id(cfg.name, job_id)
+        store.update_run(cfg.name, log_dir=str(run_dir / "submitit"))
+        submitted = SubmittedRun(cfg.name, run_dir, job_id, cluster, sbatch, cmd, job)
+        if cluster == "debug" and wait_debug:
+            job.result()  # the debug executor runs lazily, in this process
+        return submitted
+    finally:
+        if own_store:
+            store.close()
+
+
+def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
+    from awm_platform.runner.job import TrainJob
+
+    executor = make_executor(cfg, cluster, run_dir)
+    with _scrubbed_environ():
+        return executor.submit(TrainJob(str(run_dir)))
+
+
+_RERUN_SUFFIX = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
+
+
+def next_rerun_name(name: str, exists: Any) -> str:
+    base = name
+    m = _RERUN_SUFFIX.match(name)
+    if m:
+        base = m["base"]
+    n = 1
+    while exists(f"{base}-r{n}"):
+        n += 1
+    return f"{base}-r{n}"
+
+
+def rerun(
+    name: str,
+    overrides: list[str] | None = None,
+    store: Any = None,
+    *,
+    cluster: str | None = None,
+    resume: bool = False,
+) -> SubmittedRun:
+    """Re-submit a run from its capsule.
+
+    Default: a NEW run named `<name>-r<N>` (fresh run dir, fresh MLflow run) from the
+    original job config plus `overrides`: reruns never overwrite history. With `resume=True`
+    (no overrides allowed) a FAILED/CANCELLED/PREEMPTED run is re-submitted as the SAME run:
+    same run dir, MLflow run and store row; the trainer resumes from its latest checkpoint."""
+    from awm_platform import paths
+    from awm_platform.config import apply_overrides, config_from_dict
+    from awm_platform.runner.spec import JobSpec
+    from awm_platform.store import Store
+
+    own_store = store is None
+    store = store or Store.default()
+    try:
+        run = store.get_run(name)
+        run_dir = Path(run.output_dir)
+        spec = JobSpec.load(run_dir)
+        if resume:
+            if overrides:
+                raise SubmitError("--resume continues the same run: overrides are not allowed")
+            if run.status in ("RUNNING", "PENDING", "COMPLETED"):
+                raise SubmitError(
+                    f"run {name!r} is {run.status}; only FAILED, CANCELLED or PREEMPTED runs resume"
+                )
+            cfg = spec.experiment_config()
+            c = resolve_cluster(cfg, cluster or spec.cluster)
+            job = _submit(cfg, c, run_dir)
+            store.append_job_id(name, str(job.job_id))
+            store.update_run(name, status="PENDING", ended_at=None, error=None, cluster=c)
+            cmd = launch_command(cfg, run_dir)
+            return SubmittedRun(
+                name,
+                run_dir,
+                str(job.job_id),
+                c,
+                sbatch_script(cfg, run_dir) if c == "slurm" else None,
+                cmd,
+                job,
+            )
+        data = dict(spec.config)
+        data["name"] = next_rerun_name(
+            name, lambda n: store.find_run(n) is not None or paths.run_dir(n).exists()
+        )
+        cfg = config_from_dict(apply_overrides(data, overrides or []), source=f"{run_dir}/job.json")
+        return submit_run(
+            cfg, cluster=cluster or spec.cluster, store=store, extra_tags={"awm.rerun_of": name}
+        )
+    finally:
+        if own_store:
+            store.close()
+
+
+def submit_runs(
+    cfgs: list[Any], *, cluster: str | None = None, store: Any = None, sweep_name: str | None = None
+) -> list[SubmittedRun]:
+    """Several runs with identical launcher settings at once. On SLURM: ONE job array
+    (`--array=0-<N-1>%launcher.array_parallelism`); its submitit folder is shared
+    (`$AWM_HOME/arrays/<first run>`) and each run's `run_dir/submitit` links to it.
+    Elsewhere: one submission per run."""
+    from awm_platform import paths
+    from awm_platform.config import config_hash, resolved_config
+    from awm_platform.runner.capsule import git_info, write_capsule
+    from awm_platform.runner.job import TrainJob
+    from awm_platform.runner.spec import JobSpec
+    from awm_platform.store import Store
+
+    if not cfgs:
+        return []
+    c = resolve_cluster(cfgs[0], cluster)
+    if c != "slurm" or len(cfgs) == 1:
+        return [submit_run(cfg, cluster=c, store=store, sweep_name=sweep_name) for cfg in cfgs]
+    launchers = {cfg.launcher.model_dump_json() for cfg in cfgs}
+    if len(launchers) != 1:
+        raise SubmitError("a job array needs identical `launcher` sections in every config")
+    own_store = store is None
+    store = store or Store.for_config(cfgs[0])
+    try:
+        folder = paths.awm_home() / "arrays" / cfgs[0].name
+        git = git_info()
+        jobs_in = []
+        for cfg in cfgs:
+            run_dir = paths.run_dir(cfg.name)
+            if store.find_run(cfg.name) is not None or run_dir.exists():
+                raise SubmitError(f"a run named {cfg.name!r} already exists")
+            uri, root = tracking_target(cfg)
+            store.create_run(
+                name=cfg.name,
+                config_hash=config_hash(cfg),
+                resolved_config=resolved_config(cfg),
+                output_dir=run_dir,
+                cluster=c,
+                git_commit=git.get("commit"),
+                num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
+                sweep_name=sweep_name,
+            )
+            run_dir.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            (run_dir / "submitit").symlink_to(folder, target_is_directory=True)
+            JobSpec(
+                name=cfg.name,
+                config=cfg.model_dump(mode="json"),
+                cluster=c,
+                store_url=store.url,
+                tracking_uri=uri,
+                artifact_root=root,
+                experiment=cfg.tracking.experiment,
+                parent_run_id=cfg.tracking.parent_run_id,
+                tags={"awm.cluster": c},
+            ).save(run_dir)
+            write_capsule(
+                run_dir,
+                cfg=cfg,
+                cluster=c,
+                launch_command=launch_command(cfg, run_dir),
+                sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)),
+                git=git,
+            )
+            jobs_in.append(TrainJob(str(run_dir)))
+        executor = make_executor(cfgs[0], c, paths.run_dir(cfgs[0].name))
+        executor.folder = folder.resolve()
+        with _scrubbed_environ(), executor.batch():
+            jobs = [executor.submit(j) for j in jobs_in]
+        out = []
+        for cfg, job in zip(cfgs, jobs, strict=True):
+            run_dir = paths.run_dir(cfg.name)
+            store.append_job_id(cfg.name, str(job.job_id))
+            store.update_run(cfg.name, log_dir=str(folder))
+            out.append(
+                SubmittedRun(
+                    cfg.name,
+                    run_dir,
+                    str(job.job_id),
+                    c,
+                    (run_dir / "capsule" / "sbatch.sh").read_text(),
+                    launch_command(cfg, run_dir),
+                    job,
+                )
+            )
+        return out
+    finally:
+        if own_store:
+            store.close()

@@ -1,0 +1,217 @@
+"""`awm submit | status | cancel | rerun | logs` (mounted by awm_platform.cli.main).
+
+Only typer and the standard library at import time: the runner, submitit, the store and
+rich are imported inside the commands (`awm --help` stays fast)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail
+
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        "-c",
+        help="local | debug | slurm (default: launcher.cluster). Always passed explicitly to submitit.",
+    ),
+]
+
+
+def _store() -> Any:
+    from awm_platform.store import Store
+
+    return Store.default()
+
+
+def _get_run(store: Any, name: str) -> Any:
+    from awm_platform.store.store import NotFoundError
+
+    try:
+        return store.get_run(name)
+    except NotFoundError as exc:
+        fail(str(exc))
+
+
+def submit(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")],
+    set_: OverridesOpt = None,
+    cluster: ClusterOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the sbatch script and launch command; submit nothing.")
+    ] = False,
+) -> None:
+    """Submit a training run; prints the run name (details on stderr)."""
+    from awm_platform.config import ConfigError, load_config
+    from awm_platform.runner.api import SubmitError, submit_run
+    from awm_platform.runner.launch import format_command
+
+    try:
+        cfg = load_config(config, set_ or [])
+        sub = submit_run(cfg, cluster=cluster, dry_run=dry_run)
+    except (ConfigError, SubmitError, ValueError) as exc:
+        fail(str(exc))
+    if dry_run:
+        if sub.sbatch_script is not None:
+            typer.echo("# ---- sbatch script ----")
+            typer.echo(sub.sbatch_script.rstrip("\n"))
+        typer.echo("# ---- launch command (one per node, run by the job controller) ----")
+        typer.echo(format_command(sub.launch_command))
+        return
+    typer.echo(sub.name)
+    typer.echo(f"submitted {sub.name} to {sub.cluster} as job {sub.job_id}; run dir {sub.run_dir}", err=True)
+
+
+def status(
+    run: Annotated[str | None, typer.Argument(help="One run (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON records instead of a table.")] = False,
+) -> None:
+    """Show run states (polls the schedulers once for all active runs)."""
+    from awm_platform.runner.state import refresh_states
+
+    store = _store()
+    if run is not None:
+        _get_run(store, run)
+    refresh_states(store, [run] if run else None)
+    runs = [store.get_run(run)] if run else store.list_runs()
+    records = [
+        {
+            "run": r.name,
+            "status": r.status,
+            "cluster": r.cluster,
+            "job_ids": list(r.job_ids),
+            "hosts": list(r.hosts),
+            "gpu_hours": round(float(r.gpu_hours or 0.0), 6),
+            "mlflow_run_id": r.mlflow_run_id,
+            "run_dir": r.output_dir,
+            "log_dir": r.log_dir,
+            "sweep": r.sweep_name,
+            "created_at": r.created_at.isoformat() if r.created_at else None,
+            "started_at": r.started_at.isoformat() if r.started_at else None,
+            "ended_at": r.ended_at.isoformat() if r.ended_at else None,
+            "error": r.error,
+        }
+        for r in runs
+    ]
+    if as_json:
+        typer.echo(json.dumps(records if run is None else records[0], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "status", "cluster", "job ids", "GPU-h", "started", "MLflow run")
+    for rec in records:
+        table.add_row(
+            rec["run"],
+            rec["status"],
+            rec["cluster"] or "",
+            ",".join(rec["job_ids"]),
+            f"{rec['gpu_hours']:.3f}",
+            (rec["started_at"] or "")[:19],
+            rec["mlflow_run_id"] or "",
+        )
+    Console().print(table)
+
+
+def cancel(run: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+    """Cancel a run's job (it checkpoints first) and wait until it is gone."""
+    from awm_platform.runner.state import cancel_run
+
+    store = _store()
+    r = _get_run(store, run)
+    if r.status in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED"):
+        fail(f"run {run!r} is already {r.status}", code=1)
+    cancel_run(run, store)
+    typer.echo(f"cancelled {run}")
+
+
+def rerun(
+    run: Annotated[str, typer.Argument(help="Run to re-submit.")],
+    set_: OverridesOpt = None,
+    cluster: ClusterOpt = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the SAME run (failed/cancelled) from its "
+            "latest checkpoint instead of a new NAME-rN run.",
+        ),
+    ] = False,
+) -> None:
+    """Re-submit a run from its capsule as NAME-r1, NAME-r2, ... (or --resume the same run)."""
+    from awm_platform.config import ConfigError
+    from awm_platform.runner.api import SubmitError
+    from awm_platform.runner.api import rerun as do_rerun
+
+    store = _store()
+    _get_run(store, run)
+    try:
+        sub = do_rerun(run, set_ or [], store, cluster=cluster, resume=resume)
+    except (ConfigError, SubmitError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(sub.name)
+    typer.echo(f"submitted {sub.name} to {sub.cluster} as job {sub.job_id}", err=True)
+
+
+def _log_files(folder: Path, job_ids: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for jid in job_ids:
+        for suffix in ("out", "err"):
+            files += sorted(folder.glob(f"{jid}_*_log.{suffix}"))
+    return files
+
+
+def logs(
+    run: Annotated[str, typer.Argument(help="Run name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")] = False,
+) -> None:
+    """Print the run's job logs (submitit's `<job>_<task>_log.{out,err}` in run_dir/submitit)."""
+    from awm_platform.runner.state import refresh_states
+
+    store = _store()
+    r = _get_run(store, run)
+    folder = Path(r.log_dir or Path(r.output_dir) / "submitit")
+    offsets: dict[Path, int] = {}
+
+    def dump() -> None:
+        for f in _log_files(folder, list(store.get_run(run).job_ids)):
+            try:
+                with open(f, "rb") as fh:
+                    fh.seek(offsets.get(f, 0))
+                    data = fh.read()
+            except OSError:
+                continue
+            if data:
+                if f not in offsets:
+                    typer.echo(f"==> {f} <==")
+                sys.stdout.write(data.decode(errors="replace"))
+                sys.stdout.flush()
+            offsets[f] = offsets.get(f, 0) + len(data)
+
+    dump()
+    if not offsets and not follow:
+        fail(f"no log files for run {run!r} in {folder} yet", code=1)
+    while follow:
+        if refresh_states(store, [run]).get(run) in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED"):
+            time.sleep(0.5)
+            dump()
+            break
+        time.sleep(1.0)
+        dump()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit)
+    app.command("status")(status)
+    app.command("cancel")(cancel)
+    app.command("rerun")(rerun)
+    app.command("logs")(logs)
+
+
+__all__ = ["EXIT_BAD_INPUT", "register"]

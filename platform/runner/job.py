@@ -1,0 +1,310 @@
+"""The submitted callable: a `submitit.helpers.Checkpointable` *controller*.
+
+One controller runs per node (one srun task per node). It starts the trainer as a child
+process (its own process group/session), forwards preemption to it and requeues:
+
+* SIGUSR2 (submitit's preemption/timeout signal, sent `launcher.signal_delay_s` before the
+  limit): submitit calls `checkpoint()` from its signal handler. We send SIGUSR1 to the whole
+  child tree, wait for the trainer to checkpoint and exit with code 3, record PREEMPTED and
+  return a fresh `TrainJob` for submitit to requeue (SLURM: `scontrol requeue`; local: the
+  submitit controller restarts the task).
+* SIGTERM (`scontrol requeue`, `scancel`, node shutdown): submitit ignores it ("Bypassing
+  signal SIGTERM"), so we install our own handler: forward SIGUSR1, wait for the checkpoint,
+  record PREEMPTED and exit 143 without a result pickle. SLURM requeues (`scontrol requeue`)
+  or cancels (`scancel`) the job itself; `cancel_run` then writes CANCELLED.
+* Exit: the child tree is always killed (no orphans), whatever happened.
+
+The requeued job resumes the same run: same run dir and name; the trainer picks the latest
+valid checkpoint, the MLflow run id comes from `run_dir/capsule/mlflow.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import submitit
+from awm_platform.runner.capsule import append_line, event
+from awm_platform.runner.launch import launch_command
+from awm_platform.runner.proc import kill_tree, signal_tree
+from awm_platform.runner.spec import EXIT_INTERRUPTED, JobSpec
+
+SCRUBBED_ENV = ("MLFLOW_RUN_ID",)  # never leak a parent's active MLflow run into a job
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(extra or {})
+    return env
+
+
+def _ignore_user_signals() -> None:  # pragma: no cover - runs in the forked child
+    # The launcher (accelerate/torchrun agent) would die on USR1/USR2 (default action:
+    # terminate). Ignored dispositions survive exec; the worker installs its own handlers.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = str(run_dir)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._rc: int | None = None
+        self._stopping = False
+        self._terminated = False
+        self._t0 = time.time()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.run_dir = state["run_dir"]
+        self._reset()
+
+    # ------------------------------------------------------------------- helpers ----
+    def _env(self) -> Any:
+        try:
+            return submitit.JobEnvironment()
+        except Exception:
+            return None
+
+    def _rank0(self) -> bool:
+        env = self._env()
+        return env is None or env.global_rank == 0
+
+    def _store(self, spec: JobSpec) -> Any:
+        from awm_platform.store import Store
+
+        return Store(spec.store_url, upgrade=False)  # migrated at submit time; alembic is slow
+
+    def _report(self, spec: JobSpec, **fields: Any) -> None:
+        """Best effort: a store hiccup must not kill a training job."""
+        if not self._rank0():
+            return
+        try:
+            store = self._store(spec)
+            try:
+                if spec.cluster != "slurm" and fields.get("status") in (
+                    "COMPLETED",
+                    "FAILED",
+                    "PREEMPTED",
+                    "CANCELLED",
+                ):
+                    # local/debug: the controller accounts GPU-hours (SLURM: sacct in the poller)
+                    run = store.get_run(spec.name)
+                    fields["gpu_hours"] = float(run.gpu_hours or 0.0) + (
+                        (time.time() - self._t0) * spec.world_size / 3600.0
+                    )
+                store.update_run(spec.name, **fields)
+            finally:
+                store.close()
+        except Exception as exc:  # pragma: no cover - logged in the job's log
+            print(f"[awm] warning: could not update the store: {exc}", file=sys.stderr, flush=True)
+
+    def _wait_child(self, timeout: float | None = None) -> int | None:
+        # Plain attribute polling (set by the reaper thread): safe inside signal handlers,
+        # unlike Popen.wait()/Event.wait() which take locks the interrupted frame may hold.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._rc is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.05)
+        return self._rc
+
+    def _stop_child(self, grace_s: float) -> int | None:
+        self._stopping = True
+        if self._proc is None:
+            return None
+        if self._rc is None:
+            signal_tree(self._proc.pid, signal.SIGUSR1)
+        rc = self._wait_child(grace_s)
+        if rc is None:
+            print(
+                f"[awm] trainer did not checkpoint within {grace_s:.0f} s; killing it",
+                file=sys.stderr,
+                flush=True,
+            )
+            kill_tree(self._proc.pid)
+            rc = self._wait_child(10)
+        return rc
+
+    def _grace(self, spec: JobSpec) -> float:
+        # The scheduler kills the job at the time limit (local: submitit's controller SIGINTs
+        # the task), so the checkpoint, the kill fallback (5 s) and the requeue must all fit
+        # in `signal_delay_s`.
+        delay = int(spec.config.get("launcher", {}).get("signal_delay_s", 120))
+        return max(5.0, delay - 15.0)
+
+    # ---------------------------------------------------------------------- run ----
+    def __call__(self) -> dict[str, Any]:
+        self._reset()
+        run_dir = Path(self.run_dir)
+        # first thing: submitit ignores SIGTERM, and one may arrive while we start up
+        previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+        event(run_dir, "controller_start")
+        spec = JobSpec.load(run_dir)
+        env = self._env()
+        job_id = str(env.job_id) if env is not None else f"debug-{os.getpid()}"
+        host = socket.gethostname()
+        hosts = list(getattr(env, "hostnames", None) or [host]) if env is not None else [host]
+        if self._rank0():
+            append_line(
+                run_dir / "capsule" / "hosts.jsonl",
+                json.dumps({"job_id": job_id, "hosts": hosts, "started_at": datetime.now(UTC).isoformat()}),
+            )
+            try:
+                store = self._store(spec)
+                try:
+                    run = store.get_run(spec.name)
+                    if run.status in ("CANCELLED", "PRUNED", "COMPLETED"):
+                        # cancelled while requeued/pending, or a requeue after the end: nothing to do
+                        print(
+                            f"[awm] run {spec.name} is {run.status}: not starting",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        return {"status": run.status.lower(), "run": spec.name}
+                    store.append_job_id(spec.name, job_id, host)
+                    fields: dict[str, Any] = {
+                        "status": "RUNNING",
+                        "hosts": sorted(set(run.hosts) | set(hosts)),
+                        "log_dir": str(run_dir / "submitit"),
+                        "ended_at": None,
+                    }
+                    if run.started_at is None:
+                        fields["started_at"] = datetime.now(UTC)
+                    store.update_run(spec.name, **fields)
+                finally:
+                    store.close()
+            except Exception as exc:  # pragma: no cover
+                print(f"[awm] warning: could not update the store: {exc}", file=sys.stderr, flush=True)
+        if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
+            self._report(spec, status="PREEMPTED")
+            sys.exit(143)
+        if self._stopping:  # preempted before the trainer even started
+            return {"status": "interrupted"}
+
+        cfg = spec.experiment_config()
+        cmd = launch_command(cfg, run_dir, env=os.environ)
+        extra = {"AWM_JOB_ID": job_id, "AWM_CLUSTER": spec.cluster, "PYTHONUNBUFFERED": "1"}
+        if spec.world_size > 1 and not Path("/dev/nvidia0").exists():
+            extra["ACCELERATE_USE_CPU"] = "true"  # CPU DDP (gloo); see stack-notes §3
+        if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
+            self._report(spec, status="PREEMPTED")
+            sys.exit(143)
+        print(f"[awm] {host}: job {job_id} starting: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        # debug runs in the caller's process: keep its stdout clean (`awm submit` prints the run name)
+        out = _stderr_fd() if spec.cluster == "debug" else None
+        self._proc = subprocess.Popen(
+            cmd, env=child_env(extra), start_new_session=True, stdout=out, preexec_fn=_ignore_user_signals
+        )
+        proc = self._proc
+        event(run_dir, "child_spawned", job_id=job_id)
+
+        def reap() -> None:
+            self._rc = proc.wait()
+
+        threading.Thread(target=reap, name="awm-reaper", daemon=True).start()
+        try:
+            try:
+                rc = self._wait_child()
+            except submitit.core.utils.UncompletedJobError as exc:
+                # raised by submitit's USR2 handler: out of requeues (launcher.max_requeues)
+                self._report(
+                    spec,
+                    status="FAILED",
+                    ended_at=datetime.now(UTC),
+                    error=f"{exc} (launcher.max_requeues; resume with `awm rerun {spec.name} --resume`)",
+                )
+                raise
+            event(run_dir, "child_exit", rc=rc)
+            if rc == 0:
+                self._report(spec, status="COMPLETED", ended_at=datetime.now(UTC), error=None)
+                event(run_dir, "reported", status="COMPLETED")
+                return {"status": "completed", "run": spec.name}
+            if rc == EXIT_INTERRUPTED:
+                if self._terminated:
+                    self._report(spec, status="PREEMPTED")
+                    sys.exit(143)
+                # The trainer was stopped by a signal it received directly (SLURM signals every
+                # process of the step); submitit's USR2 handler is about to call checkpoint()
+                # and requeue from within this wait.
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not self._rank0():  # other nodes: the rank-0 controller requeues the job
+                    return {"status": "interrupted"}
+                msg = "trainer stopped (exit 3) but no preemption signal reached the controller"
+                self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=msg)
+                raise RuntimeError(msg)
+            err = _error_tail(run_dir) or f"trainer exited with code {rc}"
+            self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=err)
+            raise RuntimeError(f"run {spec.name}: trainer exited with code {rc}\n{err}")
+        finally:
+            kill_tree(proc.pid, grace_s=2.0)  # no orphans, whatever happened
+            signal.signal(signal.SIGTERM, previous_term)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        print("[awm] caught SIGTERM: checkpointing the trainer before exiting", file=sys.stderr, flush=True)
+        self._terminated = True
+        spec = JobSpec.load(Path(self.run_dir))
+        self._stop_child(self._grace(spec))
+        # __call__ sees exit code 3 (or the kill) and exits 143 without a result pickle.
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on USR2 (timeout/preemption), from inside `__call__`'s wait."""
+        spec = JobSpec.load(Path(self.run_dir))
+        print(
+            "[awm] preemption/timeout signal: asking the trainer to checkpoint", file=sys.stderr, flush=True
+        )
+        rc = self._stop_child(self._grace(spec))
+        if rc == 0:
+            # the trainer finished its last step before it saw the stop: the run is complete,
+            # requeueing would only start a job with nothing to do
+            self._report(spec, status="COMPLETED", ended_at=datetime.now(UTC), error=None)
+            _write_success_result({"status": "completed", "run": spec.name})
+            print(
+                "[awm] the run completed before the signal took effect: not requeued",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(0)
+        self._report(spec, status="PREEMPTED")
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+def _stderr_fd() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured stderr (tests, notebooks)
+        return 2
+
+
+def _write_success_result(result: Any) -> None:
+    """What submitit's process_job writes after a normal return (we exit from its handler)."""
+    try:
+        from submitit.core import utils
+
+        paths = submitit.JobEnvironment().paths
+        with utils.temporary_save_path(paths.result_pickle) as tmp:
+            utils.cloudpickle_dump(("success", result), tmp)
+    except Exception as exc:  # pragma: no cover
+        print(f"[awm] warning: could not write the result pickle: {exc}", file=sys.stderr, flush=True)
+
+
+def _error_tail(run_dir: Path, max_chars: int = 4000) -> str | None:
+    path = run_dir / "worker_error.txt"
+    try:
+        return path.read_text()[-max_chars:]
+    except OSError:
+        return None

@@ -1,0 +1,96 @@
+"""Shared runner-test helpers: a tiny SD3 pipeline (built once per session) and tiny configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # jobs start child processes: keep them at 1 thread
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    from trainers.awm.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny-model") / "pipe")
+
+
+def tiny_config_dict(model: Path, name: str, **over: Any) -> dict[str, Any]:
+    data: dict[str, Any] = dict(
+        name=name,
+        seed=1,
+        pretrained={"model": str(model), "dtype": "fp32"},
+        resolution=64,
+        mixed_precision="no",
+        allow_tf32=False,
+        num_epochs=4,
+        save_freq=1000,
+        eval_freq=2,
+        dataset="tiny",
+        reward_fn={"jpeg_compressibility": 1.0},
+        lora={"rank": 4, "alpha": 8},
+        sample={
+            "num_steps": 4,
+            "eval_num_steps": 3,
+            "num_image_per_prompt": 2,
+            "prompts_per_epoch": 2,
+            "max_batch_size_per_gpu": 4,
+            "test_batch_size": 2,
+            "max_sequence_length": 16,
+        },
+        train={"batch_size": 2, "steps_per_epoch": 1, "train_timesteps": 1},
+        eval={"max_prompts": 2, "at_start": False, "ema": False},
+        launcher={"cluster": "local", "cpus_per_task": 1, "time_min": 10},
+        tracking={"experiment": "runner-tests"},
+    )
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    return data
+
+
+def tiny_config(model: Path, name: str, **over: Any) -> Any:
+    from awm_platform.config import config_from_dict
+
+    return config_from_dict(tiny_config_dict(model, name, **over))
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def jsonl_steps(run_dir: Path, key: str) -> list[int]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "metrics" and key in rec["metrics"]:
+            out.append(rec["step"])
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs(isolated_awm_home: Path) -> Any:
+    """Local/SLURM jobs outlive the test process: cancel whatever a test left running."""
+    yield
+    db = isolated_awm_home / "awm.db"
+    if not db.exists():
+        return
+    from awm_platform.runner.state import cancel_run
+    from awm_platform.store import Store
+
+    with Store(f"sqlite:///{db}") as store:
+        for run in store.list_runs(active_only=True):
+            if run.cluster in ("local", "slurm") and run.job_ids:
+                cancel_run(run.name, store, timeout_s=60)
