@@ -247,6 +247,15 @@ class TrainJob(submitit.helpers.Checkpointable):
                 msg = "trainer stopped (exit 3) but no preemption signal reached the controller"
                 self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=msg)
                 raise RuntimeError(msg)
+            if rc == -signal.SIGTERM and not self._terminated:
+                # SLURM signals every process of the step: the trainer (still importing, no
+                # handler yet) can die of the SIGTERM before our own handler has run
+                deadline = time.monotonic() + 2.0
+                while not self._terminated and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            if self._terminated:  # preempted/requeued (scontrol requeue, scancel): not a failure
+                self._report(spec, status="PREEMPTED")
+                sys.exit(143)
             err = _error_tail(run_dir) or f"trainer exited with code {rc}"
             self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=err)
             raise RuntimeError(f"run {spec.name}: trainer exited with code {rc}\n{err}")
