@@ -168,6 +168,15 @@ class LauncherConfig(_Section):
     max_requeues: int = Field(3, ge=0, description="preemptions/timeouts survived by requeueing")
     array_parallelism: int = Field(64, ge=1)
 
+    @model_validator(mode="after")
+    def _signal_before_limit(self) -> LauncherConfig:
+        # SLURM may deliver --signal up to 60 s early; a delay >= the limit fires at start-up
+        if self.signal_delay_s >= self.time_min * 60:
+            raise ValueError(
+                f"launcher.signal_delay_s={self.signal_delay_s} must be shorter than the time limit "
+                f"(launcher.time_min={self.time_min} min = {self.time_min * 60} s)")
+        return self
+
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node

@@ -16,7 +16,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q -U pip setuptools wheel
 fi
-pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pipq() {  # quiet unless it fails (setuptools' editable-install warnings are noise here)
+  local log; log=$(mktemp)
+  if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+}
 if [ -n "$TORCH_SPEC" ] && ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC"
   pipq "$TORCH_SPEC"

@@ -57,7 +57,8 @@ settings() {
   [[ $SL_FAKE_GPUS =~ ^[0-9]+$ ]] || die "SLURM_FAKE_GPUS must be a number, got '$SL_FAKE_GPUS'"
   [ -z "$SL_CPUS" ] || [[ $SL_CPUS =~ ^[1-9][0-9]*$ ]] || die "AWM_SLURM_CPUS must be a positive number"
   [ -z "$SL_MEM_MB" ] || [[ $SL_MEM_MB =~ ^[1-9][0-9]*$ ]] || die "AWM_SLURM_MEM_MB must be a positive number"
-  CPUS=${SL_CPUS:-$(nproc)}
+  # GNU nproc honours OMP_NUM_THREADS (set to 1 by many callers): count the machine, not the caller
+  CPUS=${SL_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
   MEM_MB=${SL_MEM_MB:-$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))}
 }
 save_slurm_settings() {

@@ -180,6 +180,11 @@ def test_pinned_upstream_keys_must_agree() -> None:
         config_from_dict(bad, world_size=8)
 
 
+def test_signal_delay_must_fit_in_the_time_limit() -> None:
+    with pytest.raises(ConfigError, match="launcher.signal_delay_s=120 must be shorter than the time limit"):
+        config_from_dict({"launcher": {"time_min": 2, "signal_delay_s": 120}})
+
+
 def test_world_size_defaults_to_launcher_layout() -> None:
     cfg = config_from_dict({**UPSTREAM_GENEVAL, "launcher": {"nodes": 4, "gpus_per_node": 8}})
     assert cfg.topology().world_size == 32 and cfg.topology().sample_num_batches_per_epoch == 9
