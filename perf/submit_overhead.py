@@ -43,38 +43,14 @@ def measure(cluster: str, model: Path, partition: str | None) -> dict[str, float
     from awm_platform.config import config_from_dict
     from awm_platform.runner import submit_run
     from awm_platform.store import Store
+    from trainers.awm.tiny import tiny_experiment_dict
 
     name = f"perf-{cluster}-{int(time.time())}"
     launcher: dict[str, Any] = {"cpus_per_task": 1, "time_min": 10}
     if partition and cluster == "slurm":
         launcher["partition"] = partition
     cfg = config_from_dict(
-        dict(
-            name=name,
-            seed=1,
-            pretrained={"model": str(model), "dtype": "fp32"},
-            resolution=64,
-            mixed_precision="no",
-            allow_tf32=False,
-            num_epochs=2,
-            save_freq=1000,
-            eval_freq=1000,
-            dataset="tiny",
-            reward_fn={"jpeg_compressibility": 1.0},
-            lora={"rank": 4, "alpha": 8},
-            sample={
-                "num_steps": 4,
-                "eval_num_steps": 3,
-                "num_image_per_prompt": 2,
-                "prompts_per_epoch": 2,
-                "max_batch_size_per_gpu": 4,
-                "test_batch_size": 2,
-                "max_sequence_length": 16,
-            },
-            train={"batch_size": 2, "steps_per_epoch": 1, "train_timesteps": 1},
-            eval={"max_prompts": 2, "at_start": False, "ema": False},
-            launcher=launcher,
-        )
+        tiny_experiment_dict(model, name, num_epochs=2, eval_freq=1000, launcher=launcher)
     )
     store = Store.default()
     t0 = time.time()
@@ -122,9 +98,10 @@ def main() -> None:
     model = make_tiny(Path(tmp) / "model")
     # one-time initialisation of the embedded stores (alembic migrations of a NEW mlflow.db /
     # awm.db, ~2-3 s) is not per-submission overhead: do it before measuring
+    from mlflow.tracking import MlflowClient
+
     from awm_platform.paths import default_mlflow_tracking_uri
     from awm_platform.store import Store
-    from mlflow.tracking import MlflowClient
 
     t = time.time()
     MlflowClient(default_mlflow_tracking_uri()).search_experiments()

@@ -48,35 +48,10 @@ class Timed:
 
 def _config(model: Path, name: str, epochs: int, uri: str | None) -> Any:
     from awm_platform.config import config_from_dict
+    from trainers.awm.tiny import tiny_experiment_dict
 
-    return config_from_dict(
-        dict(
-            name=name,
-            seed=1,
-            pretrained={"model": str(model), "dtype": "fp32"},
-            resolution=64,
-            mixed_precision="no",
-            allow_tf32=False,
-            num_epochs=epochs,
-            save_freq=1000,
-            eval_freq=1000,
-            dataset="tiny",
-            reward_fn={"jpeg_compressibility": 1.0},
-            lora={"rank": 4, "alpha": 8},
-            sample={
-                "num_steps": 4,
-                "eval_num_steps": 3,
-                "num_image_per_prompt": 2,
-                "prompts_per_epoch": 2,
-                "max_batch_size_per_gpu": 4,
-                "test_batch_size": 2,
-                "max_sequence_length": 16,
-            },
-            train={"batch_size": 2, "steps_per_epoch": 1, "train_timesteps": 1},
-            eval={"max_prompts": 2, "at_start": False, "ema": False},
-            tracking={"uri": uri, "experiment": "perf-tracking"},
-        )
-    )
+    return config_from_dict(tiny_experiment_dict(model, name, num_epochs=epochs, eval_freq=1000,
+                                                 tracking={"uri": uri, "experiment": "perf-tracking"}))
 
 
 def _run(model: Path, home: Path, name: str, epochs: int, mode: str, uri: str | None) -> dict[str, float]:
@@ -84,7 +59,6 @@ def _run(model: Path, home: Path, name: str, epochs: int, mode: str, uri: str | 
     from awm_platform.runner.spec import JobSpec
     from awm_platform.runner.tracking import JsonlLogger, build_logger
     from awm_platform.store import Store
-
     from trainers.awm.recipe import train
 
     cfg = _config(model, name, epochs, uri)
@@ -162,8 +136,9 @@ def main() -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         model = make_tiny(Path(tmp) / "model", preset=args.preset)
         # one-time costs are not per-step overhead: import mlflow and create the embedded DB first
-        from awm_platform.paths import default_mlflow_tracking_uri
         from mlflow.tracking import MlflowClient
+
+        from awm_platform.paths import default_mlflow_tracking_uri
 
         MlflowClient(default_mlflow_tracking_uri()).search_experiments()
         server = MlflowServer(Path(tmp) / "server")

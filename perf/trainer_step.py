@@ -48,7 +48,6 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from awm_platform.config import config_from_dict
-
     from trainers.awm.logging import read_jsonl_metrics
     from trainers.awm.recipe import AWMTrainer
     from trainers.awm.tiny import make_tiny, make_tiny_pipeline, transformer_num_params

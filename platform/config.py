@@ -483,7 +483,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 
 # --------------------------------------------------------------- resolve and hash ----
-_SECRET_KEY_RE = re.compile(r"(pass(word)?|token|secret|api[_-]?key|credential)", re.I)
+_SECRET_KEY_RE = re.compile(r"(pass(word)?|token|secret|api[_-]?key|credential)", re.IGNORECASE)
 _URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _ENV_SECRET_RE = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:TOKEN|KEY|PASSWORD|SECRET)[A-Z0-9_]*=)(?P<v>\S+)")
 REDACTED = "***"

@@ -16,30 +16,15 @@ from typing import Any
 TINY_IMAGE_SIZE = 32  # CLIP vision input of the tiny model
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2 / CLIP byte-level BPE alphabet.
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def build_tiny_clip(path: str | Path, *, seed: int = 0) -> Path:
     """A ~50k-parameter CLIP + a character-level CLIP tokenizer, saved in HF format."""
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+    from trainers.awm.tiny import bytes_to_unicode
+
     path = Path(path)
-    chars = sorted(set(_bytes_to_unicode().values()))
+    chars = sorted(set(bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)

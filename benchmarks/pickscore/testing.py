@@ -8,34 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _bytes_to_unicode() -> dict[int, str]:  # GPT-2 / CLIP byte -> unicode table
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def make_clip_tokenizer(model_max_length: int = 77):
-    """Byte-level, character-granularity CLIP BPE tokenizer built in memory (no downloads)."""
-    from transformers import CLIPTokenizer
-
-    byte_chars = list(_bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(byte_chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
 def build_tiny_pickscore(root: str | Path, seed: int = 0, logit_scale: float = 4.6052) -> tuple[Path, Path]:
     """Save a tiny random CLIPModel and a CLIPProcessor under ``root``; return (model_dir, processor_dir)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from trainers.awm.tiny import make_clip_tokenizer  # the in-memory CLIP tokenizer (no downloads)
 
     root = Path(root)
     model_dir, proc_dir = root / "tiny-pickscore-model", root / "tiny-pickscore-processor"

@@ -116,6 +116,7 @@ def write_capsule(
     git: dict[str, Any],
 ) -> Path:
     import yaml
+
     from awm_platform.config import config_hash, resolved_config
 
     cap = Path(run_dir) / "capsule"

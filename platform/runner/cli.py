@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail
 
 ClusterOpt = Annotated[

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+
 from awm_platform.runner.capsule import append_line, event
 from awm_platform.runner.launch import launch_command
 from awm_platform.runner.proc import kill_tree, signal_tree

@@ -57,7 +57,6 @@ def run(run_dir: Path, stop: StopFlag | None = None) -> int:
     spec = JobSpec.load(run_dir)
     cfg = spec.experiment_config()
     from awm_platform.runner.capsule import event
-
     from trainers.awm.recipe import train
 
     event(run_dir, "trainer_imported", rank=_rank())

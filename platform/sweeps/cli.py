@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from awm_platform.cli.common import OverridesOpt, fail
 
 StudyArg = Annotated[str, typer.Argument(help="Study name (defaults at start to the config's `name`).")]

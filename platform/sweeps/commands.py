@@ -28,6 +28,7 @@ from awm_platform.sweeps.orchestrator import (
 
 if TYPE_CHECKING:
     import optuna
+
     from awm_platform.store import Store
 
 
@@ -91,6 +92,7 @@ def spawn_daemon(study_name: str) -> int:
 
 def _load_study(ctx: SweepContext) -> optuna.Study:
     import optuna
+
     from awm_platform.sweeps.optuna_bridge import open_storage
 
     return optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage_url))

@@ -40,9 +40,10 @@ from awm_platform.sweeps.spec import SweepSpec
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
+
     from awm_platform.config import ExperimentConfig
     from awm_platform.store import Store
-    from optuna.trial import FrozenTrial
 
 ACTIVE_RUN = ("PENDING", "RUNNING", "PREEMPTED")
 SWEEP_RUNNING, SWEEP_STOPPING, SWEEP_STOPPED = "RUNNING", "STOPPING", "STOPPED"
@@ -254,6 +255,7 @@ class Orchestrator:
     # --------------------------------------------------------------- set-up ----
     def _load_study(self, *, create: bool) -> optuna.Study:
         import optuna
+
         from awm_platform.sweeps import optuna_bridge as ob
 
         storage = ob.open_storage(self.ctx.storage_url)

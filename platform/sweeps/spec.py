@@ -120,8 +120,9 @@ class SweepSpec(_Spec):
     def validate_against(self, cfg: ExperimentConfig) -> None:
         """Every searched key must exist in the experiment config, and the ends of every range
         must satisfy that key's own constraints (e.g. train.beta >= 0)."""
-        from awm_platform.config import ExperimentConfig, get_dotted
         from pydantic import ValidationError
+
+        from awm_platform.config import ExperimentConfig, get_dotted
 
         base = cfg.model_dump(mode="json", exclude={"sweep"})
         evaluated = set(cfg.eval.rewards or cfg.reward_fn)

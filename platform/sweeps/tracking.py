@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
+
     from awm_platform.config import ExperimentConfig
 
 
@@ -26,8 +27,9 @@ def tracking_uri(cfg: ExperimentConfig) -> str:
 
 def _client_and_experiment(cfg: ExperimentConfig) -> tuple[Any, str]:
     """Same tracking target and experiment artifact root as the trainer's runs (runner.api)."""
-    from awm_platform.runner.api import tracking_target
     from mlflow.tracking import MlflowClient
+
+    from awm_platform.runner.api import tracking_target
 
     uri, artifact_root = tracking_target(cfg)
     client = MlflowClient(tracking_uri=uri)

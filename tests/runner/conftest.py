@@ -23,39 +23,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config_dict(model: Path, name: str, **over: Any) -> dict[str, Any]:
-    data: dict[str, Any] = dict(
-        name=name,
-        seed=1,
-        pretrained={"model": str(model), "dtype": "fp32"},
-        resolution=64,
-        mixed_precision="no",
-        allow_tf32=False,
-        num_epochs=4,
-        save_freq=1000,
-        eval_freq=2,
-        dataset="tiny",
-        reward_fn={"jpeg_compressibility": 1.0},
-        lora={"rank": 4, "alpha": 8},
-        sample={
-            "num_steps": 4,
-            "eval_num_steps": 3,
-            "num_image_per_prompt": 2,
-            "prompts_per_epoch": 2,
-            "max_batch_size_per_gpu": 4,
-            "test_batch_size": 2,
-            "max_sequence_length": 16,
-        },
-        train={"batch_size": 2, "steps_per_epoch": 1, "train_timesteps": 1},
-        eval={"max_prompts": 2, "at_start": False, "ema": False},
-        launcher={"cluster": "local", "cpus_per_task": 1, "time_min": 10},
-        tracking={"experiment": "runner-tests"},
-    )
+    from trainers.awm.tiny import tiny_experiment_dict
+
+    base = {"launcher": {"cluster": "local", "cpus_per_task": 1, "time_min": 10},
+            "tracking": {"experiment": "runner-tests"}}
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(data.get(k), dict):
-            data[k] = {**data[k], **v}
-        else:
-            data[k] = v
-    return data
+        base[k] = {**base[k], **v} if isinstance(v, dict) and k in base else v
+    return tiny_experiment_dict(model, name, **base)
 
 
 def tiny_config(model: Path, name: str, **over: Any) -> Any:

@@ -137,8 +137,9 @@ def test_extra_sbatch_and_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dry_run_local_prints_command(tmp_path: Path) -> None:
-    from awm_platform.cli.main import app
     from typer.testing import CliRunner
+
+    from awm_platform.cli.main import app
 
     res = CliRunner().invoke(app, ["submit", str(_config(tmp_path, 1, 1)), "--cluster", "local", "--dry-run"])
     assert res.exit_code == 0, res.output
@@ -146,8 +147,9 @@ def test_dry_run_local_prints_command(tmp_path: Path) -> None:
 
 
 def test_submit_bad_cluster_and_config(tmp_path: Path) -> None:
-    from awm_platform.cli.main import app
     from typer.testing import CliRunner
+
+    from awm_platform.cli.main import app
 
     cfg = _config(tmp_path, 1, 1)
     res = CliRunner().invoke(app, ["submit", str(cfg), "--cluster", "kubernetes", "--dry-run"])

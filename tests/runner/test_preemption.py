@@ -58,9 +58,10 @@ def _wait_terminal(store: Any, name: str, timeout: float, on_tick: Any = None) -
 
 def _check_resumed_run(store: Any, name: str, baseline: dict[str, Any], min_jobs: int) -> None:
     import torch
-    from awm_platform.paths import default_mlflow_tracking_uri
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
+
+    from awm_platform.paths import default_mlflow_tracking_uri
 
     run = store.get_run(name)
     run_dir = Path(run.output_dir)

@@ -31,8 +31,9 @@ def _logger(run_dir: Path, uri: str, **kw):
 
 
 def test_embedded_default_batches_and_dedups(tmp_path: Path, isolated_awm_home: Path) -> None:
-    from awm_platform.paths import default_mlflow_tracking_uri
     from mlflow.tracking import MlflowClient
+
+    from awm_platform.paths import default_mlflow_tracking_uri
 
     uri = default_mlflow_tracking_uri()
     assert uri == f"sqlite:///{isolated_awm_home / 'mlflow.db'}"
@@ -98,9 +99,10 @@ def test_spool_survives_server_outage(tmp_path: Path, mlflow_server: MlflowServe
 def test_unreachable_server_spools_then_replay(tmp_path: Path) -> None:
     """No server at all while the job runs: everything is spooled (nothing lost, nothing
     blocks) and `replay_spool` sends it later (here to an embedded store standing in)."""
+    from mlflow.tracking import MlflowClient
+
     from awm_platform.runner.spec import JobSpec
     from awm_platform.runner.tracking import replay_spool
-    from mlflow.tracking import MlflowClient
 
     run_dir = tmp_path / "r-offline"
     dead = f"http://127.0.0.1:{free_port()}"

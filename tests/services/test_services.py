@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from awm_platform import services
 from awm_platform.services import parse_env_lines, services_down, services_status, services_up
-
 from tests.fixtures import services as fx
 
 REPO = Path(__file__).resolve().parents[2]

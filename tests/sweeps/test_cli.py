@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from awm_platform.sweeps.orchestrator import Orchestrator
-
 from tests.sweeps.fake_backend import FakeBackend
 from tests.sweeps.helpers import make_ctx, sweep_section, write_config
 

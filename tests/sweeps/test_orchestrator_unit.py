@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+
 from awm_platform.store import Store
 from awm_platform.sweeps.optuna_bridge import trial_seed
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepError, consumed_trials
-from optuna.trial import TrialState
-
 from tests.sweeps.fake_backend import FakeBackend
 from tests.sweeps.helpers import make_ctx
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from awm_platform.config import ConfigError, config_from_dict, load_config
 from awm_platform.sweeps import optuna_bridge as ob
-
 from tests.sweeps.helpers import sweep_section, write_config
 
 

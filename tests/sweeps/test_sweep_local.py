@@ -9,13 +9,13 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+
 from awm_platform.runner.proc import is_alive
 from awm_platform.store import Store
 from awm_platform.sweeps import commands
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext, consumed_trials
-from optuna.trial import TrialState
-
 from tests.sweeps.conftest import OrchestratorThread, kill_job_tree
 from tests.sweeps.helpers import sweep_section
 
@@ -77,8 +77,9 @@ def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base
             assert runs[t.number].resolved_config["seed"] == t.user_attrs["seed"]
             assert runs[t.number].resolved_config["train"]["beta"] == t.params["train.beta"]
 
-    from awm_platform.sweeps.tracking import tracking_uri
     from mlflow.tracking import MlflowClient
+
+    from awm_platform.sweeps.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(ctx.cfg))
     prun = client.get_run(parent)

@@ -8,10 +8,10 @@ from typing import Any
 
 import optuna
 import pytest
-from awm_platform.store import Store
-from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
 from optuna.trial import TrialState
 
+from awm_platform.store import Store
+from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
 from tests.sweeps.conftest import OrchestratorThread
 from tests.sweeps.helpers import sweep_section
 

@@ -4,8 +4,9 @@ test_sweep_local)."""
 from __future__ import annotations
 
 import optuna
-from awm_platform.sweeps.tracking import _plots, summarize_study
 from optuna.distributions import FloatDistribution
+
+from awm_platform.sweeps.tracking import _plots, summarize_study
 
 
 def _study(values: list[float]) -> optuna.Study:

@@ -76,7 +76,6 @@ def _data_dir(dataset: str) -> Path:
 
 def _geneval_generated_train() -> Path:
     from awm_platform.paths import awm_home
-
     from benchmarks.geneval.prompts import generate_train_prompts
 
     out = awm_home() / "cache" / "geneval_train_metadata_n50000_seed0.jsonl"

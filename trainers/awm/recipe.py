@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:  # pragma: no cover
 
     from awm_platform.config import ExperimentConfig
-
     from trainers.awm.logging import MetricLogger
 
 log = logging.getLogger("trainers.awm.recipe")
@@ -149,8 +148,8 @@ class AWMTrainer:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-        from awm_platform.config import config_hash, derive_topology, resolved_config
 
+        from awm_platform.config import config_hash, derive_topology, resolved_config
         from trainers.awm import lora as L
         from trainers.awm.ema import WeightEMA
         from trainers.awm.logging import JsonlMetricLogger, NullLogger, Progress

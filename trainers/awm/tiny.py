@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """The GPT-2 / CLIP byte -> printable unicode table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -53,7 +53,7 @@ def make_clip_tokenizer(model_max_length: int = 77):
     """Character-level byte BPE with CLIP's special tokens (514 ids, no UNK possible)."""
     from transformers import CLIPTokenizer
 
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(byte_chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars)})
     vocab["<|startoftext|>"] = 512
@@ -169,3 +169,34 @@ def make_tiny(out_dir: str | Path, *, preset: str = "tiny", dual_attention: bool
 
 def transformer_num_params(pipe) -> int:
     return sum(p.numel() for p in pipe.transformer.parameters())
+
+
+def tiny_experiment_dict(model_dir: str | Path, name: str, **overrides: Any) -> dict[str, Any]:
+    """The smallest useful experiment on a `make_tiny` model: 2 prompts x 2 images per epoch,
+    one optimizer step, a 4-step rollout. For tests and perf scripts that measure the
+    platform around the trainer (submission, tracking, preemption), not learning.
+    `overrides` replace top-level keys; dict values are merged one level deep."""
+    data: dict[str, Any] = {
+        "name": name,
+        "seed": 1,
+        "pretrained": {"model": str(model_dir), "dtype": "fp32"},
+        "resolution": 64,
+        "mixed_precision": "no",
+        "allow_tf32": False,
+        "num_epochs": 4,
+        "save_freq": 1000,
+        "eval_freq": 2,
+        "dataset": "tiny",
+        "reward_fn": {"jpeg_compressibility": 1.0},
+        "lora": {"rank": 4, "alpha": 8},
+        "sample": {"num_steps": 4, "eval_num_steps": 3, "num_image_per_prompt": 2, "prompts_per_epoch": 2,
+                   "max_batch_size_per_gpu": 4, "test_batch_size": 2, "max_sequence_length": 16},
+        "train": {"batch_size": 2, "steps_per_epoch": 1, "train_timesteps": 1},
+        "eval": {"max_prompts": 2, "at_start": False, "ema": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
