@@ -161,7 +161,7 @@ def _mount_parts() -> None:
     from importlib import import_module
 
     parts = {"trainers.awm.cli": None, "awm_platform.runner.cli": None, "awm_platform.sweeps.cli": "sweep",
-             "benchmarks.cli": "bench"}
+             "benchmarks.cli": "bench", "awm_platform.evals.cli": None, "awm_platform.ui.cli": None}
     for module, group in parts.items():
         try:
             mod = import_module(module)

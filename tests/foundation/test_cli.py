@@ -82,3 +82,31 @@ def test_services_status_reports_both_and_hides_passwords(slurm_cluster, postgre
     assert "PASSWORD" not in out.stdout and "postgresql+psycopg://" not in out.stdout
     bad = awm("services", "status", "redis")
     assert bad.returncode == 2 and "unknown service 'redis'" in bad.stderr
+
+
+def test_eval_list_reads_the_store() -> None:
+    from awm_platform.store import Store
+
+    store = Store.default()
+    store.create_run(name="r1", config_hash="h", resolved_config={}, output_dir="/r1")
+    ckpt = store.add_checkpoint("r1", step=20, path="/r1/ckpt", sha256="0" * 64, formats=["diffusers"])
+    store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="ocr-1.0", spec_hash="s", status="COMPLETED",
+                            score=0.81, ci_low=0.78, ci_high=0.84, num_samples=1018)
+    store.close()
+    out = awm("eval", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"run": "r1", "step": 20, "benchmark": "ocr", "version": "ocr-1.0",
+                                       "spec_hash": "s", "status": "COMPLETED", "score": 0.81, "ci_low": 0.78,
+                                       "ci_high": 0.84, "n": 1018}]
+    table = awm("eval", "list", "--run", "r1")
+    assert table.returncode == 0 and "ocr-1.0" in table.stdout and "0.8100" in table.stdout
+    missing = awm("eval", "list", "--run", "ghost")
+    assert missing.returncode == 2 and "no run named 'ghost'" in missing.stderr
+
+
+def test_every_command_group_has_help() -> None:
+    for group in ("config", "db", "services", "model", "sweep", "bench", "eval", "ui"):
+        out = awm(group, "--help")
+        assert out.returncode == 0, (group, out.stderr)
+    ui = awm("ui")
+    assert ui.returncode == 1 and "not part of this release yet" in ui.stderr
