@@ -11,11 +11,6 @@ VENV=${AWM_VENV:-.venv}
 TORCH_SPEC=${AWM_TORCH_SPEC-torch==2.13.0}
 EXTRAS=${AWM_EXTRAS:-dev,postgres,ocr}
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating $VENV"
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q -U pip setuptools wheel
-fi
 pipq() {  # quiet unless it fails (setuptools' editable-install warnings are noise here)
   local log; log=$(mktemp)
   if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
@@ -23,6 +18,11 @@ pipq() {  # quiet unless it fails (setuptools' editable-install warnings are noi
   fi
   rm -f "$log"
 }
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+  pipq -U pip setuptools wheel
+fi
 if [ -n "$TORCH_SPEC" ] && ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing $TORCH_SPEC"
   pipq "$TORCH_SPEC"
