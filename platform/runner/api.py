@@ -80,9 +80,7 @@ def submit_run(
     command are returned for display. The debug cluster runs the job in-process, so
     `submit_run` returns after it finished (unless `wait_debug=False`)."""
     from awm_platform import paths
-    from awm_platform.config import config_hash, derive_topology, resolved_config
-    from awm_platform.runner.capsule import git_info, write_capsule
-    from awm_platform.runner.spec import JobSpec
+    from awm_platform.config import derive_topology
 
     cluster = resolve_cluster(cfg, cluster)
     derive_topology(cfg)  # fail before anything is written
@@ -98,50 +96,9 @@ def submit_run(
     own_store = store is None
     store = store or Store.for_config(cfg)
     try:
-        if store.find_run(cfg.name) is not None:
-            raise SubmitError(
-                f"a run named {cfg.name!r} already exists; pick another name "
-                f"(--set name=...) or `awm rerun {cfg.name}`"
-            )
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise SubmitError(
-                f"run directory {run_dir} already exists and is not empty (left over from a "
-                "deleted run?); remove it or pick another name"
-            )
-        git = git_info()
-        tracking_uri, artifact_root = tracking_target(cfg)
-        tags = {
-            "awm.cluster": cluster,
-            **({"awm.sweep": sweep_name} if sweep_name else {}),
-            **({"awm.trial": str(trial_number)} if trial_number is not None else {}),
-            **(extra_tags or {}),
-        }
-        store.create_run(
-            name=cfg.name,
-            config_hash=config_hash(cfg),
-            resolved_config=resolved_config(cfg),
-            output_dir=run_dir,
-            cluster=cluster,
-            git_commit=git.get("commit"),
-            num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
-            sweep_name=sweep_name,
-            trial_number=trial_number,
-            status="PENDING",
-        )
+        _prepare_run(store, cfg, run_dir, cluster, launch_cmd=cmd, sbatch=sbatch, sweep_name=sweep_name,
+                     trial_number=trial_number, parent_run_id=mlflow_parent_run_id, extra_tags=extra_tags)
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            JobSpec(
-                name=cfg.name,
-                config=cfg.model_dump(mode="json", by_alias=False),
-                cluster=cluster,
-                store_url=store.url,
-                tracking_uri=tracking_uri,
-                artifact_root=artifact_root,
-                experiment=cfg.tracking.experiment,
-                parent_run_id=mlflow_parent_run_id or cfg.tracking.parent_run_id,
-                tags=tags,
-            ).save(run_dir)
-            write_capsule(run_dir, cfg=cfg, cluster=cluster, launch_command=cmd, sbatch=sbatch, git=git)
             job = _submit(cfg, cluster, run_dir)
         except Exception as exc:
             store.update_run(cfg.name, status="FAILED", error=f"submission failed: {exc}")
@@ -156,6 +113,65 @@ def submit_run(
     finally:
         if own_store:
             store.close()
+
+
+def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cmd: list[str], sbatch: str | None,
+                 sweep_name: str | None = None, trial_number: int | None = None,
+                 parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> None:
+    """Register the run (PENDING, resolved config + hash) and write what its job needs: the run
+    directory, the job spec and the reproducibility capsule. A failure after the row exists
+    marks the run FAILED, so nothing is left half-submitted and unexplained."""
+    from awm_platform.config import config_hash, resolved_config
+    from awm_platform.runner.capsule import git_info, write_capsule
+    from awm_platform.runner.spec import JobSpec
+
+    if store.find_run(cfg.name) is not None:
+        raise SubmitError(
+            f"a run named {cfg.name!r} already exists; pick another name "
+            f"(--set name=...) or `awm rerun {cfg.name}`"
+        )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SubmitError(
+            f"run directory {run_dir} already exists and is not empty (left over from a "
+            "deleted run?); remove it or pick another name"
+        )
+    git = git_info()
+    tracking_uri, artifact_root = tracking_target(cfg)
+    tags = {
+        "awm.cluster": cluster,
+        **({"awm.sweep": sweep_name} if sweep_name else {}),
+        **({"awm.trial": str(trial_number)} if trial_number is not None else {}),
+        **(extra_tags or {}),
+    }
+    store.create_run(
+        name=cfg.name,
+        config_hash=config_hash(cfg),
+        resolved_config=resolved_config(cfg),
+        output_dir=run_dir,
+        cluster=cluster,
+        git_commit=git.get("commit"),
+        num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
+        sweep_name=sweep_name,
+        trial_number=trial_number,
+        status="PENDING",
+    )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        JobSpec(
+            name=cfg.name,
+            config=cfg.model_dump(mode="json", by_alias=False),
+            cluster=cluster,
+            store_url=store.url,
+            tracking_uri=tracking_uri,
+            artifact_root=artifact_root,
+            experiment=cfg.tracking.experiment,
+            parent_run_id=parent_run_id or cfg.tracking.parent_run_id,
+            tags=tags,
+        ).save(run_dir)
+        write_capsule(run_dir, cfg=cfg, cluster=cluster, launch_command=launch_cmd, sbatch=sbatch, git=git)
+    except Exception as exc:
+        store.update_run(cfg.name, status="FAILED", error=f"submission failed: {exc}")
+        raise
 
 
 def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
@@ -248,10 +264,7 @@ def submit_runs(
     (`$AWM_HOME/arrays/<first run>`) and each run's `run_dir/submitit` links to it.
     Elsewhere: one submission per run."""
     from awm_platform import paths
-    from awm_platform.config import config_hash, resolved_config
-    from awm_platform.runner.capsule import git_info, write_capsule
     from awm_platform.runner.job import TrainJob
-    from awm_platform.runner.spec import JobSpec
     from awm_platform.store import Store
 
     if not cfgs:
@@ -266,45 +279,13 @@ def submit_runs(
     store = store or Store.for_config(cfgs[0])
     try:
         folder = paths.awm_home() / "arrays" / cfgs[0].name
-        git = git_info()
+        folder.mkdir(parents=True, exist_ok=True)
         jobs_in = []
         for cfg in cfgs:
             run_dir = paths.run_dir(cfg.name)
-            if store.find_run(cfg.name) is not None or run_dir.exists():
-                raise SubmitError(f"a run named {cfg.name!r} already exists")
-            uri, root = tracking_target(cfg)
-            store.create_run(
-                name=cfg.name,
-                config_hash=config_hash(cfg),
-                resolved_config=resolved_config(cfg),
-                output_dir=run_dir,
-                cluster=c,
-                git_commit=git.get("commit"),
-                num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
-                sweep_name=sweep_name,
-            )
-            run_dir.mkdir(parents=True)
-            folder.mkdir(parents=True, exist_ok=True)
+            _prepare_run(store, cfg, run_dir, c, launch_cmd=launch_command(cfg, run_dir),
+                         sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)), sweep_name=sweep_name)
             (run_dir / "submitit").symlink_to(folder, target_is_directory=True)
-            JobSpec(
-                name=cfg.name,
-                config=cfg.model_dump(mode="json"),
-                cluster=c,
-                store_url=store.url,
-                tracking_uri=uri,
-                artifact_root=root,
-                experiment=cfg.tracking.experiment,
-                parent_run_id=cfg.tracking.parent_run_id,
-                tags={"awm.cluster": c},
-            ).save(run_dir)
-            write_capsule(
-                run_dir,
-                cfg=cfg,
-                cluster=c,
-                launch_command=launch_command(cfg, run_dir),
-                sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)),
-                git=git,
-            )
             jobs_in.append(TrainJob(str(run_dir)))
         executor = make_executor(cfgs[0], c, paths.run_dir(cfgs[0].name))
         executor.folder = folder.resolve()
