@@ -18,22 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _font(size: int):
-    from PIL import ImageFont
-
-    for p in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
-        try:
-            return ImageFont.truetype(p, size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size=size)
-
-
 def make_images(n: int, size: int):
     from PIL import Image, ImageDraw
 
     from benchmarks.ocr.benchmark import DATA_DIR
     from benchmarks.ocr.scoring import extract_target
+    from benchmarks.ocr.testing import font as _font
 
     prompts = (DATA_DIR / "test.txt").read_text(encoding="utf-8").split("\n")[:n]
     font = _font(max(12, size // 14))
