@@ -51,7 +51,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep "install 
 ensure_packages() {
   local missing="" p ok
   # one dpkg-query for all of them (each call costs ~50 ms)
-  ok=" $(dpkg-query -W -f='${Package}:${Status}\n' "$@" 2>/dev/null | sed -n 's/^\([^:]*\):install ok installed$/\1/p' | tr '\n' ' ') "
+  # dpkg-query exits 1 when any of them is unknown (the fresh-machine case): that is an answer, not an error
+  ok=" $( (dpkg-query -W -f='${Package}:${Status}\n' "$@" 2>/dev/null || true) | sed -n 's/^\([^:]*\):install ok installed$/\1/p' | tr '\n' ' ') "
   for p in "$@"; do [[ $ok == *" $p "* ]] || missing="$missing $p"; done
   [ -n "$missing" ] || return 0
   log "installing Debian packages:$missing"
