@@ -16,11 +16,31 @@ export AWM_SERVICES_DIR
 export _AWM_SVC_T0
 _AWM_SVC_NAME=${_AWM_SVC_NAME:-services}
 
+# Where this script's logs are (each service script sets it): named by every error message.
+_AWM_SVC_LOGS=""
+
 log() {
   local ms=$(( ($(date +%s%N) - _AWM_SVC_T0) / 1000000 ))
-  printf '[%s %3d.%01ds] %s\n' "$_AWM_SVC_NAME" $((ms / 1000)) $(((ms % 1000) / 100)) "$*" >&2
+  printf '[%s %3d.%01ds] %s\n' "$_AWM_SVC_NAME" $((ms / 1000)) $(((ms % 1000) / 100)) "$*" >&2 || true
 }
-die() { log "ERROR: $*"; exit 1; }
+# die MESSAGE : one ERROR line saying what failed and where the logs are, then exit 1
+die() {
+  local msg=$*
+  if [ -n "$_AWM_SVC_LOGS" ] && [[ $msg != *"$_AWM_SVC_LOGS"* ]]; then msg="$msg (logs: $_AWM_SVC_LOGS)"; fi
+  log "ERROR: $msg"
+  exit 1
+}
+# Every failure that makes `set -e` exit without a die (a command substitution, a pipeline under pipefail,
+# a `[ ... ] && ...` as a function's last statement) still prints what failed, where, and where the logs
+# are: an empty error message is a bug. errtrace (-E) makes functions and subshells inherit the trap; only
+# the top-level shell reports, so a failure inside `$(...)` is reported once, as the assignment that failed.
+_awm_on_err() {
+  local rc=$1 line=$2 cmd=$3
+  [ "${BASH_SUBSHELL:-0}" = 0 ] || return 0
+  log "ERROR: \`$cmd\` failed (exit $rc) at ${BASH_SOURCE[1]##*/}:$line${_AWM_SVC_LOGS:+ (logs: $_AWM_SVC_LOGS)}"
+}
+set -E
+trap '_awm_on_err $? $LINENO "$BASH_COMMAND"' ERR
 # kv KEY VALUE -> one eval-able line on stdout
 kv() {
   if [[ $2 =~ ^[A-Za-z0-9_./:@+=,%-]*$ ]]; then printf '%s=%s\n' "$1" "$2"; else printf '%s=%q\n' "$1" "$2"; fi
@@ -63,19 +83,47 @@ ensure_packages() {
     printf '#!/bin/sh\n# temporary, written by awm-platform scripts/services\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d; made_policy=1
   fi
+  : > "$aptlog"
+  # run_detached: a daemon some postinst starts anyway must not hold our lock or the caller's pipe
   # shellcheck disable=SC2086
-  if ! $apt install -y --no-install-recommends $missing >"$aptlog" 2>&1; then
+  if ! run_detached "$aptlog" $apt install -y --no-install-recommends $missing; then
     log "apt-get install failed; running apt-get update and retrying once"
-    $apt update >>"$aptlog" 2>&1 || true
+    run_detached "$aptlog" $apt update || true
     # shellcheck disable=SC2086
-    if ! $apt install -y --no-install-recommends $missing >>"$aptlog" 2>&1; then
-      [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-      tail -30 "$aptlog" >&2
+    if ! run_detached "$aptlog" $apt install -y --no-install-recommends $missing; then
+      if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+      tail -30 "$aptlog" >&2 || true
       die "apt-get install$missing failed (full log: $aptlog)"
     fi
   fi
-  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if [ "$made_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   log "packages installed"
+}
+
+# ---------------------------------------------------------------- daemons
+# run_detached [--background] LOGFILE CMD... : run CMD (a daemon, or a command that starts one) holding
+# none of the caller's file descriptors: stdin from /dev/null, stdout and stderr appended to LOGFILE, every
+# other inherited descriptor closed, in a session of its own, from /. A daemon that kept the caller's
+# stdout or stderr (or any pipe it was handed) would make `services.sh up | tail`, `awm services up | cat`
+# or a Python caller reading a pipe wait for EOF as long as the daemon lives.
+# Returns CMD's exit status; with --background (for a daemon that does not fork by itself) returns at once.
+run_detached() {
+  local background=0
+  if [ "$1" = --background ]; then background=1; shift; fi
+  local logf=$1; shift
+  (
+    fd=""
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    cd /
+    if [ "$background" = 1 ]; then
+      setsid "$@" </dev/null >>"$logf" 2>&1 &
+      exit 0
+    fi
+    exec setsid --wait "$@" </dev/null >>"$logf" 2>&1
+  )
 }
 
 # ---------------------------------------------------------------- processes

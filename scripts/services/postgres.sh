@@ -19,6 +19,7 @@ DATA=$P/data
 RECS=$P/pids
 SETTINGS=$P/settings.env
 LOGF=$P/server.log
+_AWM_SVC_LOGS=$LOGF        # named by every error message (lib.sh)
 
 settings() {
   local e_port=${AWM_PG_PORT:-} e_user=${AWM_PG_USER:-} e_pw=${AWM_PG_PASSWORD:-} e_dbs=${AWM_PG_DBS:-}
@@ -44,11 +45,12 @@ save_pg_settings() {
 pgbin() {
   local v
   if [ -s "$DATA/PG_VERSION" ]; then
-    v=$(cat "$DATA/PG_VERSION")
+    v=$(cat "$DATA/PG_VERSION") || die "cannot read $DATA/PG_VERSION"
     [ -x "/usr/lib/postgresql/$v/bin/postgres" ] || die "data dir $DATA is PostgreSQL $v but only $(ls /usr/lib/postgresql 2>/dev/null | tr '\n' ' ')is installed; 'scripts/services.sh down postgres --purge' starts over"
     echo "/usr/lib/postgresql/$v/bin"
   else
-    ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+    # no server installed: print nothing (the caller says so); `ls` failing must not end the script here
+    { ls -d /usr/lib/postgresql/*/bin 2>/dev/null || true; } | sort -V | tail -1
   fi
 }
 as_pg() { (cd / && runuser -u postgres -- "$@"); }
@@ -93,8 +95,8 @@ cmd_up() {
   runuser -u postgres -- test -x "$STATE" 2>/dev/null || chmod 755 "$STATE"
   chown postgres:postgres "$P"; chmod 700 "$P"
   check_traversable postgres "$P"
-  PGBIN=$(pgbin)
-  [ -n "$PGBIN" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql"
+  PGBIN=$(pgbin) || exit 1   # pgbin said why
+  [ -n "$PGBIN" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)"
   mkdir -p "$RECS"
   if [ "$SOCKDIR" != "$P" ]; then mkdir -p "$SOCKDIR"; chown postgres:postgres "$SOCKDIR"; chmod 700 "$SOCKDIR"; fi
 
@@ -102,7 +104,7 @@ cmd_up() {
   if pid=$(pg_pid); then
     # running: its port is the truth (the settings file may have been edited)
     local live_port; live_port=$(sed -n 4p "$DATA/postmaster.pid" 2>/dev/null || true)
-    [ -n "$live_port" ] && PG_PORT=$live_port
+    if [ -n "$live_port" ]; then PG_PORT=$live_port; fi
   else
     if [ -z "$PG_PORT" ]; then
       PG_PORT=$(free_port 55432) || die "no free TCP port >= 55432"
@@ -115,19 +117,23 @@ cmd_up() {
     fi
     save_pg_settings
     if [ ! -s "$DATA/PG_VERSION" ]; then
-      local pw; pw=$(mktemp "$P/.pw.XXXXXX"); printf '%s\n' "$PG_SUPERPASS" > "$pw"; chown postgres "$pw"
+      local pw; pw=$(mktemp "$P/.pw.XXXXXX") || die "cannot create a temporary file in $P"
+      printf '%s\n' "$PG_SUPERPASS" > "$pw"; chown postgres "$pw"
       as_pg "$PGBIN/initdb" -D "$DATA" -U postgres --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 \
-        -E UTF8 --locale=C.UTF-8 --no-sync >"$P/initdb.log" 2>&1 || { rm -f "$pw"; tail -20 "$P/initdb.log" >&2; die "initdb failed"; }
+        -E UTF8 --locale=C.UTF-8 --no-sync >"$P/initdb.log" 2>&1 \
+        || { rm -f "$pw"; tail -20 "$P/initdb.log" >&2 || true; die "initdb failed (log: $P/initdb.log)"; }
       rm -f "$pw"
       log "initdb done ($("$PGBIN/postgres" --version))"
     fi
     # settings that must not come from a global postgresql.conf: we pass everything on the command line
-    as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOGF" -w -t 60 -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $SOCKDIR \
--c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start >/dev/null \
-      || { tail -20 "$LOGF" >&2; die "pg_ctl start failed (log: $LOGF)"; }
-    pid=$(pid_from_file "$DATA/postmaster.pid")
+    # run_detached: the postmaster must not hold our caller's pipes (pg_ctl's own output: pg_ctl.log)
+    run_detached "$P/pg_ctl.log" runuser -u postgres -- "$PGBIN/pg_ctl" -D "$DATA" -l "$LOGF" -w -t 60 \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $SOCKDIR \
+-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start \
+      || { tail -20 "$LOGF" "$P/pg_ctl.log" >&2 2>/dev/null || true; die "pg_ctl start failed (logs: $LOGF, $P/pg_ctl.log)"; }
+    pid=$(pid_from_file "$DATA/postmaster.pid") || die "pg_ctl reported a start but $DATA/postmaster.pid holds no pid"
     proc_ok "$pid" postgres || die "postgres (pid $pid) is not running"
-    record_pid "$RECS" postgres "$pid" postgres
+    record_pid "$RECS" postgres "$pid" postgres || die "postgres (pid $pid) vanished right after starting"
     log "postgres started (pid $pid, 127.0.0.1:$PG_PORT)"
     started=1
   fi
@@ -141,9 +147,13 @@ cmd_up() {
         ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
       END IF; END\$\$;" >/dev/null || die "could not create role $PG_USER"
   local have db
-  have=" $(psql_su -c "SELECT datname FROM pg_database" | tr '\n' ' ') "
+  have=$(psql_su -c "SELECT datname FROM pg_database") || die "could not list the databases"
+  have=" $(echo "$have" | tr '\n' ' ') "
   for db in $PG_DBS; do
-    [[ $have == *" $db "* ]] || { psql_su -c "CREATE DATABASE $db OWNER $PG_USER" >/dev/null; log "created database $db"; }
+    if [[ $have != *" $db "* ]]; then
+      psql_su -c "CREATE DATABASE $db OWNER $PG_USER" >/dev/null || die "could not create database $db"
+      log "created database $db"
+    fi
   done
   wait_for 10 accepts || die "PostgreSQL does not accept password logins on 127.0.0.1:$PG_PORT (log: $LOGF)"
   [ "$started" = 1 ] || log "already running (pid $pid, 127.0.0.1:$PG_PORT)"

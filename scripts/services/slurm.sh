@@ -24,6 +24,7 @@ RUN=$S/run                 # pidfiles of the slurm daemons (root)
 RECS=$S/pids               # our PID records
 SPOOL=$S/spool
 LOGD=$S/log
+_AWM_SVC_LOGS=$LOGD        # named by every error message (lib.sh)
 DBDIR=$S/mysql             # MariaDB datadir (owned by mysql)
 DBRUN=$S/mysql-run         # MariaDB socket + pidfile (owned by mysql)
 GPUDIR=$S/fakegpu
@@ -185,12 +186,14 @@ start_munged() {
   fi
   chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
   rm -f /run/munge/munged.pid
-  (cd / && runuser -u munge -- /usr/sbin/munged </dev/null >>"$LOGD/munged.stdout" 2>&1) \
-    || { tail -5 "$LOGD/munged.stdout" >&2; die "munged failed to start"; }
-  wait_for 10 test -s /run/munge/munged.pid || die "munged wrote no pidfile"
-  pid=$(pid_from_file /run/munge/munged.pid)
+  log "starting munged (authentication)"
+  run_detached "$LOGD/munged.stdout" runuser -u munge -- /usr/sbin/munged \
+    || { tail -5 "$LOGD/munged.stdout" /var/log/munge/munged.log >&2 2>/dev/null || true
+         die "munged failed to start (logs: $LOGD/munged.stdout, /var/log/munge/munged.log)"; }
+  wait_for 10 test -s /run/munge/munged.pid || die "munged wrote no pidfile /run/munge/munged.pid (log: /var/log/munge/munged.log)"
+  pid=$(pid_from_file /run/munge/munged.pid) || die "munged's pidfile /run/munge/munged.pid holds no pid"
   proc_ok "$pid" munged || die "munged (pid $pid) is not running"
-  record_pid "$RECS" munged "$pid" munged
+  record_pid "$RECS" munged "$pid" munged || die "munged (pid $pid) vanished right after starting (log: /var/log/munge/munged.log)"
   wait_for 10 munge_works || die "munge -n | unmunge fails"
   log "munged started (pid $pid)"
   STARTED=1
@@ -203,23 +206,25 @@ start_mariadb() {
   if pid=$(daemon_pid mariadbd); then return 0; fi
   check_traversable mysql "$DBDIR"
   port_listening "$SL_DB_PORT" && die "port $SL_DB_PORT (MariaDB for slurmdbd) is already in use by another process; set AWM_SLURM_DB_PORT"
+  log "starting MariaDB (mariadbd, the accounting database for slurmdbd)"
   if [ ! -d "$DBDIR/mysql" ]; then
     mariadb-install-db --user=mysql --datadir="$DBDIR" --auth-root-authentication-method=socket \
       --skip-test-db >"$LOGD/mariadb-install-db.log" 2>&1 \
-      || { tail -20 "$LOGD/mariadb-install-db.log" >&2; die "mariadb-install-db failed"; }
+      || { tail -20 "$LOGD/mariadb-install-db.log" >&2 || true; die "mariadb-install-db failed (log: $LOGD/mariadb-install-db.log)"; }
     log "MariaDB datadir initialised in $DBDIR"
   fi
   rm -f "$DBRUN/mysqld.pid"
-  (cd / && setsid /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DBDIR" \
+  # mariadbd does not fork by itself: run_detached --background
+  run_detached --background "$LOGD/mysqld.err" /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$DBDIR" \
     --socket="$DBSOCK" --port="$SL_DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \
     --pid-file="$DBRUN/mysqld.pid" --log-error="$LOGD/mysqld.err" --skip-log-bin \
-    --innodb-buffer-pool-size=128M --innodb-log-file-size=16M --innodb-lock-wait-timeout=900 \
-    </dev/null >/dev/null 2>&1 &)
-  wait_for 30 mariadb-admin --socket="$DBSOCK" ping || { tail -20 "$LOGD/mysqld.err" >&2; die "mariadbd did not come up"; }
-  wait_for 5 test -s "$DBRUN/mysqld.pid"
-  pid=$(pid_from_file "$DBRUN/mysqld.pid")
+    --innodb-buffer-pool-size=128M --innodb-log-file-size=16M --innodb-lock-wait-timeout=900
+  wait_for 30 mariadb-admin --socket="$DBSOCK" ping \
+    || { tail -20 "$LOGD/mysqld.err" >&2 || true; die "mariadbd did not come up (log: $LOGD/mysqld.err)"; }
+  wait_for 5 test -s "$DBRUN/mysqld.pid" || die "mariadbd wrote no pidfile $DBRUN/mysqld.pid (log: $LOGD/mysqld.err)"
+  pid=$(pid_from_file "$DBRUN/mysqld.pid") || die "mariadbd's pidfile $DBRUN/mysqld.pid holds no pid"
   proc_ok "$pid" mariadbd || die "mariadbd (pid $pid) is not running"
-  record_pid "$RECS" mariadbd "$pid" mariadbd
+  record_pid "$RECS" mariadbd "$pid" mariadbd || die "mariadbd (pid $pid) vanished right after starting (log: $LOGD/mysqld.err)"
   log "mariadbd started (pid $pid, 127.0.0.1:$SL_DB_PORT)"
   STARTED=1
 }
@@ -230,14 +235,18 @@ start_slurm_daemon() {
   case $name in slurmctld) port=$SL_CTLD_PORT ;; slurmd) port=$SL_D_PORT ;; slurmdbd) port=$SL_DBD_PORT ;; esac
   port_listening "$port" && die "port $port ($name) is already in use by a process we did not start (another SLURM?); stop it or set AWM_SLURM_*_PORT"
   rm -f "$RUN/$name.pid"
-  (cd / && "/usr/sbin/$name" </dev/null >>"$LOGD/$name.stdout" 2>&1) \
-    || { tail -20 "$LOGD/$name.log" "$LOGD/$name.stdout" >&2 2>/dev/null; die "$name failed to start"; }
-  wait_for 10 test -s "$RUN/$name.pid" || { tail -20 "$LOGD/$name.log" >&2; die "$name wrote no pidfile"; }
-  pid=$(pid_from_file "$RUN/$name.pid")
-  wait_for 5 proc_ok "$pid" "$name" || { tail -20 "$LOGD/$name.log" >&2; die "$name (pid $pid) exited"; }
-  record_pid "$RECS" "$name" "$pid" "$name"
+  log "starting $name"
+  run_detached "$LOGD/$name.stdout" "/usr/sbin/$name" \
+    || { tail -20 "$LOGD/$name.log" "$LOGD/$name.stdout" >&2 2>/dev/null || true
+         die "$name failed to start (logs: $LOGD/$name.log, $LOGD/$name.stdout)"; }
+  wait_for 10 test -s "$RUN/$name.pid" \
+    || { tail -20 "$LOGD/$name.log" >&2 || true; die "$name wrote no pidfile $RUN/$name.pid (log: $LOGD/$name.log)"; }
+  pid=$(pid_from_file "$RUN/$name.pid") || die "$name's pidfile $RUN/$name.pid holds no pid"
+  wait_for 5 proc_ok "$pid" "$name" \
+    || { tail -20 "$LOGD/$name.log" >&2 || true; die "$name (pid $pid) exited (log: $LOGD/$name.log)"; }
+  record_pid "$RECS" "$name" "$pid" "$name" || die "$name (pid $pid) vanished before its pid could be recorded (log: $LOGD/$name.log)"
   if [ $# -gt 0 ]; then
-    wait_for 30 "$@" || { tail -20 "$LOGD/$name.log" >&2; die "$name (pid $pid) is not ready: $*"; }
+    wait_for 30 "$@" || { tail -20 "$LOGD/$name.log" >&2 || true; die "$name (pid $pid) is not ready: $* (log: $LOGD/$name.log)"; }
   fi
   log "$name started (pid $pid)"
   STARTED=1
@@ -378,7 +387,7 @@ cmd_down() {
   [ "${1:-}" = --purge ] && purge=1
   if daemon_pid slurmctld >/dev/null && ctld_up; then
     local jobs
-    jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+    jobs=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ') || jobs=""
     if [ -n "${jobs// /}" ]; then
       log "cancelling jobs: $jobs"
       # shellcheck disable=SC2086
