@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from awm_platform import redaction as _redaction
 from awm_platform.sweeps.spec import SweepSpec
 
 
@@ -42,7 +43,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # allow_inf_nan=False: `.nan` / `.inf` pass range checks vacuously; say "must be a finite number"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- model ----
@@ -76,6 +78,9 @@ class SampleConfig(_Section):
     prompts_per_epoch: int = Field(72, ge=1, description="prompts m per epoch (images = m*k)")
     # memory knob: the largest rollout batch one process runs at once
     max_batch_size_per_gpu: int = Field(6, ge=1)
+    max_images_per_epoch: int = Field(
+        100_000, ge=1, description="ceiling on prompts_per_epoch x num_image_per_prompt (catches typos such as "
+                                   "1e11 before they exhaust memory); raise it for a deliberately larger epoch")
     # derived (upstream per-GPU keys): may be pinned only when consistent
     train_batch_size: int | None = Field(None, ge=1, description="derived: images per process per round")
     num_batches_per_epoch: int | None = Field(None, ge=1, description="derived: rounds per epoch")
@@ -249,6 +254,12 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _science(self) -> ExperimentConfig:
         k = self.sample.num_image_per_prompt
+        images = self.sample.prompts_per_epoch * k
+        if images > self.sample.max_images_per_epoch:
+            raise ValueError(
+                f"sample.prompts_per_epoch x sample.num_image_per_prompt = {self.sample.prompts_per_epoch} x {k} "
+                f"= {images} images per epoch exceeds sample.max_images_per_epoch={self.sample.max_images_per_epoch}; "
+                "raise sample.max_images_per_epoch if you mean it")
         if self.per_prompt_stat_tracking and k < 2:
             raise ValueError(
                 "sample.num_image_per_prompt=1 with per_prompt_stat_tracking=true: a group of one "
@@ -390,7 +401,17 @@ def _valid_keys_at(loc: tuple[str | int, ...]) -> list[str]:
     for f in model.model_fields.values():
         if isinstance(f.validation_alias, AliasChoices):
             keys += [c for c in f.validation_alias.choices if isinstance(c, str)]
-    return keys
+    return sorted(set(keys))
+
+
+def _top_level_aliases() -> dict[str, str]:
+    """Every accepted spelling of a top-level key -> its field name (`run_name` -> `name`)."""
+    out: dict[str, str] = {}
+    for field_name, f in ExperimentConfig.model_fields.items():
+        out[field_name] = field_name
+        if isinstance(f.validation_alias, AliasChoices):
+            out.update({c: field_name for c in f.validation_alias.choices if isinstance(c, str)})
+    return out
 
 
 _RANGE_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -408,9 +429,17 @@ def _format_errors(err: ValidationError, source: str, key_lines: dict[tuple[str,
                 break
         if e["type"] == "extra_forbidden":
             valid = _valid_keys_at(e["loc"])
-            close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1, cutoff=0.5)
+            canonical = _top_level_aliases().get(loc[-1]) if len(loc) == 1 else None
+            if canonical is not None:  # a second spelling of a key that is already set (name + run_name)
+                spellings = sorted(k for k, v in _top_level_aliases().items() if v == canonical)
+                out.append(f"{where}: '{dotted}' and another spelling of the same key are both set "
+                           f"({' / '.join(spellings)}); keep one")
+                continue
+            close = difflib.get_close_matches(loc[-1], [k for k in valid if k != loc[-1]], n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join([*loc[:-1], close[0]])}'?" if close else ""
-            out.append(f"{where}: unknown key '{dotted}'{hint} (valid keys here: {', '.join(sorted(valid))})")
+            out.append(f"{where}: unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
+        elif e["type"] == "finite_number":
+            out.append(f"{where}: '{dotted}' must be a finite number, got {e.get('input')!r}")
         elif e["type"] in _RANGE_WORDS:
             bound = next(iter(e.get("ctx", {}).values()), "?")
             out.append(f"{where}: '{dotted}' must be {_RANGE_WORDS[e['type']]} {bound}, got {e.get('input')!r}")
@@ -438,8 +467,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     data = copy.deepcopy(data)
+    aliases = _top_level_aliases()
     for item in overrides:
         parts, value = parse_override(item)
+        canonical = aliases.get(parts[0])
+        if canonical is not None:  # `--set run_name=x` overrides `name:` of the file (one key, two spellings)
+            for spelling in [k for k, v in aliases.items() if v == canonical and k != canonical]:
+                if spelling in data and canonical not in data:
+                    data[canonical] = data.pop(spelling)
+            parts[0] = canonical
         node = data
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
@@ -450,12 +486,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+# A config FILE must state these: their defaults (SD3.5-M, a JPEG reward) are no sensible guess,
+# and an empty file would otherwise validate and launch 1,728 SD3.5-M images per update.
+# Programmatic configs (`config_from_dict`, job specs) keep the defaults.
+REQUIRED_KEYS: dict[str, str] = {
+    "pretrained.model": "a local diffusers pipeline folder or a hub id",
+    "reward_fn": "e.g. reward_fn: {jpeg_compressibility: 1.0}",
+}
+
+
+def _missing_required(data: dict[str, Any], required: dict[str, str]) -> list[str]:
+    aliases = _top_level_aliases()
+    missing = []
+    for dotted, hint in required.items():
+        head, *rest = dotted.split(".")
+        node: Any = next((data[k] for k, v in aliases.items() if v == head and k in data), None)
+        for part in rest:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(f"missing required key '{dotted}' ({hint})")
+    return missing
+
+
 def config_from_dict(data: dict[str, Any], *, source: str = "<config>", text: str = "",
-                     world_size: int | None = None) -> ExperimentConfig:
+                     world_size: int | None = None, required: dict[str, str] | None = None) -> ExperimentConfig:
+    missing = [f"{source}: {m}" for m in _missing_required(data, required or {})]
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source, _yaml_key_lines(text))) from None
+        raise ConfigError(_format_errors(err, source, _yaml_key_lines(text)) + "".join(f"\n  {m}" for m in missing)) \
+            from None
+    if missing:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(missing))
     derive_topology(cfg, world_size)  # impossible combinations fail before anything is submitted
     return cfg
 
@@ -464,9 +526,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 world_size: int | None = None) -> ExperimentConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; give the config's YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "is this a YAML config?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -479,33 +548,21 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         data = apply_overrides(data, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return config_from_dict(data, source=str(path), text=text, world_size=world_size)
+    return config_from_dict(data, source=str(path), text=text, world_size=world_size, required=REQUIRED_KEYS)
 
 
 # --------------------------------------------------------------- resolve and hash ----
-_SECRET_KEY_RE = re.compile(r"(pass(word)?|token|secret|api[_-]?key|credential)", re.IGNORECASE)
-_URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
-_ENV_SECRET_RE = re.compile(r"(?P<k>\b[A-Z0-9_]*(?:TOKEN|KEY|PASSWORD|SECRET)[A-Z0-9_]*=)(?P<v>\S+)")
-REDACTED = "***"
-
-
-def redact(value: Any) -> Any:
-    """Remove passwords from URLs, secret-looking keys and `FOO_TOKEN=...` shell assignments."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY_RE.search(k) and v is not None else redact(v))
-                for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        value = _URL_PASSWORD_RE.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", value)
-        return _ENV_SECRET_RE.sub(lambda m: f"{m['k']}{REDACTED}", value)
-    return value
+# Secret rules live in awm_platform.redaction (docs/runner.md, "Secrets"); re-exported here.
+REDACTED = _redaction.REDACTED
+redact = _redaction.redact
 
 
 def resolved_config(cfg: ExperimentConfig, world_size: int | None = None) -> dict[str, Any]:
     """The config as it will run: every default filled in, derived values, secrets redacted."""
     data = redact(cfg.model_dump(mode="json"))
     data["derived"] = derive_topology(cfg, world_size).model_dump()
+    # the raw setup lines stay in the 0600 job files; a hash tells runs with different ones apart
+    data["derived"]["setup_hash"] = _redaction.setup_hash(cfg.launcher.setup)
     return data
 
 

@@ -26,7 +26,7 @@ def test_help_lists_the_command_groups() -> None:
 
 def test_config_validate_ok_and_bad(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text("name: demo\nsample:\n  num_image_per_prompt: 4\n  prompts_per_epoch: 2\ntrain:\n  batch_size: 2\n")
+    good.write_text("name: demo\npretrained: {model: m}\nreward_fn: {jpeg_compressibility: 1.0}\nsample:\n  num_image_per_prompt: 4\n  prompts_per_epoch: 2\ntrain:\n  batch_size: 2\n")
     ok = awm("config", "validate", str(good))
     assert ok.returncode == 0 and "ok:" in ok.stdout and "8 images per update" in ok.stdout
 
@@ -46,7 +46,7 @@ def test_config_validate_ok_and_bad(tmp_path: Path) -> None:
 
 def test_config_show_resolves_derives_and_redacts(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("name: demo\nstorage:\n  url: postgresql+psycopg://u:pw123@h/db\n"
+    path.write_text("name: demo\npretrained: {model: m}\nreward_fn: {pickscore: 1.0}\nstorage:\n  url: postgresql+psycopg://u:pw123@h/db\n"
                     "sample: {num_image_per_prompt: 24, prompts_per_epoch: 72}\n")
     out = awm("config", "show", str(path), "--world-size", "8", "--set", "train.beta=0.003")
     assert out.returncode == 0, out.stderr

@@ -78,7 +78,8 @@ def test_missing_file() -> None:
 
 
 def test_dotted_overrides_are_typed(tmp_path: Path) -> None:
-    path = write(tmp_path, "name: r\ntrain:\n  beta: 0.001\n")
+    path = write(tmp_path, "name: r\npretrained: {model: m}\nreward_fn: {jpeg_compressibility: 1.0}\n"
+                           "train:\n  beta: 0.001\n")
     cfg = load_config(path, ["train.beta=0.003", "train.weighting=t**2", "sample.noise_window=[0.2, 0.8]",
                              "reward_fn.jpeg_compressibility=0.5", "launcher.extra_sbatch=['--exclusive']"])
     assert cfg.train.beta == 0.003 and cfg.train.weighting == "t**2"
@@ -89,6 +90,57 @@ def test_dotted_overrides_are_typed(tmp_path: Path) -> None:
         load_config(path, ["train.bta=1"])
     with pytest.raises(ConfigError, match="must look like dotted.key=value"):
         load_config(path, ["train.beta"])
+
+
+def test_a_config_file_must_name_the_model_and_the_reward(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, ""))
+    msg = str(err.value)
+    assert "missing required key 'pretrained.model'" in msg and "missing required key 'reward_fn'" in msg
+    # reported together with the other errors, and satisfied by either spelling / an override
+    with pytest.raises(ConfigError, match=r"(?s)'train.beta' must be >= 0.0.*missing required key 'reward_fn'"):
+        load_config(write(tmp_path, "pretrained: {model: m}\ntrain: {beta: -1}\n"))
+    cfg = load_config(write(tmp_path, "rewards: {ocr: 1.0}\n"), ["pretrained.model=m"])
+    assert cfg.pretrained.model == "m" and cfg.reward_fn == {"ocr": 1.0}
+
+
+def test_non_finite_numbers_are_rejected_as_such(tmp_path: Path) -> None:
+    for value in (".nan", ".inf", "-.inf"):
+        with pytest.raises(ConfigError, match=r"exp.yaml:2: 'train.learning_rate' must be a finite number"):
+            load_config(write(tmp_path, f"train:\n  learning_rate: {value}\n"))
+
+
+def test_derived_work_per_epoch_has_an_overridable_ceiling(tmp_path: Path) -> None:
+    path = write(tmp_path, "pretrained: {model: m}\nreward_fn: {jpeg_compressibility: 1.0}\n"
+                           "sample: {prompts_per_epoch: 100000000000, num_image_per_prompt: 2}\ntrain: {batch_size: 1}\n")
+    with pytest.raises(ConfigError, match=r"200000000000 images per epoch exceeds sample.max_images_per_epoch=100000"):
+        load_config(path)
+    big = load_config(path, ["sample.prompts_per_epoch=60000", "sample.max_images_per_epoch=120000"])
+    assert big.topology().images_per_epoch == 120000
+
+
+def test_unreadable_config_files_say_why(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bin.yaml: not UTF-8 text \(byte 0xff at offset 6\)"):
+        load_config(binary)
+
+
+def test_aliases_override_each_other_and_hints_never_suggest_the_same_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: from-file\npretrained: {model: m}\nreward_fn: {jpeg_compressibility: 1.0}\n")
+    assert load_config(path, ["run_name=from-cli"]).name == "from-cli"
+    both = write(tmp_path, "name: a\nrun_name: b\npretrained: {model: m}\nreward_fn: {ocr: 1.0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(both)
+    msg = str(err.value)
+    assert "'run_name' and another spelling of the same key are both set (name / run_name)" in msg
+    assert "did you mean 'run_name'" not in msg
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["nmae=x"])
+    valid = str(err.value).split("valid keys here: ")[1].rstrip(")").split(", ")
+    assert len(valid) == len(set(valid)) and "name" in valid and "run_name" in valid
 
 
 def test_run_name_alias_and_validation() -> None:

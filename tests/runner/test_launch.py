@@ -23,6 +23,7 @@ def _config(tmp_path: Path, nodes: int, gpus: int) -> Path:
     data = {
         "name": f"golden-{nodes}x{gpus}",
         "pretrained": {"model": "stabilityai/stable-diffusion-3.5-medium"},
+        "reward_fn": {"pickscore": 1.0},
         "launcher": {
             "cluster": "slurm",
             "partition": "gpu",

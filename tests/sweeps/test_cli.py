@@ -36,7 +36,8 @@ def test_help_is_fast_and_lists_sweep_commands(isolated_awm_home):
 
 
 def test_start_rejects_bad_configs_with_exit_2(tmp_path, isolated_awm_home):
-    no_sweep = write_config(tmp_path / "a.yaml", {"name": "x"})
+    no_sweep = write_config(tmp_path / "a.yaml", {"name": "x", "pretrained": {"model": "m"},
+                                                  "reward_fn": {"jpeg_compressibility": 1.0}})
     out = _awm("sweep", "start", str(no_sweep), home=isolated_awm_home)
     assert out.returncode == 2 and "no `sweep:` section" in out.stderr
     bad = write_config(tmp_path / "b.yaml", {"name": "x", "sweep": sweep_section(
