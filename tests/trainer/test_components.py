@@ -56,24 +56,26 @@ def test_reward_registry_errors_and_custom_factory():
 
 
 def test_async_reward_pool_overlaps():
+    """submit returns while the reward is still running: the reward waits for an event that only the
+    caller sets after submit returned (a blocking submit would see its future finished, after 60 s)."""
     import threading
-    import time
 
     from trainers.awm.rewards import AsyncRewardPool
 
-    started = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
-    def slow(images, prompts, metadata):
+    def gated(images, prompts, metadata):
         started.set()
-        time.sleep(0.2)
+        release.wait(60)
         return {"x": np.ones(len(images))}
 
-    with AsyncRewardPool(slow) as pool:
-        t0 = time.perf_counter()
+    with AsyncRewardPool(gated) as pool:
         fut = pool.submit(_images(2), ["a", "b"], [{}, {}])
-        assert time.perf_counter() - t0 < 0.1  # submit does not block
-        assert started.wait(2)
-        assert fut.result()["x"].tolist() == [1.0, 1.0]
+        assert not fut.done()  # submit did not wait for the reward
+        assert started.wait(60)  # ... which runs in the pool's thread meanwhile
+        assert not fut.done()
+        release.set()
+        assert fut.result(timeout=60)["x"].tolist() == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------- prompts
