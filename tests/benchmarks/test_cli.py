@@ -37,7 +37,7 @@ def test_list_json():
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert {"ocr", "pickscore", "geneval"} <= set(rows)
-    assert rows["ocr"]["version"] == "ocr-1.0" and rows["ocr"]["prompts"] == {"test": 1018}
+    assert rows["ocr"]["version"] == "ocr-1.0" and rows["ocr"]["prompts"] == {"test": 1018, "train": 20000}
     assert rows["ocr"]["models_available"] is True and rows["ocr"]["engine"].startswith("rapidocr")
     assert rows["pickscore"]["prompts"] == {"test": 2048, "train": 25432}
     assert rows["pickscore"]["models_available"] is False  # no weights offline
