@@ -16,7 +16,8 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -115,45 +116,76 @@ def _run(
     env: Mapping[str, str] | None,
     timeout: float | None,
     check: bool,
+    progress: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """Run the script; its stderr (the log lines) goes to ``progress`` line by line as it comes."""
     script = script_path()
     full_env = dict(os.environ)
     if env:
         full_env.update({k: str(v) for k, v in env.items()})
+    command = f"{script.name} {' '.join(args)}"
+    proc = subprocess.Popen(
+        ["bash", str(script), *args],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        close_fds=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout_chunks: list[str] = []
+    stderr_lines: list[str] = []
+    # stdout is drained by a thread so that neither pipe can fill up and block the script
+    reader = threading.Thread(target=lambda: stdout_chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+    exited_early: list[int] = []  # the script had exited, but something it started kept its output pipe
+
+    def _kill_on_timeout() -> None:
+        timed_out.set()
+        if proc.poll() is not None:
+            exited_early.append(proc.returncode)
+        proc.kill()
+
+    timer = threading.Timer(timeout, _kill_on_timeout) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
-        proc = subprocess.run(
-            ["bash", str(script), *args],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            close_fds=True,
-            check=False,
+        for line in proc.stderr:
+            stderr_lines.append(line)
+            if progress is not None:
+                progress(line.rstrip("\n"))
+        proc.wait()
+        reader.join()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    stdout, stderr = "".join(stdout_chunks), "".join(stderr_lines)
+    if timed_out.is_set():
+        why = (
+            f"exited (status {exited_early[0]}) but a process it started still held its output pipe after {timeout} s"
+            if exited_early
+            else f"did not finish within {timeout} s"
         )
-    except subprocess.TimeoutExpired as exc:
-
-        def _text(value: str | bytes | None) -> str:
-            return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
-
         raise ServicesError(
-            f"`{script.name} {' '.join(args)}` did not finish within {timeout} s",
-            stdout=_text(exc.stdout),
-            stderr=_text(exc.stderr),
-        ) from exc
+            f"`{command}` {why}" + (f":\n{_tail(stderr)}" if stderr.strip() else ""),
+            stdout=stdout,
+            stderr=stderr,
+        )
     if check and proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-25:])
-        if proc.returncode == EXIT_CANNOT_RUN:
-            what = "cannot run on this machine"
-        else:
-            what = f"failed (exit {proc.returncode})"
-        raise ServicesError(
-            f"`{script.name} {' '.join(args)}` {what}:\n{tail}",
-            returncode=proc.returncode,
-            stdout=proc.stdout,
-            stderr=proc.stderr,
+        what = "cannot run on this machine" if proc.returncode == EXIT_CANNOT_RUN else f"failed (exit {proc.returncode})"
+        detail = _tail(stderr) or (
+            "(the script printed nothing, which is a bug in it: rerun with "
+            f"`bash -x {script} {' '.join(args)}` to see where it stopped)"
         )
-    return proc
+        raise ServicesError(f"`{command}` {what}:\n{detail}", returncode=proc.returncode, stdout=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 def services_up(
@@ -161,15 +193,18 @@ def services_up(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = 1800,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Bring services up (idempotent) and return the ``KEY=VALUE`` env the script printed.
 
     ``env`` adds knobs for this call, e.g. ``{"SLURM_FAKE_GPUS": "2"}`` (see docs/services.md).
     Keys include ``AWM_SLURM_PARTITION``, ``AWM_TEST_POSTGRES_URL``, ``AWM_MLFLOW_POSTGRES_URL``, ...
+    ``progress`` receives each log line as the script prints it (one per phase: installing packages,
+    starting each daemon, probes), e.g. ``progress=print``.
     Raises :class:`ServicesError` on failure (its message carries the tail of the script's log).
     """
     _check_which(which)
-    proc = _run(["up", which], env=env, timeout=timeout, check=True)
+    proc = _run(["up", which], env=env, timeout=timeout, check=True, progress=progress)
     return parse_env_lines(proc.stdout)
 
 

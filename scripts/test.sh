@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this):
-#   1. install what is missing (venv + project, Debian packages for the services),
+#   1. install what is missing (venv + project; Debian packages for the services and for the tools some
+#      tests use: tesseract-ocr for the OCR benchmark's tesseract engine),
 #   2. start the real local services (single-node SLURM with slurmdbd, PostgreSQL),
-#   3. run pytest (a run that collects no test fails),
+#   3. run pytest with the services REQUIRED (AWM_REQUIRE_SERVICES=1): a test that needs SLURM or
+#      PostgreSQL runs or fails, never skips; a run that collects no test fails,
 #   4. stop the services this script started.
+# If the services or the tools cannot be installed or started, this script fails (non-zero) before
+# pytest, saying what failed and where the log is: whoever runs it, a green run means the service tests ran.
+# AWM_TEST_SERVICES=0: leave starting/stopping the services to the test fixtures (they are still required).
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/foundation -x`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-bash scripts/setup.sh || exit 1
+export AWM_REQUIRE_SERVICES=1
+SERVICES=${AWM_SERVICES_SCRIPT:-scripts/services.sh}
+bash scripts/setup.sh || { echo "[test] FAILED: scripts/setup.sh (the venv) did not complete" >&2; exit 1; }
+
+echo "[test] installing the Debian tools the tests use (tesseract-ocr)"
+bash "$SERVICES" tools \
+  || { echo "[test] FAILED: '$SERVICES tools' could not install the Debian tools (see the ERROR line above)" >&2; exit 1; }
 
 started_services=0
+cleanup() { if [ "$started_services" = 1 ]; then bash "$SERVICES" down all >/dev/null 2>&1 || true; fi; }
+trap cleanup EXIT
 if [ "${AWM_TEST_SERVICES:-1}" = 1 ]; then
-  if ! bash scripts/services.sh status all >/dev/null 2>&1; then
+  if ! bash "$SERVICES" status all >/dev/null 2>&1; then
     echo "[test] starting local services (SLURM + PostgreSQL)"
-    if bash scripts/services.sh up all; then started_services=1
-    else echo "[test] WARNING: services failed to start; tests that need them will fail or skip with a reason"; fi
+    started_services=1   # before 'up': what a failed 'up' half-started is stopped again on exit
+    # stdout (KEY=VALUE lines, with the PostgreSQL password) is not needed here: the fixtures ask again
+    bash "$SERVICES" up all >/dev/null \
+      || { echo "[test] FAILED: the local services did not come up (see the ERROR lines above); not running the tests" >&2
+           exit 1; }
   fi
 fi
-cleanup() { if [ "$started_services" = 1 ]; then bash scripts/services.sh down all >/dev/null 2>&1 || true; fi; }
-trap cleanup EXIT
 
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -322,6 +322,8 @@ def engine_status(spec: EngineSpec) -> ModelStatus:
     if importlib.util.find_spec("pytesseract") is None:
         return ModelStatus(False, "pytesseract not installed (pip install pytesseract; apt-get install tesseract-ocr)")
     cmd = spec.options.get("tesseract_cmd") or shutil.which("tesseract")
-    if not cmd:
-        return ModelStatus(False, "tesseract binary not found (apt-get install tesseract-ocr tesseract-ocr-eng)")
+    if not cmd or not Path(cmd).exists():  # the same test as TesseractEngine's: a configured path may be wrong
+        return ModelStatus(
+            False, f"tesseract binary not found ({cmd or 'tesseract on PATH'}; apt-get install tesseract-ocr tesseract-ocr-eng)"
+        )
     return ModelStatus(True, f"pytesseract {_pkg_version('pytesseract')} with {cmd}")

@@ -120,11 +120,26 @@ def _services_call(fn_name: str, which: str) -> Any:
 
 
 @services_app.command("up")
-def services_up(which: Which = "all") -> None:
-    """Install (if needed) and start the local services; prints the URLs/env to use."""
-    env = _services_call("services_up", which)
-    for k, v in env.items():
-        typer.echo(f"{k}={v}")
+def services_up(which: Which = "all",
+                show_env: Annotated[bool, typer.Option("--env", help="Also print the KEY=VALUE env (URLs with "
+                                                       "the PostgreSQL password) to use them.")] = False) -> None:
+    """Install (if needed) and start the local services: one progress line per phase (on stderr), then
+    the status table."""
+    from awm_platform import services
+
+    if which not in ("slurm", "postgres", "all"):
+        fail(f"unknown service {which!r}: expected slurm, postgres or all")
+    try:
+        env = services.services_up(which, progress=lambda line: typer.echo(line, err=True))
+        status = services.services_status(which)
+    except services.ServicesError as exc:
+        fail(str(exc))
+    for k, v in status.items():
+        if k in services.SERVICES:  # `env` holds passwords: only with --env
+            typer.echo(f"{k}: {v}")
+    if show_env:
+        for k, v in env.items():
+            typer.echo(f"{k}={v}")
 
 
 @services_app.command("down")

@@ -53,10 +53,15 @@ def test_script_is_found_and_rejects_bad_arguments() -> None:
 def test_require_services_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fx, "can_run_services", lambda: (False, "not running as root"))
     monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("AWM_REQUIRE_SERVICES", raising=False)
     with pytest.raises(pytest.skip.Exception, match="not running as root"):
         fx.require_services("thing")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        fx.require_services("thing")
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("AWM_REQUIRE_SERVICES", "1")  # what scripts/test.sh exports
+    with pytest.raises(pytest.fail.Exception, match="not running as root.*AWM_REQUIRE_SERVICES=1"):
         fx.require_services("thing")
     monkeypatch.setattr(fx, "can_run_services", lambda: (True, "ok"))
     fx.require_services("thing")  # no exception
