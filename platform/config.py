@@ -136,6 +136,16 @@ class TrainConfig(_Section):
     off_policy: bool = False
     use_sa_solver: bool = True
     lora_path: str | None = None
+    lora_path_step: int | None = Field(
+        None, ge=0, description="global step the lora_path weights were trained for: the KL-EMA and weight-EMA "
+        "ramps continue from it, as upstream. None = read it from the checkpoint (step-<N>/manifest.json, or "
+        "upstream's checkpoint-<S>/ folder); 0 = start the ramps afresh")
+
+    @model_validator(mode="after")
+    def _lora_path_step_needs_path(self) -> TrainConfig:
+        if self.lora_path_step is not None and not self.lora_path:
+            raise ValueError("train.lora_path_step is set but train.lora_path is not; set both or neither")
+        return self
 
     @field_validator("cfg")
     @classmethod
@@ -153,6 +163,10 @@ class EvalConfig(_Section):
     ema: bool = Field(True, description="also evaluate the weight-EMA LoRA")
     at_start: bool = Field(True, description="evaluate at step 0 (upstream has no baseline)")
     rewards: dict[str, float] | None = Field(None, description="None = reward_fn")
+    guidance_scale: float | None = Field(
+        None, ge=1.0, le=100.0, allow_inf_nan=False,
+        description="CFG scale of in-loop evaluation; None = sample.guidance_scale, which is what upstream "
+        "evaluates with (1.0 in AWM's configs; Flow-GRPO-style evaluation: 4.5)")
 
 
 # ------------------------------------------------------------------------ platform ----

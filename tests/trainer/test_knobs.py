@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                   "ema_update_step_interval": 2, "adv_clip_max": 2.0, "advantage_max": 0.5, "off_policy": True,
                   "lr_scheduler": "cosine_then_constant", "decay_steps": 1, "max_grad_norm": 0.5,
                   "adam_beta1": 0.8, "adam_beta2": 0.95, "adam_weight_decay": 0.01, "adam_epsilon": 1e-6},
+        "eval": {"guidance_scale": 4.5},  # Flow-GRPO-style evaluation of a no-CFG run
     },
     "euler": {
         "num_epochs": 1, "time_type": "logit_normal", "time_shift": 1.5,
@@ -148,11 +149,19 @@ def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
 
     def velocity_spy(self, module, x, t, cond):
         out = real_velocity(self, module, x, t, cond)
-        if rec.phase == "rollout" and not any(f == "velocity" for f, _, _ in rec.events):
+        if rec.phase in ("rollout", "eval") and not any(f == "velocity" and p == rec.phase for f, p, _ in rec.events):
             rec.events.append(("velocity", rec.phase, {"rows": x.shape[0], "out": out.detach().clone()}))
         return out
 
     monkeypatch.setattr(SD3Family, "velocity", velocity_spy)
+
+    real_factory = AWMTrainer.velocity_factory
+
+    def factory_spy(self, module, cond, guidance_scale=None):
+        rec.events.append(("velocity_factory", rec.phase, {"guidance_scale": guidance_scale}))
+        return real_factory(self, module, cond, guidance_scale)
+
+    monkeypatch.setattr(AWMTrainer, "velocity_factory", factory_spy)
 
     def sampler_spy(name: str, real):
         def spy(velocity_fn, latents, sigmas, **kw):
@@ -367,6 +376,28 @@ def test_rollout_guidance_scale(recordings):
             assert raw["rows"] == first["rows"] and first["v"].equal(raw["out"]), name
 
 
+def test_eval_guidance_scale(recordings):
+    """In-loop evaluation gets eval.guidance_scale (None = sample.guidance_scale, as upstream) whatever the
+    rollouts use: the eval sampler sees v_u + g (v_c - v_u) with that g; rollouts keep sample.guidance_scale."""
+    seen = set()
+    for name, rec in _each(recordings):
+        want = rec.cfg.eval.guidance_scale
+        if want is None:
+            want = rec.cfg.sample.guidance_scale
+        assert {c["guidance_scale"] for c in rec.calls("velocity_factory", "eval")} == {want}, name
+        assert {c["guidance_scale"] for c in rec.calls("velocity_factory", "rollout")} == {None}, name
+        first = rec.calls("euler_sample", "eval")[0]["first_eval"]
+        raw = next(d for f, p, d in rec.events if f == "velocity" and p == "eval")
+        if want > 1:
+            assert raw["rows"] == 2 * first["rows"], name
+            vu, vc = raw["out"].chunk(2)
+            assert first["v"].allclose(vu + want * (vc - vu), rtol=1e-5, atol=1e-6), name
+        else:
+            assert raw["rows"] == first["rows"] and first["v"].equal(raw["out"]), name
+        seen.add((rec.cfg.sample.guidance_scale, want))
+    assert {(1.0, 4.5), (2.0, 2.0), (1.0, 1.0)} <= seen  # separate from, and defaulting to, the rollout value
+
+
 def test_eval_uses_eval_num_steps_ode(recordings):
     for name, rec in _each(recordings):
         for c in rec.calls("euler_sample", "eval"):
@@ -494,7 +525,7 @@ def test_variants_move_every_knob(tiny_dir):
     needed = {f"train.{f}" for f in LOSS_KNOBS.values()} | {
         "time_type", "time_shift", "per_prompt_stat_tracking", "sample.noise_level", "sample.noise_window",
         "sample.sde_frac", "sample.num_steps", "sample.eval_num_steps", "sample.guidance_scale",
-        "sample.global_std", "sample.zero_std_policy", "train.train_timesteps", "train.timestep_fraction",
+        "sample.global_std", "sample.zero_std_policy", "eval.guidance_scale", "train.train_timesteps", "train.timestep_fraction",
         "train.adv_clip_max", "train.advantage_max", "train.kl_ema_decay", "train.kl_ema_decay_type",
         "train.ema", "train.ema_decay", "train.ema_update_step_interval", "train.off_policy",
         "train.use_sa_solver", "train.lr_scheduler", "train.max_grad_norm", "train.adam_beta1", "train.adam_beta2",

@@ -1,7 +1,8 @@
 """In-loop evaluation (spec 5.1, with traps 9.16 / 9.23 / 9.24 fixed).
 
 * Deterministic Euler ODE with ``sample.eval_num_steps`` steps (default 40) and
-  ``sample.guidance_scale`` (1.0 = no CFG, as upstream AWM).
+  ``eval.guidance_scale`` (default: ``sample.guidance_scale``, which upstream uses for both; 1.0 = no
+  CFG, as upstream AWM; 4.5 = Flow-GRPO's evaluation).
 * Every test prompt gets ONE image whose initial noise is seeded from ``(eval.seed, prompt
   index)``: the same noise at every evaluation and for live and EMA weights, independent of
   the world size and batch composition.
@@ -40,6 +41,7 @@ def run_eval(
     indices: list[int],
     reward_pool,
     velocity_factory: Callable,
+    guidance_scale: float,
     latent_shape: tuple[int, int, int],
     sigmas,
     batch_size: int,
@@ -74,7 +76,7 @@ def run_eval(
                 gens = [torch.Generator().manual_seed(eval_seed_fn(i)) for i in chunk]
                 lat = randn_per_sample((len(chunk), *latent_shape), gens, device=accelerator.device,
                                        dtype=torch.float32)
-                vfn = velocity_factory(module, cond)
+                vfn = velocity_factory(module, cond, guidance_scale)
                 with torch.no_grad(), accelerator.autocast():
                     out = euler_sample(vfn, lat, sigmas, noise_level=0.0)
                 images = family.decode(out.x0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,3 +248,29 @@ def load_into_adapter_(transformer, path: str | Path, adapter: str = POLICY) -> 
             if tuple(sd[k].shape) != tuple(p.shape):
                 raise ValueError(f"LoRA at {path}: {k} has shape {tuple(sd[k].shape)}, expected {tuple(p.shape)}")
             p.data.copy_(sd[k].to(p.dtype))
+
+
+_STEP_DIR_RE = re.compile(r"^(?:checkpoint|step)-(\d+)$")
+
+
+def trained_step_of(path: str | Path) -> int | None:
+    """The global step a saved LoRA was trained for, or None when the path does not say.
+
+    Looks (from the path upwards, at most 3 levels) for our checkpoint's ``manifest.json`` (``"step"``),
+    then for a ``step-<N>`` folder (ours) or upstream's ``checkpoint-<S>`` folder (upstream parses
+    ``checkpoint-S/lora_non_ema`` the same way, L834-841).
+    """
+    p = Path(path).expanduser()
+    levels = ([p] if p.is_dir() else []) + list(p.parents)[:3]
+    for d in levels:
+        manifest = d / "manifest.json"
+        if manifest.is_file():
+            try:
+                return int(json.loads(manifest.read_text())["step"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # not our manifest: fall back to the folder name
+    for d in levels:
+        m = _STEP_DIR_RE.match(d.name)
+        if m:
+            return int(m.group(1))
+    return None

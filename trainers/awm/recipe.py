@@ -195,9 +195,20 @@ class AWMTrainer:
         self.lora_config = L.make_lora_config(rank=cfg.lora.rank, alpha=cfg.lora.alpha, init=cfg.lora.init,
                                               target_modules=targets)
         L.add_policy_adapters(tr, self.lora_config, with_ema=True)
+        # the EMA ramps continue at the step the loaded LoRA was trained for (upstream sets global_step = S)
+        self.ema_step_offset = 0
         if cfg.train.lora_path:
             L.load_into_adapter_(tr, cfg.train.lora_path, L.POLICY)
             L.copy_adapter_(tr, src=L.POLICY, dst=L.EMA)
+            self.ema_step_offset = cfg.train.lora_path_step
+            if self.ema_step_offset is None:
+                self.ema_step_offset = L.trained_step_of(cfg.train.lora_path)
+            if self.ema_step_offset is None:
+                raise ValueError(f"train.lora_path={cfg.train.lora_path}: cannot tell which global step these "
+                                 "weights were trained for (no checkpoint manifest.json, no step-<N> or "
+                                 "checkpoint-<S> folder); set train.lora_path_step (0 starts the EMA ramps afresh)")
+            log.info("loaded LoRA %s; the EMA ramps continue from step %d", cfg.train.lora_path,
+                     self.ema_step_offset)
         self.policy_named = L.adapter_params(tr, L.POLICY)
         self.policy_params, self.ema_adapter_params = L.paired_params(tr, L.POLICY, L.EMA)
         self.wema = WeightEMA(self.policy_named, max_decay=cfg.train.ema_decay,
@@ -232,7 +243,9 @@ class AWMTrainer:
         self.grid = (self.sigmas[:-1].to(torch.float32) * 1000) / 1000  # scheduler.timesteps / 1000
         self.eval_sigmas = flow_sigmas(cfg.sample.eval_num_steps, self.family.flow_shift)
         self.neg_cond = None
-        if cfg.sample.guidance_scale > 1.0:
+        self.eval_guidance_scale = cfg.sample.guidance_scale if cfg.eval.guidance_scale is None \
+            else cfg.eval.guidance_scale
+        if max(cfg.sample.guidance_scale, self.eval_guidance_scale) > 1.0:
             self.neg_cond = self.family.encode_prompts([""], max_sequence_length=cfg.sample.max_sequence_length)
 
         if self.is_main:
@@ -314,11 +327,12 @@ class AWMTrainer:
                  self.next_epoch, self.step_in_epoch)
 
     # ============================================================ velocity
-    def velocity_factory(self, module, cond):
-        """``v(x, t)`` closure over a batch's conditioning (CFG when guidance_scale > 1)."""
+    def velocity_factory(self, module, cond, guidance_scale: float | None = None):
+        """``v(x, t)`` closure over a batch's conditioning (CFG when the guidance scale > 1;
+        ``None`` = the rollouts' ``sample.guidance_scale``)."""
         import torch
 
-        g = float(self.cfg.sample.guidance_scale)
+        g = float(self.cfg.sample.guidance_scale if guidance_scale is None else guidance_scale)
         fam = self.family
         if g <= 1.0:
             return lambda x, t: fam.velocity(module, x, t, cond)
@@ -576,11 +590,12 @@ class AWMTrainer:
         metrics["train/grad_norm"] = float(grad_norm)
         metrics["train/lr"] = float(lr)
         # ---- EMAs after the optimizer step (post-increment step, upstream L1390-1419)
+        ema_step = self.global_step + self.ema_step_offset  # upstream's global step after a lora_path start
         if self.wema is not None:
-            d = self.wema.update(self.policy_named, self.global_step)
+            d = self.wema.update(self.policy_named, ema_step)
             if d is not None:
                 metrics["train/weight_ema_decay"] = float(d)
-        d = kl_ema_mixing(self.global_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)
+        d = kl_ema_mixing(ema_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)
         update_ema_adapter_(self.ema_adapter_params, self.policy_params, d)
         metrics["train/kl_ema_decay"] = float(d)
         metrics["train/epoch"] = float(buf.epoch)
@@ -602,6 +617,7 @@ class AWMTrainer:
         metrics, records, images = run_eval(
             accelerator=self.accelerator, family=self.family, module=self.unwrapped, prompts=self.test_prompts,
             indices=list(range(n)), reward_pool=self.eval_pool, velocity_factory=self.velocity_factory,
+            guidance_scale=self.eval_guidance_scale,
             latent_shape=self.latent_shape, sigmas=self.eval_sigmas, batch_size=cfg.sample.test_batch_size,
             eval_seed_fn=lambda i: eval_seed(cfg.eval.seed, i), weight_sets=sets,
             max_sequence_length=cfg.sample.max_sequence_length, progress=self.progress)
