@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -10,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from awm_platform.runner.launch import CLUSTERS, launch_command, make_executor, sbatch_script
+from awm_platform.runner import snapshot
+from awm_platform.runner.launch import (
+    CLUSTERS,
+    launch_command,
+    make_executor,
+    sbatch_script,
+    scheduler_rejection,
+    validate_launch,
+)
+from awm_platform.runner.proc import fault_point
+from awm_platform.store.store import StoreError
 
 
 class SubmitError(RuntimeError):
@@ -83,7 +94,8 @@ def submit_run(
     from awm_platform.config import derive_topology
 
     cluster = resolve_cluster(cfg, cluster)
-    derive_topology(cfg)  # fail before anything is written
+    derive_topology(cfg)  # fail before anything is written (a dry run too)
+    validate_launch(cfg, cluster)
     # not paths.run_dir(): a dry run must not create $AWM_HOME
     run_dir = paths.awm_home(create=False) / "runs" / paths.validate_run_name(cfg.name)
     cmd = launch_command(cfg, run_dir)
@@ -101,9 +113,13 @@ def submit_run(
         try:
             job = _submit(cfg, cluster, run_dir)
         except Exception as exc:
-            store.update_run(cfg.name, status="FAILED", error=f"submission failed: {exc}")
+            _unprepare_run(store, cfg.name, run_dir)  # nothing ran: the name stays free
+            rejected = scheduler_rejection(exc)
+            if rejected is not None:
+                raise SubmitError(rejected) from None
             raise
         job_id = str(job.job_id)
+        fault_point("before_job_id")
         store.append_job_id(cfg.name, job_id)
         store.update_run(cfg.name, log_dir=str(run_dir / "submitit"))
         submitted = SubmittedRun(cfg.name, run_dir, job_id, cluster, sbatch, cmd, job)
@@ -117,10 +133,13 @@ def submit_run(
 
 def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cmd: list[str], sbatch: str | None,
                  sweep_name: str | None = None, trial_number: int | None = None,
-                 parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> None:
+                 parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
+                 code: snapshot.CodeSnapshot | None = None) -> None:
     """Register the run (PENDING, resolved config + hash) and write what its job needs: the run
-    directory, the job spec and the reproducibility capsule. A failure after the row exists
-    marks the run FAILED, so nothing is left half-submitted and unexplained."""
+    directory, the job spec, the code snapshot (`code`, else taken now) and the reproducibility
+    capsule. A failure after the row exists marks the run FAILED, so nothing is left
+    half-submitted and unexplained."""
+    from awm_platform import paths
     from awm_platform.config import config_hash, resolved_config
     from awm_platform.runner.capsule import git_info, write_capsule
     from awm_platform.runner.spec import JobSpec
@@ -131,30 +150,39 @@ def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cm
             f"(--set name=...) or `awm rerun {cfg.name}`"
         )
     if run_dir.exists() and any(run_dir.iterdir()):
+        if store.find_run(cfg.name) is not None:  # a concurrent submit of the same name won the race
+            raise SubmitError(f"a run named {cfg.name!r} already exists; pick another name (--set name=...)")
         raise SubmitError(
             f"run directory {run_dir} already exists and is not empty (left over from a "
             "deleted run?); remove it or pick another name"
         )
     git = git_info()
+    code = code or snapshot.snapshot_code(paths.awm_home())
     tracking_uri, artifact_root = tracking_target(cfg)
+    fault_point("before_store_row")
     tags = {
         "awm.cluster": cluster,
+        "awm.code_sha256": code.sha256,
         **({"awm.sweep": sweep_name} if sweep_name else {}),
         **({"awm.trial": str(trial_number)} if trial_number is not None else {}),
         **(extra_tags or {}),
     }
-    store.create_run(
-        name=cfg.name,
-        config_hash=config_hash(cfg),
-        resolved_config=resolved_config(cfg),
-        output_dir=run_dir,
-        cluster=cluster,
-        git_commit=git.get("commit"),
-        num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
-        sweep_name=sweep_name,
-        trial_number=trial_number,
-        status="PENDING",
-    )
+    try:
+        store.create_run(
+            name=cfg.name,
+            config_hash=config_hash(cfg),
+            resolved_config=resolved_config(cfg),
+            output_dir=run_dir,
+            cluster=cluster,
+            git_commit=git.get("commit"),
+            num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
+            sweep_name=sweep_name,
+            trial_number=trial_number,
+            status="PENDING",
+        )
+    except StoreError as exc:  # the unique name: a concurrent submit of the same name won the race
+        raise SubmitError(str(exc)) from None
+    fault_point("after_store_row")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         JobSpec(
@@ -169,17 +197,40 @@ def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cm
             tags=tags,
         ).save(run_dir)
         write_capsule(run_dir, cfg=cfg, cluster=cluster, launch_command=launch_cmd, sbatch=sbatch, git=git)
-    except Exception as exc:
-        store.update_run(cfg.name, status="FAILED", error=f"submission failed: {exc}")
+        snapshot.link_snapshot(run_dir, code)
+    except Exception:
+        _unprepare_run(store, cfg.name, run_dir)  # nothing ran: the name stays free
         raise
+
+
+def _unprepare_run(store: Any, name: str, run_dir: Path) -> None:
+    """Take back what `_prepare_run` wrote for a job that was never submitted (its row and run
+    directory, which was absent or empty before), so a failed submission leaves nothing behind
+    that blocks reusing the name."""
+    import shutil
+
+    with contextlib.suppress(Exception):
+        store.delete_run(name)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
     from awm_platform.runner.job import TrainJob
+    from awm_platform.runner.state import record_local_job
 
     executor = make_executor(cfg, cluster, run_dir)
-    with _scrubbed_environ():
-        return executor.submit(TrainJob(str(run_dir)))
+    # the local executor starts the job's controller with a copy of os.environ (SLURM: a line
+    # of the sbatch script does it, see launch.slurm_parameters)
+    code_env = (
+        snapshot.code_environ(snapshot.code_dir(run_dir)) if cluster == "local" else contextlib.nullcontext()
+    )
+    # submitit prints a rejected sbatch's stderr itself; it is in the exception too (scheduler_rejection)
+    quiet = contextlib.redirect_stderr(io.StringIO()) if cluster == "slurm" else contextlib.nullcontext()
+    with _scrubbed_environ(), code_env, quiet:
+        job = executor.submit(TrainJob(str(run_dir)))
+    if cluster == "local":  # the job id is a pid: keep its start time (pids are recycled)
+        record_local_job(run_dir, int(job.job_id))
+    return job
 
 
 _RERUN_SUFFIX = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
@@ -230,9 +281,15 @@ def rerun(
                 )
             cfg = spec.experiment_config()
             c = resolve_cluster(cfg, cluster or spec.cluster)
-            job = _submit(cfg, c, run_dir)
-            store.append_job_id(name, str(job.job_id))
+            # PENDING before the job exists: its controller must not see the old terminal status
             store.update_run(name, status="PENDING", ended_at=None, error=None, cluster=c)
+            try:
+                job = _submit(cfg, c, run_dir)
+            except Exception as exc:
+                store.update_run(name, status=run.status, ended_at=run.ended_at,
+                                 error=f"resubmission failed: {exc}")
+                raise
+            store.append_job_id(name, str(job.job_id))
             cmd = launch_command(cfg, run_dir)
             return SubmittedRun(
                 name,
@@ -281,10 +338,12 @@ def submit_runs(
         folder = paths.awm_home() / "arrays" / cfgs[0].name
         folder.mkdir(parents=True, exist_ok=True)
         jobs_in = []
+        code = snapshot.snapshot_code(paths.awm_home())  # one snapshot: the array's script names one
         for cfg in cfgs:
             run_dir = paths.run_dir(cfg.name)
             _prepare_run(store, cfg, run_dir, c, launch_cmd=launch_command(cfg, run_dir),
-                         sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)), sweep_name=sweep_name)
+                         sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)), sweep_name=sweep_name,
+                         code=code)
             (run_dir / "submitit").symlink_to(folder, target_is_directory=True)
             jobs_in.append(TrainJob(str(run_dir)))
         executor = make_executor(cfgs[0], c, paths.run_dir(cfgs[0].name))

@@ -9,18 +9,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail
 
 ClusterOpt = Annotated[
-    str | None,
+    Literal["local", "debug", "slurm"] | None,  # = launch.CLUSTERS (tests check); a choice list in --help
     typer.Option(
         "--cluster",
         "-c",
-        help="local | debug | slurm (default: launcher.cluster). Always passed explicitly to submitit.",
+        help="Where to run (default: launcher.cluster). Always passed explicitly to submitit.",
     ),
 ]
 
@@ -29,6 +29,19 @@ def _store() -> Any:
     from awm_platform.store import Store
 
     return Store.default()
+
+
+def _store_for_reading() -> tuple[Any, bool]:
+    """(store or None, writable) for commands that only read: no home, DB or migration is
+    created; on a home this process cannot write, the DB is opened read-only."""
+    from awm_platform import paths
+    from awm_platform.store import Store
+
+    db = paths.platform_db_path(create=False)
+    if not db.is_file():
+        return None, False
+    writable = paths.is_writable_dir(db.parent)
+    return Store(f"sqlite:///{db}", read_only=not writable), writable
 
 
 def _get_run(store: Any, name: str) -> Any:
@@ -53,10 +66,12 @@ def submit(
     from awm_platform.runner.api import SubmitError, submit_run
     from awm_platform.runner.launch import format_command
 
+    from awm_platform.store.store import StoreError
+
     try:
         cfg = load_config(config, set_ or [])
         sub = submit_run(cfg, cluster=cluster, dry_run=dry_run)
-    except (ConfigError, SubmitError, ValueError) as exc:
+    except (ConfigError, SubmitError, StoreError, ValueError) as exc:
         fail(str(exc))
     if dry_run:
         if sub.sbatch_script is not None:
@@ -71,16 +86,27 @@ def submit(
 
 def status(
     run: Annotated[str | None, typer.Argument(help="One run (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON records instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON list of run records (one element with RUN) "
+                                                        "instead of a table.")] = False,
 ) -> None:
-    """Show run states (polls the schedulers once for all active runs)."""
+    """Show run states (polls the schedulers once for all active runs). Only reads a home it cannot
+    write (states as last recorded) and creates no store where there is none."""
     from awm_platform.runner.state import refresh_states
 
-    store = _store()
-    if run is not None:
+    store, writable = _store_for_reading()
+    if store is None and run is not None:
+        from awm_platform.paths import awm_home
+
+        fail(f"no run named {run!r}: no platform store in {awm_home(create=False)} yet")
+    if store is not None and run is not None:
         _get_run(store, run)
-    refresh_states(store, [run] if run else None)
-    runs = [store.get_run(run)] if run else store.list_runs()
+    if writable:
+        refresh_states(store, [run] if run else None)
+    elif store is not None:
+        typer.echo("note: AWM_HOME is read-only: run states as last recorded (not refreshed)", err=True)
+    runs = [] if store is None else [store.get_run(run)] if run else store.list_runs()
+    if writable:
+        _replay_spools(runs)
     records = [
         {
             "run": r.name,
@@ -100,8 +126,8 @@ def status(
         }
         for r in runs
     ]
-    if as_json:
-        typer.echo(json.dumps(records if run is None else records[0], indent=2))
+    if as_json:  # always a list: the same shape with and without RUN
+        typer.echo(json.dumps(records, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -118,6 +144,26 @@ def status(
             rec["mlflow_run_id"] or "",
         )
     Console().print(table)
+    for rec in records:  # why a run failed (e.g. which launcher.setup line): all of it for one run
+        if rec["status"] == "FAILED" and rec["error"]:
+            typer.echo(f"{rec['run']}: " + (rec["error"] if run else rec["error"].strip().splitlines()[0]))
+
+
+def _replay_spools(runs: list[Any]) -> None:
+    """A job that ended while MLflow was unreachable left its metrics/artifacts in
+    `run_dir/mlflow_spool`; send them now (a live job replays its own spool)."""
+    from awm_platform.runner.tracking import replay_spool, spool_pending
+
+    for r in runs:
+        if r.status in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED") and spool_pending(Path(r.output_dir)):
+            try:
+                ok = replay_spool(Path(r.output_dir))
+            except Exception as exc:  # noqa: BLE001 - status must still print; the spool is kept
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            else:
+                why = "MLflow unreachable"
+            typer.echo(f"{r.name}: sent its MLflow spool" if ok else f"{r.name}: MLflow spool kept ({why})",
+                       err=True)
 
 
 def cancel(run: Annotated[str, typer.Argument(help="Run name.")]) -> None:
@@ -144,6 +190,8 @@ def rerun(
             "latest checkpoint instead of a new NAME-rN run.",
         ),
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {run, rerun_of, cluster, job_id, run_dir} as "
+                                                        "JSON instead of the run name.")] = False,
 ) -> None:
     """Re-submit a run from its capsule as NAME-r1, NAME-r2, ... (or --resume the same run)."""
     from awm_platform.config import ConfigError
@@ -156,7 +204,11 @@ def rerun(
         sub = do_rerun(run, set_ or [], store, cluster=cluster, resume=resume)
     except (ConfigError, SubmitError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    typer.echo(sub.name)
+    if as_json:
+        typer.echo(json.dumps({"run": sub.name, "rerun_of": run, "cluster": sub.cluster, "job_id": sub.job_id,
+                               "run_dir": str(sub.run_dir)}))
+    else:
+        typer.echo(sub.name)
     typer.echo(f"submitted {sub.name} to {sub.cluster} as job {sub.job_id}", err=True)
 
 
@@ -179,8 +231,10 @@ def logs(
     r = _get_run(store, run)
     folder = Path(r.log_dir or Path(r.output_dir) / "submitit")
     offsets: dict[Path, int] = {}
+    last: dict[str, Any] = {"file": None, "newline": True}  # tail -f style: a header whenever the file changes
 
-    def dump() -> None:
+    def dump() -> int:
+        printed = 0
         for f in _log_files(folder, list(store.get_run(run).job_ids)):
             try:
                 with open(f, "rb") as fh:
@@ -189,22 +243,44 @@ def logs(
             except OSError:
                 continue
             if data:
-                if f not in offsets:
-                    typer.echo(f"==> {f} <==")
-                sys.stdout.write(data.decode(errors="replace"))
+                if last["file"] != f:
+                    typer.echo(("" if last["newline"] else "\n") + f"==> {f} <==")
+                    last["file"] = f
+                text = data.decode(errors="replace")
+                sys.stdout.write(text)
                 sys.stdout.flush()
+                last["newline"] = text.endswith("\n")
+                printed += len(data)
             offsets[f] = offsets.get(f, 0) + len(data)
+        return printed
 
+    from awm_platform.runner.launch import setup_failure
+
+    failure = setup_failure(Path(r.output_dir))  # the job never started: its setup line failed
+    if failure:
+        typer.echo(f"==> {Path(r.output_dir) / 'setup'} <==\n{failure}")
     dump()
-    if not offsets and not follow:
+    if not offsets and not follow and not failure:
         fail(f"no log files for run {run!r} in {folder} yet", code=1)
     while follow:
         if refresh_states(store, [run]).get(run) in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED"):
-            time.sleep(0.5)
-            dump()
+            # the job writes its last lines after reporting the status: drain until its files stay
+            # quiet and (local) its process is gone, at most 30 s; then exit 0
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                if dump() == 0 and not _local_job_alive(store.get_run(run)):
+                    break
             break
         time.sleep(1.0)
         dump()
+
+
+def _local_job_alive(r: Any) -> bool:
+    from awm_platform.runner.proc import is_alive
+
+    job = r.job_ids[-1] if r.job_ids else ""
+    return r.cluster == "local" and job.isdigit() and is_alive(int(job))
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,18 +35,32 @@ from typing import Any
 
 import submitit
 
+from awm_platform.paths import restrict_umask
+from awm_platform.runner import snapshot
 from awm_platform.runner.capsule import append_line, event
 from awm_platform.runner.launch import launch_command
 from awm_platform.runner.proc import kill_tree, signal_tree
 from awm_platform.runner.spec import EXIT_INTERRUPTED, JobSpec
+from awm_platform.runner.worker import EXIT_DIR_ENV, read_exit_codes
 
 SCRUBBED_ENV = ("MLFLOW_RUN_ID",)  # never leak a parent's active MLflow run into a job
+# The trainer stopped (exit 3) although this controller got no preemption signal: how long to
+# let one that was sent to the whole step arrive before the controller raises it itself.
+OWN_SIGNAL_WAIT_S = 5.0
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(extra or {})
     return env
+
+
+def worker_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The trainer's environment: it imports the run's code snapshot (the controller itself does
+    too on local/SLURM; a debug job's controller is the submitting process)."""
+    code = snapshot.code_dir(run_dir)
+    env = child_env(extra)
+    return snapshot.with_code_path(env, code) if code.is_dir() else env
 
 
 def _ignore_user_signals() -> None:  # pragma: no cover - runs in the forked child
@@ -108,7 +123,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                     fields["gpu_hours"] = float(run.gpu_hours or 0.0) + (
                         (time.time() - self._t0) * spec.world_size / 3600.0
                     )
-                store.update_run(spec.name, **fields)
+                if fields.get("status") in ("COMPLETED", "FAILED"):  # store + the MLflow run's status
+                    from awm_platform.runner.state import end_run
+
+                    end_run(store, spec.name, fields.pop("status"), **fields)
+                else:
+                    store.update_run(spec.name, **fields)
             finally:
                 store.close()
         except Exception as exc:  # pragma: no cover - logged in the job's log
@@ -149,12 +169,19 @@ class TrainJob(submitit.helpers.Checkpointable):
     # ---------------------------------------------------------------------- run ----
     def __call__(self) -> dict[str, Any]:
         self._reset()
+        restrict_umask()  # a job may start from a shell with umask 022 (SLURM propagates the submitter's)
         run_dir = Path(self.run_dir)
         # first thing: submitit ignores SIGTERM, and one may arrive while we start up
         previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         event(run_dir, "controller_start")
         spec = JobSpec.load(run_dir)
         env = self._env()
+        if env is not None and not self._rank0():
+            # submitit leaves preemption to the rank-0 task ("Not checkpointing nor requeuing since
+            # I am a slave"); a signal that reaches only this node must still stop our ranks: they
+            # agree with the others on stopping and checkpoint together, and the rank-0 controller,
+            # seeing its trainer stop, requeues the whole job
+            signal.signal(_preemption_signal(), self._on_peer_preemption)
         job_id = str(env.job_id) if env is not None else f"debug-{os.getpid()}"
         host = socket.gethostname()
         hosts = list(getattr(env, "hostnames", None) or [host]) if env is not None else [host]
@@ -167,10 +194,14 @@ class TrainJob(submitit.helpers.Checkpointable):
                 store = self._store(spec)
                 try:
                     run = store.get_run(spec.name)
-                    if run.status in ("CANCELLED", "PRUNED", "COMPLETED"):
-                        # cancelled while requeued/pending, or a requeue after the end: nothing to do
+                    abandoned = run.status == "FAILED" and not run.job_ids
+                    if run.status in ("CANCELLED", "PRUNED", "COMPLETED") or abandoned:
+                        # cancelled while requeued/pending, a requeue after the end, or a run whose
+                        # submitter died before recording this job (failed by the state poller,
+                        # a sweep retried its trial): nothing to do
                         print(
-                            f"[awm] run {spec.name} is {run.status}: not starting",
+                            f"[awm] run {spec.name} is {run.status}: not starting"
+                            + (f" ({run.error})" if abandoned else ""),
                             file=sys.stderr,
                             flush=True,
                         )
@@ -192,7 +223,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
             self._report(spec, status="PREEMPTED")
             sys.exit(143)
-        if self._stopping:  # preempted before the trainer even started
+        if self._stopping and self._rank0():  # preempted before the trainer even started
             return {"status": "interrupted"}
 
         cfg = spec.experiment_config()
@@ -200,6 +231,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         extra = {"AWM_JOB_ID": job_id, "AWM_CLUSTER": spec.cluster, "PYTHONUNBUFFERED": "1"}
         if spec.world_size > 1 and not Path("/dev/nvidia0").exists():
             extra["ACCELERATE_USE_CPU"] = "true"  # CPU DDP (gloo); see stack-notes §3
+        exit_dir: Path | None = None
+        if spec.world_size > 1:
+            # under a launcher, our child's exit code is the launcher's: torch elastic exits 1 as
+            # soon as a rank exits non-zero, "checkpointed and stopped" (3) included; each rank
+            # leaves its own code here (worker.record_exit_code)
+            exit_dir = run_dir / "exit_codes" / f"task-{env.global_rank if env is not None else 0}"
+            shutil.rmtree(exit_dir, ignore_errors=True)
+            exit_dir.mkdir(parents=True)
+            extra[EXIT_DIR_ENV] = str(exit_dir)
         if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
             self._report(spec, status="PREEMPTED")
             sys.exit(143)
@@ -207,10 +247,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         # debug runs in the caller's process: keep its stdout clean (`awm submit` prints the run name)
         out = _stderr_fd() if spec.cluster == "debug" else None
         self._proc = subprocess.Popen(
-            cmd, env=child_env(extra), start_new_session=True, stdout=out, preexec_fn=_ignore_user_signals
+            cmd,
+            env=worker_env(run_dir, extra),
+            start_new_session=True,
+            stdout=out,
+            preexec_fn=_ignore_user_signals,
         )
         proc = self._proc
         event(run_dir, "child_spawned", job_id=job_id)
+        if self._stopping:  # another node's preemption signal came in during our start-up
+            signal_tree(proc.pid, signal.SIGUSR1)
 
         def reap() -> None:
             self._rc = proc.wait()
@@ -229,6 +275,10 @@ class TrainJob(submitit.helpers.Checkpointable):
                 )
                 raise
             event(run_dir, "child_exit", rc=rc)
+            if exit_dir is not None and rc not in (0, EXIT_INTERRUPTED):
+                codes = read_exit_codes(exit_dir)
+                if codes and all(c == EXIT_INTERRUPTED for c in codes):
+                    rc = EXIT_INTERRUPTED  # every rank of this node checkpointed and stopped
             if rc == 0:
                 self._report(spec, status="COMPLETED", ended_at=datetime.now(UTC), error=None)
                 event(run_dir, "reported", status="COMPLETED")
@@ -237,14 +287,26 @@ class TrainJob(submitit.helpers.Checkpointable):
                 if self._terminated:
                     self._report(spec, status="PREEMPTED")
                     sys.exit(143)
-                # The trainer was stopped by a signal it received directly (SLURM signals every
-                # process of the step); submitit's USR2 handler is about to call checkpoint()
-                # and requeue from within this wait.
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    time.sleep(0.1)
                 if not self._rank0():  # other nodes: the rank-0 controller requeues the job
                     return {"status": "interrupted"}
+                # The trainer checkpointed on a stop this controller was not asked for: a signal it
+                # received directly (SLURM signals every process of the step, so submitit's handler
+                # is about to run here) or another node's preemption (the ranks agree on stopping).
+                # Give our own signal a moment, then raise it: submitit's handler calls checkpoint()
+                # (the trainer has already stopped) and requeues the job, as for a signal of ours.
+                deadline = time.monotonic() + OWN_SIGNAL_WAIT_S
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if env is not None:
+                    print("[awm] the trainer checkpointed on another node's preemption: requeueing the job",
+                          file=sys.stderr, flush=True)
+                    try:
+                        signal.raise_signal(_preemption_signal())  # submitit requeues and exits
+                    except submitit.core.utils.UncompletedJobError as exc:
+                        self._report(spec, status="FAILED", ended_at=datetime.now(UTC),
+                                     error=f"{exc} (launcher.max_requeues; resume with `awm rerun "
+                                           f"{spec.name} --resume`)")
+                        raise
                 msg = "trainer stopped (exit 3) but no preemption signal reached the controller"
                 self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=msg)
                 raise RuntimeError(msg)
@@ -263,6 +325,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         finally:
             kill_tree(proc.pid, grace_s=2.0)  # no orphans, whatever happened
             signal.signal(signal.SIGTERM, previous_term)
+
+    def _on_peer_preemption(self, signum: int, frame: Any) -> None:
+        """The preemption signal on a node other than the rank-0 task's: stop our ranks (no wait:
+        the trainer's exit is handled in `__call__`)."""
+        print("[awm] preemption/timeout signal on this node: asking the trainer to checkpoint",
+              file=sys.stderr, flush=True)
+        self._stopping = True
+        if self._proc is not None and self._rc is None:
+            signal_tree(self._proc.pid, signal.SIGUSR1)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         print("[awm] caught SIGTERM: checkpointing the trainer before exiting", file=sys.stderr, flush=True)
@@ -291,6 +362,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             sys.exit(0)
         self._report(spec, status="PREEMPTED")
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
+
+
+def _preemption_signal() -> signal.Signals:
+    """submitit's preemption/timeout signal (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise)."""
+    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]
 
 
 def _stderr_fd() -> int:

@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 
 def _children_map() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
@@ -42,13 +44,34 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def is_alive(pid: int) -> bool:
-    """True if `pid` exists and is not a zombie."""
+# Two readings of one process's start time differ by far less than this; a recycled pid's
+# process started later by at least a clock tick (10 ms).
+_START_TIME_TOLERANCE_S = 0.005
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time (psutil `create_time()`, seconds since the epoch), or None if
+    there is no such process. Recorded next to a pid so that a recycled pid is not taken for
+    the process we started (`is_alive(pid, start_time)`)."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def is_alive(pid: int, start_time: float | None = None) -> bool:
+    """True if `pid` exists, is not a zombie and, when `start_time` (from `process_start_time`)
+    is given, is still the process that started then (not a recycled pid)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    if start_time is None:
+        return True
+    now = process_start_time(pid)
+    return now is not None and abs(now - start_time) < _START_TIME_TOLERANCE_S
 
 
 def signal_tree(pid: int, sig: int, *, include_root: bool = True) -> None:
@@ -83,3 +106,18 @@ def kill_tree(pid: int, *, grace_s: float = 5.0) -> None:
                 os.kill(p, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+# ------------------------------------------------------------------ fault injection ----
+FAULT_INJECT_ENV = "AWM_FAULT_INJECT"
+# Where a submitting process can die (tests/sweeps/test_fault_injection.py kills `awm sweep start`
+# at each one): before the run's store row, right after it, after submitit started the job but
+# before its job id is in the store, after the submission returned to the sweep orchestrator.
+FAULT_POINTS = ("before_store_row", "after_store_row", "before_job_id", "after_submit")
+
+
+def fault_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when `AWM_FAULT_INJECT` names this point (a crash
+    no cleanup code can soften). Unset in production; costs one environment lookup."""
+    if os.environ.get(FAULT_INJECT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -2,13 +2,19 @@
 
 * SLURM: ONE `sacct` call for every job id of every active run (`-D` lists the requeued
   instances too, so GPU-hours = sum of their elapsed times x GPUs, preempted time included).
-* local: the job id is the pid of submitit's local controller; alive = still running.
+* local: the job id is the pid of submitit's local controller; alive = that pid runs the
+  process started at submission (its start time is recorded in `run_dir/local_jobs.json`,
+  so a recycled pid is not taken for the job).
 * debug: in-process; the controller reports itself.
 
 The controller inside the job also reports RUNNING / PREEMPTED / COMPLETED / FAILED, which is
 faster than the scheduler; the poller only fills in what the job could not say (it was
 killed, cancelled, timed out for good, never started). Scheduler states we do not know are
-treated as transient (nothing changes).
+treated as transient (nothing changes). A PENDING run that still has no job id
+`AWM_JOB_ID_GRACE_S` (default 600 s) after it was registered was never submitted (its
+submitting process died): it is FAILED with that reason (a sweep retries its trial).
+
+Every terminal status goes through `end_run`: store row + end time + the MLflow run's status.
 """
 
 from __future__ import annotations
@@ -22,11 +28,52 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from awm_platform.runner.proc import is_alive
+from awm_platform.runner.proc import is_alive, process_start_time
 
 MIN_POLL_INTERVAL_ENV = "AWM_POLL_INTERVAL_S"
 DEFAULT_MIN_POLL_INTERVAL_S = 2.0
+JOB_ID_GRACE_ENV = "AWM_JOB_ID_GRACE_S"
+DEFAULT_JOB_ID_GRACE_S = 600.0
 ACTIVE = ("PENDING", "RUNNING", "PREEMPTED")
+LOCAL_JOBS_FILE = "local_jobs.json"
+
+
+def end_run(store: Any, name: str, status: str, **fields: Any) -> Any:
+    """Record a terminal status (COMPLETED, FAILED, CANCELLED, PRUNED) with its end time
+    (default: now) and close the run's MLflow run with the matching MLflow status
+    (`tracking.mlflow_status`). The one place a process that notices a run's end goes through."""
+    from awm_platform.runner.tracking import end_mlflow_run
+
+    fields.setdefault("ended_at", datetime.now(UTC))
+    store.update_run(name, status=status, **fields)
+    run = store.get_run(name)
+    end_mlflow_run(run)
+    return run
+
+
+# ------------------------------------------------------------- local job identity ----
+def record_local_job(run_dir: Path, pid: int) -> None:
+    """Remember the start time of a local job's controller process next to its pid."""
+    from awm_platform.runner.capsule import atomic_write
+
+    path = Path(run_dir) / LOCAL_JOBS_FILE
+    jobs = _read_local_jobs(path)
+    jobs[str(pid)] = process_start_time(pid)
+    atomic_write(path, json.dumps(jobs, indent=2) + "\n")
+
+
+def _read_local_jobs(path: Path) -> dict[str, float | None]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def local_job_alive(run: Any, pid: int) -> bool:
+    """Is the local job `pid` of `run` still the process submitted (not a recycled pid)?"""
+    start = _read_local_jobs(Path(run.output_dir) / LOCAL_JOBS_FILE).get(str(pid))
+    return is_alive(pid, None if start is None else float(start))
 
 # sacct state -> run status (None = transient / keep)
 SLURM_STATES: dict[str, str | None] = {
@@ -138,6 +185,9 @@ def refresh_states(store: Any, names: list[str] | None = None, *, force: bool = 
 
     runs = store.list_runs() if names is None else [store.get_run(n) for n in names]
     statuses = {r.name: r.status for r in runs}
+    for r in runs:
+        if r.status == "PENDING" and not r.job_ids and _fail_if_never_submitted(store, r):
+            statuses[r.name] = "FAILED"
     active = [r for r in runs if r.status in ACTIVE and r.job_ids]
     if not active:
         return statuses
@@ -162,6 +212,27 @@ def refresh_states(store: Any, names: list[str] | None = None, *, force: bool = 
     return statuses
 
 
+def _fail_if_never_submitted(store: Any, run: Any) -> bool:
+    """A PENDING run with no job id long after it was registered: the process submitting it
+    died between registering the run and recording its job (e.g. a killed sweep
+    orchestrator). Nothing would ever update it, so it is FAILED with the reason; a job that
+    was submitted after all refuses to start (job.py: a FAILED run without job ids)."""
+    from awm_platform.store.store import as_utc
+
+    grace = float(os.environ.get(JOB_ID_GRACE_ENV, DEFAULT_JOB_ID_GRACE_S))
+    created = as_utc(run.created_at)
+    age = (datetime.now(UTC) - created).total_seconds() if created is not None else 0.0
+    if age < grace:
+        return False
+    fresh = store.get_run(run.name)  # the submitter may have recorded the job meanwhile
+    if fresh.status != "PENDING" or fresh.job_ids:
+        return False
+    end_run(store, run.name, "FAILED",
+            error=f"never submitted: no job id recorded {age:.0f} s after the run was registered "
+                  f"(the submitting process died?; grace {JOB_ID_GRACE_ENV}={grace:g} s)")
+    return True
+
+
 def _apply_slurm(store: Any, run: Any, info: dict[str, dict[str, Any]]) -> str | None:
     recs = [info[j] for j in run.job_ids if j in info]
     if not recs:
@@ -182,24 +253,27 @@ def _apply_slurm(store: Any, run: Any, info: dict[str, dict[str, Any]]) -> str |
                     fields["error"] = f"SLURM state {latest['state']}"
             if mapped == "RUNNING" and run.started_at is None:
                 fields["started_at"] = _parse_time(latest.get("start", ""))
-    store.update_run(run.name, **fields)
-    return fields.get("status")
+    new_status = fields.pop("status", None)
+    if new_status in ("COMPLETED", "FAILED", "CANCELLED"):
+        end_run(store, run.name, new_status, **fields)
+    else:
+        store.update_run(run.name, **fields, **({"status": new_status} if new_status else {}))
+    return new_status
 
 
 def _apply_local(store: Any, run: Any) -> str | None:
+    from awm_platform.runner.launch import setup_failure
+
     pid = int(run.job_ids[-1]) if run.job_ids[-1].isdigit() else None
-    if pid is None or is_alive(pid):
+    if pid is None or local_job_alive(run, pid):
         return None
     _reap(pid)
     fresh = store.get_run(run.name)  # the job may have reported while we looked
     if fresh.status not in ACTIVE:
         return fresh.status
-    store.update_run(
-        run.name,
-        status="FAILED",
-        ended_at=datetime.now(UTC),
-        error=fresh.error or "the local job process exited without reporting (killed?)",
-    )
+    error = (setup_failure(Path(run.output_dir)) or fresh.error
+             or "the local job process exited without reporting (killed?)")
+    end_run(store, run.name, "FAILED", error=error)
     return "FAILED"
 
 
@@ -235,10 +309,10 @@ def cancel_run(name: str, store: Any, *, status: str = "CANCELLED", timeout_s: f
             if q.returncode != 0 or not q.stdout.strip():
                 break
             time.sleep(0.5)
-    elif job_id and run.cluster == "local" and job_id.isdigit():
+    elif job_id and run.cluster == "local" and job_id.isdigit() and local_job_alive(run, int(job_id)):
         pid = int(job_id)
         last_term = 0.0
-        while time.monotonic() < deadline and is_alive(pid):
+        while time.monotonic() < deadline and local_job_alive(run, pid):
             # re-send: submitit's local controller may be between two task restarts (requeue)
             if time.monotonic() - last_term > 5.0:
                 try:
@@ -248,7 +322,7 @@ def cancel_run(name: str, store: Any, *, status: str = "CANCELLED", timeout_s: f
                 last_term = time.monotonic()
             _reap(pid)
             time.sleep(0.1)
-        if is_alive(pid):
+        if local_job_alive(run, pid):
             kill_tree(pid)
         _reap(pid)
-    store.update_run(name, status=status, ended_at=datetime.now(UTC))
+    end_run(store, name, status)

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from awm_platform.runner.capsule import atomic_write
+from awm_platform.runner.capsule import FILE_MODE, atomic_write
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAMS_PER_BATCH = 100
@@ -186,6 +186,62 @@ class CompositeLogger(NullLogger):
 
 
 # ---------------------------------------------------------------------- MLflow ----
+# Platform run status -> MLflow run status. Every terminal state closes the MLflow run (with an
+# end time), whichever process notices it: the worker (`MlflowLogger.finish`), the job
+# controller, the state poller, `cancel_run` (CLI cancel, sweep prune/stop). PREEMPTED is not
+# terminal: the requeued job continues the same MLflow run.
+MLFLOW_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "CANCELLED": "KILLED", "PRUNED": "KILLED"}
+
+
+def mlflow_status(run_status: str) -> str | None:
+    """The MLflow status of a platform run status (or of a trainer result such as
+    "completed"); None for states that leave the MLflow run open."""
+    return MLFLOW_STATUS.get(run_status.upper())
+
+
+def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
+    """Close the MLflow run of the store row `run` (terminal status) with its MLflow status and
+    `run.ended_at` as end time. The tracking URI is the one the job used (`job.json`).
+    Returns the MLflow status set, or None when there is nothing to close (status not
+    terminal, no MLflow run created yet) or MLflow is unreachable (warned; best effort)."""
+    status = mlflow_status(run.status)
+    if status is None:
+        return None
+    run_dir = Path(run.output_dir)
+    run_id = run.mlflow_run_id or MlflowLogger._load_json(run_dir / "capsule" / "mlflow.json").get("run_id")
+    if not run_id:
+        return None
+    if tracking_uri is None:
+        from awm_platform.runner.spec import JobSpec
+
+        try:
+            tracking_uri = JobSpec.load(run_dir).tracking_uri
+        except (OSError, ValueError, TypeError) as exc:
+            _warn(f"cannot close MLflow run {run_id} of {run.name}: {exc}")
+            return None
+    ended = run.ended_at
+    if ended is not None and ended.tzinfo is None:  # SQLite returns naive UTC datetimes
+        from datetime import UTC
+
+        ended = ended.replace(tzinfo=UTC)
+    end_ms = int(ended.timestamp() * 1000) if ended is not None else int(time.time() * 1000)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        info = client.get_run(run_id).info
+        if info.status == status and info.end_time:
+            return status  # already closed (e.g. by the worker): keep its end time
+        client.set_terminated(run_id, status=status, end_time=end_ms)
+    except Exception as exc:  # noqa: BLE001 - tracking must never break state handling
+        _warn(f"could not mark MLflow run {run_id} of {run.name} {status} at "
+              f"{_redact_uri(tracking_uri)}: {type(exc).__name__}: {str(exc)[:200]}")
+        return None
+    return status
+
+
 def run_params(resolved: Mapping[str, Any]) -> dict[str, str]:
     """Flattened resolved config as MLflow params (values cut to MLflow's length limit)."""
     from awm_platform.config import flatten
@@ -247,6 +303,7 @@ class MlflowLogger(NullLogger):
         self._wake = threading.Event()
         self._closed = False
         self._job_tags_sent = False
+        self._reopened = False
         self._offline_until = 0.0
         self._offline_warned = False
         self._status: str | None = None
@@ -397,6 +454,7 @@ class MlflowLogger(NullLogger):
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
             run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
+            self._reopened = True  # new: nothing to reopen
             self._info = {
                 "run_id": run.info.run_id,
                 "experiment_id": exp_id,
@@ -411,6 +469,11 @@ class MlflowLogger(NullLogger):
                 except Exception as exc:
                     _warn(f"could not record the MLflow run id: {exc}")
         run_id = self._info["run_id"]
+        if not self._reopened:
+            # `awm rerun --resume` continues a FAILED/CANCELLED run: its MLflow run is open again
+            if client.get_run(run_id).info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+            self._reopened = True
         if not self._info.get("params_logged"):
             items = sorted(self.params.items())
             for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
@@ -428,7 +491,7 @@ class MlflowLogger(NullLogger):
         data = "".join(
             json.dumps({"key": k, "value": v, "timestamp": t, "step": s}) + "\n" for k, v, t, s in rows
         )
-        fd = os.open(self.spool / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.spool / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             os.write(fd, data.encode())
             os.fsync(fd)
@@ -508,7 +571,7 @@ class MlflowLogger(NullLogger):
                 self._save_hwm(rows)
                 self._upload_artifacts(run_id)
                 if self._status is not None and final:
-                    state = {"completed": "FINISHED", "failed": "FAILED"}.get(self._status)
+                    state = mlflow_status(self._status)
                     if state:
                         self._client_().set_terminated(run_id, state)
                 if self._offline_warned:
@@ -535,21 +598,43 @@ def _redact_uri(uri: str) -> str:
     return str(redact(uri))
 
 
+def spool_pending(run_dir: Path) -> bool:
+    """Whether `run_dir/mlflow_spool` holds metrics or artifacts that never reached MLflow."""
+    spool = Path(run_dir) / "mlflow_spool"
+    if (spool / "metrics.jsonl").exists() or (spool / "metrics.replaying.jsonl").exists():
+        return True
+    try:
+        return any(p.is_dir() and not p.name.startswith(".tmp-") for p in (spool / "artifacts").iterdir())
+    except OSError:
+        return False
+
+
 def replay_spool(run_dir: Path, tracking_uri: str | None = None) -> bool:
-    """Send what a finished job left in `run_dir/mlflow_spool` (server was down at its end)."""
+    """Send what a finished job left in `run_dir/mlflow_spool` (server was down at its end).
+
+    Called by `awm status` for every finished run whose spool is not empty (docs/runner.md).
+    Only for runs whose job has ended: a live job replays its own spool. Concurrent callers
+    are serialised by a lock file; a replay redone after a crash adds no duplicates (metrics
+    keep their original timestamps, artifacts are re-uploaded to the same paths)."""
+    import fcntl
+
     from awm_platform.runner.spec import JobSpec
 
+    run_dir = Path(run_dir)
     spec = JobSpec.load(run_dir)
-    logger = MlflowLogger(
-        run_dir,
-        tracking_uri=tracking_uri or spec.tracking_uri,
-        experiment=spec.experiment,
-        run_name=spec.name,
-        artifact_root=spec.artifact_root,
-        parent_run_id=spec.parent_run_id,
-        background=False,
-    )
-    return logger.flush(final=True)
+    (run_dir / "mlflow_spool").mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "mlflow_spool" / ".replay.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        logger = MlflowLogger(
+            run_dir,
+            tracking_uri=tracking_uri or spec.tracking_uri,
+            experiment=spec.experiment,
+            run_name=spec.name,
+            artifact_root=spec.artifact_root,
+            parent_run_id=spec.parent_run_id,
+            background=False,
+        )
+        return logger.flush(final=True)
 
 
 # --------------------------------------------------------------------- factory ----

@@ -120,7 +120,7 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
         while time.monotonic() < deadline:
             if store.get_sweep(study_name).status == SWEEP_STOPPED:
                 return 0
-            if info.get("host") == _host() and not _alive(int(info["pid"])):
+            if info.get("host") == _host() and not _alive(int(info["pid"]), info.get("started")):
                 break  # died without finishing the stop: do it ourselves
             time.sleep(0.5)
         else:
@@ -128,10 +128,10 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
     return stop_in_flight(study, store, backend or RunnerBackend(), study_name, echo)
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, started: float | None = None) -> bool:
     from awm_platform.sweeps.orchestrator import pid_alive
 
-    return pid_alive(pid)
+    return pid_alive(pid, None if started is None else float(started))
 
 
 def status(study_name: str, *, store: Store | None = None) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def status(study_name: str, *, store: Store | None = None) -> dict[str, Any]:
 
 def best_trial_report(ctx: SweepContext, result: SweepResult, store: Store | None = None) -> list[str]:
     """Lines printed at the end of a sweep: best trial, where its LoRA is, how to open MLflow."""
+    from awm_platform.redaction import redact_url
     from awm_platform.sweeps.tracking import tracking_uri
 
     store = store or ctx.open_store()
@@ -189,6 +190,6 @@ def best_trial_report(ctx: SweepContext, result: SweepResult, store: Store | Non
                     lines.append(f"  its run directory: {run.output_dir}")
     if not result.best:
         lines.append("no trial completed")
-    lines.append(f"open MLflow: mlflow ui --backend-store-uri {tracking_uri(ctx.cfg)} --workers 1")
+    lines.append(f"open MLflow: mlflow ui --backend-store-uri {redact_url(tracking_uri(ctx.cfg))} --workers 1")
     lines.append(f"trials: awm sweep status {ctx.study_name}")
     return lines

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from awm_platform.runner.proc import fault_point, process_start_time
 from awm_platform.sweeps.spec import SweepSpec
 
 if TYPE_CHECKING:
@@ -173,29 +174,24 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child (detached daemon we spawned and never reaped) is dead for our purposes
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+def pid_alive(pid: int, start_time: float | None = None) -> bool:
+    """`pid` runs (not a zombie: a detached daemon we spawned and never reaped is dead for our
+    purposes) and, with `start_time`, is the process that started then (pids are recycled)."""
+    from awm_platform.runner.proc import is_alive
+
+    return is_alive(pid, start_time)
 
 
 def orchestrator_alive(info: dict[str, Any] | None, grace_period_s: float) -> bool:
-    """Another orchestrator holds the study if it beat recently (and, on this host, its pid lives)."""
+    """Another orchestrator holds the study if it beat recently (and, on this host, its pid
+    still runs the process that started at `info["started"]`)."""
     if not info:
         return False
     if time.time() - float(info.get("heartbeat", 0)) > grace_period_s:
         return False
     if info.get("host") == _host():
-        return pid_alive(int(info.get("pid", -1)))
+        started = info.get("started")
+        return pid_alive(int(info.get("pid", -1)), None if started is None else float(started))
     return True
 
 
@@ -248,6 +244,7 @@ class Orchestrator:
         self._last_beat = 0.0
         self._budget_note = False
         self._reported: dict[int, int] = {}  # trial number -> last step reported to Optuna
+        self._started = process_start_time(os.getpid())  # with the pid: this orchestrator's identity
         self.study: optuna.Study | None = None
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -473,6 +470,7 @@ class Orchestrator:
             self._tell_fail(number, f"submission failed: {exc}")
             self.echo(f"[t{number}] FAIL submission: {exc}")
             return
+        fault_point("after_submit")
         if job_id is not None:
             storage.set_trial_user_attr(tid, "job_id", job_id)
         self.timings.submit += time.perf_counter() - t0
@@ -603,7 +601,8 @@ class Orchestrator:
         now = time.time()
         if force or now - self._last_beat >= self.spec.heartbeat_interval_s:
             assert self.study is not None
-            self.study.set_user_attr(ORCH_ATTR, {"pid": os.getpid(), "host": _host(), "heartbeat": now})
+            self.study.set_user_attr(ORCH_ATTR, {"pid": os.getpid(), "host": _host(), "heartbeat": now,
+                                                 "started": self._started})
             self._last_beat = now
 
     def _release(self) -> None:

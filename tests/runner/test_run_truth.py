@@ -1,0 +1,107 @@
+"""Run state tells the truth (issue 9 §3): a recycled pid is not a live job, a run whose
+submitter died before recording a job id is failed after a grace period, a failing
+`launcher.setup` line is reported with its number, exit code and output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+AWM = [sys.executable, "-m", "awm_platform.cli.main"]
+
+
+def _register(store, name: str, run_dir: Path, *, job_ids: list[str], status: str = "RUNNING") -> None:
+    store.create_run(name=name, config_hash="h", resolved_config={}, output_dir=run_dir, cluster="local",
+                     status=status)
+    for job in job_ids:
+        store.append_job_id(name, job)
+
+
+def test_recycled_pid_is_not_taken_for_a_live_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real process whose pid is recorded with another start time (what a recycled pid looks
+    like): the poller fails the run, `cancel_run` does not signal the stranger, and a sweep
+    orchestrator recorded with that pid is not alive. With its true start time it is live."""
+    from awm_platform.runner.proc import is_alive, process_start_time
+    from awm_platform.runner.state import LOCAL_JOBS_FILE, cancel_run, record_local_job, refresh_states
+    from awm_platform.store import Store
+    from awm_platform.sweeps.orchestrator import _host, orchestrator_alive
+
+    monkeypatch.setenv("AWM_POLL_INTERVAL_S", "0")
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start_time(stranger.pid)
+        assert started is not None and is_alive(stranger.pid, started)
+        assert not is_alive(stranger.pid, started - 3.0)
+        with Store.default() as store:
+            mine, other = tmp_path / "mine", tmp_path / "other"
+            mine.mkdir()
+            other.mkdir()
+            record_local_job(mine, stranger.pid)  # the true identity: a live job
+            _register(store, "mine", mine, job_ids=[str(stranger.pid)])
+            (other / LOCAL_JOBS_FILE).write_text(f'{{"{stranger.pid}": {started - 3.0}}}')
+            _register(store, "recycled", other, job_ids=[str(stranger.pid)])
+            assert refresh_states(store, force=True) == {"mine": "RUNNING", "recycled": "FAILED"}
+            assert "without reporting" in store.get_run("recycled").error
+            store.update_run("recycled", status="RUNNING", ended_at=None)
+            cancel_run("recycled", store, timeout_s=5)
+            assert store.get_run("recycled").status == "CANCELLED"
+            assert stranger.poll() is None, "cancel_run signalled a process that is not its job"
+
+        beat = {"pid": stranger.pid, "host": _host(), "heartbeat": time.time()}
+        assert orchestrator_alive({**beat, "started": started}, 60)
+        assert not orchestrator_alive({**beat, "started": started - 3.0}, 60)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_pending_run_without_job_id_fails_after_the_grace_period(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from awm_platform.runner.state import refresh_states
+    from awm_platform.store import Store
+
+    with Store.default() as store:
+        _register(store, "orphan", tmp_path, job_ids=[], status="PENDING")
+        monkeypatch.setenv("AWM_JOB_ID_GRACE_S", "3600")
+        assert refresh_states(store, force=True) == {"orphan": "PENDING"}  # its submitter may be slow
+        monkeypatch.setenv("AWM_JOB_ID_GRACE_S", "0")
+        assert refresh_states(store, force=True) == {"orphan": "FAILED"}
+        run = store.get_run("orphan")
+        assert "never submitted: no job id recorded" in run.error and run.ended_at is not None
+
+
+@pytest.mark.slow
+def test_failing_setup_line_is_reported(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real local submit whose second setup line fails: the run is FAILED with the line's
+    number, exit code and stderr, and `awm status` / `awm logs` say so."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner import submit_run
+    from awm_platform.runner.state import refresh_states
+    from awm_platform.store import Store
+    from trainers.awm.tiny import tiny_experiment_dict
+
+    monkeypatch.setenv("AWM_POLL_INTERVAL_S", "0")
+    cfg = config_from_dict(tiny_experiment_dict(tiny_model, "bad-setup", launcher={
+        "cluster": "local", "setup": ["export AWM_SETUP_TEST=1", "ls /nonexistent-awm-dir"]}))
+    with Store.default() as store:
+        sub = submit_run(cfg, cluster="local", store=store)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and refresh_states(store, ["bad-setup"])["bad-setup"] != "FAILED":
+            time.sleep(0.2)
+        error = store.get_run("bad-setup").error
+    assert error is not None and error.startswith("launcher.setup line 2 failed with exit code 2: ls /nonexistent")
+    assert "No such file or directory" in error
+    assert (sub.run_dir / "setup" / "failed.json").exists()
+
+    env = {**os.environ, "COLUMNS": "200"}
+    status = subprocess.run([*AWM, "status", "bad-setup"], capture_output=True, text=True, env=env, check=False)
+    assert status.returncode == 0, status.stderr
+    assert "launcher.setup line 2 failed with exit code 2" in status.stdout and "No such file" in status.stdout
+    logs = subprocess.run([*AWM, "logs", "bad-setup"], capture_output=True, text=True, env=env, check=False)
+    assert logs.returncode == 0, logs.stderr
+    assert "launcher.setup line 2 failed with exit code 2" in logs.stdout and "No such file" in logs.stdout
