@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this):
-#   1. install what is missing (venv + project; Debian packages for the services and for the tools some
-#      tests use: tesseract-ocr for the OCR benchmark's tesseract engine),
-#   2. start the real local services (single-node SLURM with slurmdbd, PostgreSQL),
+#   1. install the Debian tools some tests use (tesseract-ocr, for the OCR benchmark's tesseract engine),
+#   2. start the real local services (single-node SLURM with slurmdbd, PostgreSQL; their Debian packages
+#      are installed when missing), then install what is missing of the venv + project (scripts/setup.sh),
 #   3. run pytest with the services REQUIRED (AWM_REQUIRE_SERVICES=1): a test that needs SLURM or
 #      PostgreSQL runs or fails, never skips; a run that collects no test fails,
 #   4. stop the services this script started.
 # If the services or the tools cannot be installed or started, this script fails (non-zero) before
 # pytest, saying what failed and where the log is: whoever runs it, a green run means the service tests ran.
 # AWM_TEST_SERVICES=0: leave starting/stopping the services to the test fixtures (they are still required).
+# AWM_SERVICES_SCRIPT: another services script (tests/services/test_test_command.py uses a failing one).
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/foundation -x`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export AWM_REQUIRE_SERVICES=1
 SERVICES=${AWM_SERVICES_SCRIPT:-scripts/services.sh}
-bash scripts/setup.sh || { echo "[test] FAILED: scripts/setup.sh (the venv) did not complete" >&2; exit 1; }
-
-echo "[test] installing the Debian tools the tests use (tesseract-ocr)"
+echo "[test] Debian tools the tests use (tesseract-ocr): installing what is missing"
 bash "$SERVICES" tools \
   || { echo "[test] FAILED: '$SERVICES tools' could not install the Debian tools (see the ERROR line above)" >&2; exit 1; }
 
@@ -34,6 +33,8 @@ if [ "${AWM_TEST_SERVICES:-1}" = 1 ]; then
            exit 1; }
   fi
 fi
+
+bash scripts/setup.sh || { echo "[test] FAILED: scripts/setup.sh (the venv) did not complete" >&2; exit 1; }
 
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?
