@@ -226,7 +226,7 @@ def test_postgres_env_and_default_databases(postgres_server: fx.PostgresServer) 
 
 @pytest.mark.postgres
 def test_postgres_accepts_psycopg_connection(postgres_url: str) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg  # a dev dependency: missing is an error, not a skip
     with psycopg.connect(
         postgres_url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=10
     ) as conn:
@@ -237,7 +237,7 @@ def test_postgres_accepts_psycopg_connection(postgres_url: str) -> None:
 
 @pytest.mark.postgres
 def test_postgres_rejects_a_wrong_password(postgres_server: fx.PostgresServer) -> None:
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg  # a dev dependency: missing is an error, not a skip
     bad = postgres_server.url("awm_test", driver="").replace(f":{postgres_server.password}@", ":wrong@")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(bad, connect_timeout=10)
