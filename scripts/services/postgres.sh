@@ -196,6 +196,6 @@ cmd_status() {
 case "${1:-}" in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
-  status) cmd_status ;;
+  status) cmd_status || exit 1 ;;   # 1 = not up: not an error to report
   *) echo "usage: $0 {up|down [--purge]|status}" >&2; exit 2 ;;
 esac

@@ -133,6 +133,18 @@ def test_unexpected_failure_names_the_command_line_and_logs(tmp_path: Path) -> N
     assert "'up slurm' failed" in proc.stderr
 
 
+def test_nothing_running_is_not_an_error(tmp_path: Path) -> None:
+    """`status` of services that are down exits 1 and `down` of nothing exits 0, neither with an ERROR
+    line (the ERR trap reports failures, not answers)."""
+    fx.require_services("status/down of a private state dir")
+    env = {**os.environ, "AWM_SERVICES_DIR": str(tmp_path / "state")}
+    status = _run(["bash", str(SCRIPT), "status", "all"], env, timeout=60)
+    assert status.returncode == 1 and "not running" in status.stderr
+    down = _run(["bash", str(SCRIPT), "down", "all"], env, timeout=60)
+    assert down.returncode == 0
+    assert "ERROR" not in status.stderr + down.stderr, status.stderr + down.stderr
+
+
 def test_a_silent_script_failure_still_gives_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     silent = tmp_path / "services.sh"
     silent.write_text("exit 1\n")
