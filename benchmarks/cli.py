@@ -131,6 +131,8 @@ def score_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per scoring call.")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     n_boot: Annotated[int, typer.Option("--n-boot", min=1, help="Bootstrap resamples (over prompts).")] = 1000,
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial", help="Score even if some prompts have no image (the summary records the coverage).")] = False,
 ) -> None:
     """Score a folder of images (or GenEval detections) and write samples.jsonl + summary.json."""
     from benchmarks.base import BenchmarkError, write_results
@@ -139,6 +141,9 @@ def score_cmd(
         options = parse_options(opt)
     except ValueError as e:
         raise _fail(str(e)) from None
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # checked before scoring: the work would be lost at the write
+        raise _fail(f"--out {out}: {blocking} is a file; give a folder for samples.jsonl and summary.json")
     if engine is not None:
         options["engine"] = engine
     if workers is not None:
@@ -156,17 +161,21 @@ def score_cmd(
             if images is None or prompts is None:
                 raise BenchmarkError("--images and --prompts are required (or --detections FILE for geneval)")
             records, summary = score_folder(name, images, prompts, options, batch_size=batch_size,
-                                            seed=seed, n_boot=n_boot)
+                                            seed=seed, n_boot=n_boot, allow_partial=allow_partial)
         samples_path, summary_path = write_results(out, records, summary)
     except BenchmarkError as e:
         raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"--out {out}: cannot write the results: {e.strerror or e}") from None
     typer.echo(json.dumps(summary.to_dict()))
     typer.echo(f"wrote {samples_path} ({len(records)} records) and {summary_path}", err=True)
 
 
 def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch_size: int = 32,
-                 seed: int = 0, n_boot: int = 1000):
-    """Library form of ``awm bench score`` (images route) -> ``(records, summary)``."""
+                 seed: int = 0, n_boot: int = 1000, allow_partial: bool = False):
+    """Library form of ``awm bench score`` (images route) -> ``(records, summary)``. A folder with
+    images for only some prompts raises BenchmarkError unless ``allow_partial`` (then the summary
+    records ``prompts_scored`` / ``prompts_total``)."""
     from benchmarks.base import BenchmarkError, ModelUnavailableError
     from benchmarks.registry import get_benchmark
 
@@ -176,6 +185,15 @@ def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch
             raise BenchmarkError(f"prompt file not found: {prompts}")
         prompt_list, meta_list = bench.load_prompt_file(prompts)
         files = scan_image_dir(Path(images), len(prompt_list))
+        covered = {pi for pi, _, _ in files}
+        missing = [i for i in range(len(prompt_list)) if i not in covered]
+        if missing:
+            shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            msg = (f"{images}: images for only {len(covered)} of {len(prompt_list)} prompts in {prompts} "
+                   f"(none for prompt index {shown})")
+            if not allow_partial:
+                raise BenchmarkError(f"{msg}; pass --allow-partial to score only those")
+            print(f"warning: {msg}; scoring only those (--allow-partial)", file=sys.stderr, flush=True)
         records = []
         for s in range(0, len(files), batch_size):
             chunk = files[s : s + batch_size]
@@ -201,6 +219,8 @@ def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch
         summary = bench.aggregate(records, n_boot=n_boot, seed=seed)
         summary.extra.setdefault("images", str(images))
         summary.extra.setdefault("prompts", str(prompts))
+        summary.extra.setdefault("prompts_scored", len(covered))
+        summary.extra.setdefault("prompts_total", len(prompt_list))
         return records, summary
     finally:
         bench.close()

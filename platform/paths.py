@@ -15,11 +15,33 @@ AWM_HOME_ENV = "AWM_HOME"
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+class PlatformHomeError(RuntimeError):
+    """`$AWM_HOME` cannot hold platform state (a file, read-only, not creatable); the message says which."""
+
+
 def awm_home(create: bool = True) -> Path:
+    """The platform home. `create=True` (a command that writes state): make it and insist that it is
+    a writable directory. `create=False` (read-only uses, dry runs): just the path."""
     home = Path(os.environ.get(AWM_HOME_ENV) or "./.awm").expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        raise PlatformHomeError(f"AWM_HOME={home} is not a directory; point AWM_HOME at a directory")
     if create:
-        home.mkdir(parents=True, exist_ok=True)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlatformHomeError(f"cannot create AWM_HOME={home}: {exc.strerror or exc}") from None
+        if not is_writable_dir(home):
+            raise PlatformHomeError(f"AWM_HOME={home} is read-only; this command writes platform state there "
+                                    "(point AWM_HOME at a writable directory)")
     return home
+
+
+def is_writable_dir(path: Path) -> bool:
+    """Writable for this process: permissions (not enough for root) and a read-only mount (enough)."""
+    try:
+        return os.access(path, os.W_OK | os.X_OK) and not os.statvfs(path).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
 
 
 def validate_run_name(name: str) -> str:
@@ -40,8 +62,13 @@ def run_dir(name: str) -> Path:
     return runs_dir() / validate_run_name(name)
 
 
+def platform_db_path(create: bool = True) -> Path:
+    """The embedded platform DB; `create=False` for readers that must not create the home."""
+    return awm_home(create) / "awm.db"
+
+
 def default_platform_db_url() -> str:
-    return f"sqlite:///{awm_home() / 'awm.db'}"
+    return f"sqlite:///{platform_db_path()}"
 
 
 def default_mlflow_tracking_uri() -> str:

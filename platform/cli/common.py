@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, NoReturn
 
 import typer
@@ -11,8 +12,29 @@ OverridesOpt = Annotated[
     typer.Option("--set", "-s", help="Dotted override, e.g. --set train.beta=0.003 (repeatable)."),
 ]
 
-# Exit codes: 0 ok, 1 a failed operation/check, 2 bad input (invalid config, unknown run, ...).
+# Exit codes (README "Exit codes"): 0 ok; 1 a failed operation or check; 2 bad input: an invalid
+# config or path, an unknown run, an unusable $AWM_HOME or storage.url, a job the scheduler rejects.
 EXIT_BAD_INPUT = 2
+
+# Errors that mean "the input or the environment is wrong", by module and class name: the
+# last-resort handler of `awm` (cli.main.main) prints them as one line instead of a traceback.
+# Looked up in sys.modules, so checking costs no import (an unimported module raised nothing).
+USER_ERRORS = {
+    "awm_platform.paths": "PlatformHomeError",
+    "awm_platform.config": "ConfigError",
+    "awm_platform.store.store": "StoreError",
+    "awm_platform.runner.api": "SubmitError",
+    "awm_platform.sweeps.orchestrator": "SweepError",
+    "benchmarks.base": "BenchmarkError",
+}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    for module, name in USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:

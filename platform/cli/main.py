@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from awm_platform.cli.common import OverridesOpt, fail
+from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail, is_user_error
 
 app = typer.Typer(
     name="awm",
@@ -33,16 +33,34 @@ app.add_typer(services_app, name="services")
 
 
 # ----------------------------------------------------------------------- version ----
-@app.command()
-def version() -> None:
-    """Print the platform version."""
+def _platform_version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as pkg_version
 
     try:
-        typer.echo(pkg_version("awm-platform"))
+        return pkg_version("awm-platform")
     except PackageNotFoundError:  # running from a checkout without install
-        typer.echo("0+unknown")
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_platform_version())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the platform version and exit.")] = False,
+) -> None:
+    pass
+
+
+@app.command()
+def version() -> None:
+    """Print the platform version."""
+    typer.echo(_platform_version())
 
 
 # ------------------------------------------------------------------------ config ----
@@ -194,7 +212,16 @@ _mount_parts()
 
 
 def main() -> None:
-    app()
+    # Commands turn the errors they expect into one line (`fail`); this is the last resort for an
+    # input or environment error raised where no command expected it (an unusable $AWM_HOME, an
+    # unreachable store): one line and exit 2 instead of a traceback.
+    try:
+        app()
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from awm_platform.store.models import (
@@ -41,6 +42,10 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be opened or reached (server down, bad URL, unwritable file); says which and why."""
+
+
 class NotFoundError(StoreError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0]) if self.args else "not found"
@@ -57,8 +62,23 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _make_engine(url: str) -> Engine:
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<not a database URL>"  # never echo an unparsed URL: it may hold a password
+
+
+def _make_engine(url: str, *, read_only: bool = False) -> Engine:
     parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and read_only:
+        # `awm status` on a home it cannot write: open the file read-only, create nothing (no -wal/-shm
+        # when the folder is not writable: immutable)
+        path = Path(parsed.database or "")
+        immutable = "&immutable=1" if not os.access(path.parent, os.W_OK) or \
+            os.statvfs(path.parent).f_flag & os.ST_RDONLY else ""
+        return create_engine(f"sqlite:///file:{path}?mode=ro{immutable}&uri=true",
+                             connect_args={"check_same_thread": False})
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -82,17 +102,26 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=connect_args)
 
 
 class Store:
-    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True, read_only: bool = False) -> None:
+        """`read_only`: no migrations, no writes (SQLite opened `mode=ro`), for reading a home this
+        process cannot write. Failing to open or reach the database raises StoreUnavailableError."""
         self.url = url
-        self.engine = _make_engine(url)
-        self.dialect = self.engine.dialect.name
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        if upgrade:
-            self.upgrade()
+        try:
+            self.engine = _make_engine(url, read_only=read_only)
+            self.dialect = self.engine.dialect.name
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+            if upgrade and not read_only:
+                self.upgrade()
+        except (OperationalError, ArgumentError, NoSuchModuleError, ImportError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise StoreUnavailableError(
+                f"cannot open the platform store {_safe_url(url)}: {reason[0] if reason else type(exc).__name__} "
+                "(check storage.url, or AWM_HOME for the default SQLite store)") from None
 
     # ------------------------------------------------------------------ lifecycle ----
     @classmethod

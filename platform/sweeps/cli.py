@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -27,11 +27,14 @@ def register(app: typer.Typer) -> None:
     @sweep_app.command("start")
     def start_cmd(
         config: Annotated[Path, typer.Argument(help="Experiment config with a `sweep:` section.")],
-        cluster: Annotated[str | None, typer.Option("--cluster", help="local, debug or slurm "
-                                                    "(default: launcher.cluster).")] = None,
+        cluster: Annotated[Literal["local", "debug", "slurm"] | None, typer.Option(
+            "--cluster", help="Where the trials run (default: launcher.cluster).")] = None,
         set_: OverridesOpt = None,
         study: Annotated[str | None, typer.Option("--study", help="Study name (default: the config's name).")] = None,
         detach: DetachOpt = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Progress on stderr; at the end one JSON object on "
+                                                             "stdout: `sweep status --json` of the study, or "
+                                                             "{study, pid, log} with --detach.")] = False,
     ) -> None:
         """Create the study and run it: blocks until every trial finished (Ctrl-C leaves the jobs
         running; `awm sweep resume` adopts them), or returns at once with --detach."""
@@ -39,19 +42,21 @@ def register(app: typer.Typer) -> None:
         from awm_platform.sweeps import commands
         from awm_platform.sweeps.orchestrator import SweepError
 
-        if cluster is not None and cluster not in ("local", "debug", "slurm"):
-            fail(f"--cluster must be local, debug or slurm, got {cluster!r}")
         try:
             ctx = commands.prepare(config, set_, cluster=cluster, study=study)
         except (ConfigError, SweepError) as exc:
             fail(str(exc))
+        echo = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
         try:
-            out = commands.start(ctx, detach=detach, echo=typer.echo, install_signal_handlers=True)
+            out = commands.start(ctx, detach=detach, echo=echo, install_signal_handlers=True)
         except SweepError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
             _interrupted(ctx.study_name)
-        _finish(ctx, out)
+        if as_json:
+            _finish_json(ctx, out)
+        else:
+            _finish(ctx, out)
 
     @sweep_app.command("resume")
     def resume_cmd(study: StudyArg, detach: DetachOpt = False) -> None:
@@ -117,6 +122,19 @@ def _finish(ctx: Any, out: Any) -> None:
         return
     for line in commands.best_trial_report(ctx, out):
         typer.echo(line)
+    if out.status != "COMPLETED":
+        raise typer.Exit(1)
+
+
+def _finish_json(ctx: Any, out: Any) -> None:
+    from awm_platform.sweeps import commands
+
+    if isinstance(out, int):
+        typer.echo(json.dumps({"study": ctx.study_name, "pid": out, "log": str(ctx.state_dir / "orchestrator.log")}))
+        return
+    for line in commands.best_trial_report(ctx, out):
+        typer.echo(line, err=True)
+    typer.echo(json.dumps(commands.status(ctx.study_name), default=str))
     if out.status != "COMPLETED":
         raise typer.Exit(1)
 

@@ -54,7 +54,7 @@ def test_submit_status_logs_rerun_over_http(
 
     res = _cli("status", "e2e", "--json")
     assert res.exit_code == 0, res.output
-    rec = json.loads(res.stdout)
+    [rec] = json.loads(res.stdout)  # always a list, also for one run
     assert rec["run"] == "e2e" and rec["status"] == "COMPLETED" and rec["job_ids"] and rec["mlflow_run_id"]
     run_dir = Path(rec["run_dir"])
     assert rec["gpu_hours"] > 0

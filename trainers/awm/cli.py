@@ -52,10 +52,30 @@ def train_command(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+    blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None) \
+        if run_dir is not None else None
+    if blocking is not None:
+        typer.echo(f"error: --run-dir {run_dir}: {blocking} is a file; give a directory (created if missing)",
+                   err=True)
+        raise typer.Exit(EXIT_CONFIG)
+    import torch
+
+    cpu_only = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    if cfg.mixed_precision == "fp16" and cpu_only:
+        typer.echo(f"error: {config}: mixed_precision=fp16 needs a GPU and none is visible; set "
+                   "mixed_precision: no (or bf16) to train on CPU, e.g. --set mixed_precision=no", err=True)
+        raise typer.Exit(EXIT_CONFIG)
     if run_dir is None:
+        from awm_platform.paths import PlatformHomeError
         from awm_platform.paths import run_dir as default_run_dir
 
-        run_dir = default_run_dir(cfg.name)
+        try:
+            run_dir = default_run_dir(cfg.name)
+        except PlatformHomeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_CONFIG) from None
+    # the topmost folder this run creates: removed again if the model cannot even be loaded
+    created = next((p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), None)
 
     stop = threading.Event()
 
@@ -73,6 +93,10 @@ def train_command(
     try:
         result = train(cfg, run_dir, stop=stop)
     except ModelLoadError as exc:
+        if created is not None and rank == 0:  # nothing trained: leave no run dir that blocks the name
+            import shutil
+
+            shutil.rmtree(created, ignore_errors=True)
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     if rank == 0:
