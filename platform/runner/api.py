@@ -51,6 +51,34 @@ def _scrubbed_environ() -> Iterator[None]:
             os.environ["MLFLOW_RUN_ID"] = saved
 
 
+@contextlib.contextmanager
+def _controller_stdio(log: Path) -> Iterator[None]:
+    """submitit's LocalExecutor starts the job's controller (which outlives us) with a bare Popen,
+    so it would inherit our stdin/stdout/stderr: a caller capturing `awm submit`'s output
+    (`name=$(awm submit ...)`, `subprocess.run(..., capture_output=True)`) would then wait until
+    the JOB ends, and the controller would write into a terminal it does not own. Point fds 0-2
+    elsewhere (stdin: /dev/null; stdout/stderr: `log`) while it starts."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        yield
+    finally:
+        for fd, orig in zip((0, 1, 2), saved, strict=True):
+            os.dup2(orig, fd)
+            os.close(orig)
+        os.close(null)
+        os.close(out)
+
+
 def resolve_cluster(cfg: Any, cluster: str | None) -> str:
     c = cluster or cfg.launcher.cluster
     if c not in CLUSTERS:
@@ -226,7 +254,8 @@ def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
     )
     # submitit prints a rejected sbatch's stderr itself; it is in the exception too (scheduler_rejection)
     quiet = contextlib.redirect_stderr(io.StringIO()) if cluster == "slurm" else contextlib.nullcontext()
-    with _scrubbed_environ(), code_env, quiet:
+    stdio = _controller_stdio(run_dir / "local_controller.log") if cluster == "local" else contextlib.nullcontext()
+    with _scrubbed_environ(), code_env, quiet, stdio:
         job = executor.submit(TrainJob(str(run_dir)))
     if cluster == "local":  # the job id is a pid: keep its start time (pids are recycled)
         record_local_job(run_dir, int(job.job_id))
