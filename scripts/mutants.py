@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "trainers/awm/recipe.py"
 
-KNOBS = ["tests/trainer/test_knobs.py"]
+
+def knobs(test: str) -> list[str]:
+    return [f"tests/trainer/test_knobs.py::{test}"]
+
+
+LOSS_KNOBS = knobs("test_loss_receives_train_knob")
+OFF_POLICY = knobs("test_off_policy_uses_ema_adapter_for_rollouts_and_old_log_probs")
 RESUME = ["tests/trainer/test_train.py::test_resume_between_epochs_is_bitwise",
           "tests/trainer/test_train.py::test_resume_after_crash_mid_epoch_is_bitwise"]
 PRECISION = ["tests/trainer/test_precision.py"]
@@ -39,88 +47,90 @@ PRECISION = ["tests/trainer/test_precision.py"]
 @dataclass(frozen=True)
 class Plant:
     id: str
-    file: str
-    old: str
-    new: str
-    tests: list[str]
     why: str
+    file: str
+    old: str  # must occur exactly once in file
+    new: str
+    tests: list[str]  # pytest node ids that must fail with the plant
 
 
 PLANTS: list[Plant] = [
-    # ---- the loss (the three mutants of issue 10)
-    Plant("loss-kl-weighting", "trainers/awm/recipe.py", "kl_weighting=tcfg.kl_weight,", 'kl_weighting="Uniform",',
-          KNOBS, "train.kl_weight hard-wired to Uniform in the trainer's loss call"),
-    Plant("loss-kl-ema-weighting", "trainers/awm/recipe.py", "kl_ema_weighting=tcfg.kl_ema_weight)",
-          'kl_ema_weighting="Uniform")', KNOBS, "train.kl_ema_weight hard-wired to Uniform"),
-    Plant("loss-type", "trainers/awm/recipe.py", "loss_type=tcfg.loss_type,", 'loss_type="exp_first",',
-          KNOBS, "train.loss_type hard-wired to exp_first"),
-    Plant("loss-pass1-weighting", "trainers/awm/recipe.py",
-          "per_sample_log_prob(v, target, t, weighting=cfg.train.weighting,",
-          'per_sample_log_prob(v, target, t, weighting="ghuber",', KNOBS,
-          "pass-1 old log-probs ignore train.weighting"),
-    Plant("loss-clip-math", "trainers/awm/loss.py", "torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)",
-          "torch.clamp(ratio, 1.0 - clip_range, 1.0 + 2 * clip_range)", ["tests/trainer_math/test_loss.py"],
-          "PPO clip upper bound wrong in the loss itself"),
+    # ---- the loss (the first three are the mutants of issue 10)
+    Plant("loss-kl-weighting", "train.kl_weight hard-wired to Uniform in the trainer's loss call",
+          RECIPE, "kl_weighting=tcfg.kl_weight,", 'kl_weighting="Uniform",', LOSS_KNOBS),
+    Plant("loss-kl-ema-weighting", "train.kl_ema_weight hard-wired to Uniform",
+          RECIPE, "kl_ema_weighting=tcfg.kl_ema_weight)", 'kl_ema_weighting="Uniform")', LOSS_KNOBS),
+    Plant("loss-type", "train.loss_type hard-wired to exp_first",
+          RECIPE, "loss_type=tcfg.loss_type,", 'loss_type="exp_first",', LOSS_KNOBS),
+    Plant("loss-pass1-weighting", "pass-1 old log-probs ignore train.weighting",
+          RECIPE, "per_sample_log_prob(v, target, t, weighting=cfg.train.weighting,",
+          'per_sample_log_prob(v, target, t, weighting="ghuber",', OFF_POLICY),
+    Plant("loss-clip-math", "PPO clip upper bound wrong in the loss itself",
+          "trainers/awm/loss.py", "torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)",
+          "torch.clamp(ratio, 1.0 - clip_range, 1.0 + 2 * clip_range)", ["tests/trainer_math/test_loss.py"]),
     # ---- samplers
-    Plant("sampler-noise-window", "trainers/awm/recipe.py", "noise_window=tuple(s.noise_window)",
-          "noise_window=(0.3, 0.9)", KNOBS, "sample.noise_window ignored by the SA-Solver rollout"),
-    Plant("sampler-sde-frac", "trainers/awm/recipe.py", "sde_frac=s.sde_frac,", "sde_frac=0.0,", KNOBS,
-          "sample.sde_frac ignored by the Euler rollout"),
-    Plant("sampler-guidance", "trainers/awm/recipe.py", "return vu + g * (vc - vu)", "return vc", KNOBS,
-          "classifier-free guidance scale dropped"),
-    Plant("eval-guidance", "trainers/awm/recipe.py", "guidance_scale=self.eval_guidance_scale,",
-          "guidance_scale=None,", KNOBS, "eval.guidance_scale ignored (evaluation tied to the rollout guidance)"),
-    Plant("sampler-off-policy", "trainers/awm/recipe.py",
-          "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if cfg.train.off_policy",
-          "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if False", KNOBS,
-          "off-policy rollouts sampled with the live policy"),
+    Plant("sampler-noise-window", "sample.noise_window ignored by the SA-Solver rollout",
+          RECIPE, "noise_window=tuple(s.noise_window)", "noise_window=(0.3, 0.9)",
+          knobs("test_rollout_solver_and_its_knobs")),
+    Plant("sampler-sde-frac", "sample.sde_frac ignored by the Euler rollout",
+          RECIPE, "sde_frac=s.sde_frac,", "sde_frac=0.0,", knobs("test_rollout_solver_and_its_knobs")),
+    Plant("sampler-guidance", "classifier-free guidance scale dropped",
+          RECIPE, "return vu + g * (vc - vu)", "return vc", knobs("test_rollout_guidance_scale")),
+    Plant("eval-guidance", "eval.guidance_scale ignored (evaluation tied to the rollout guidance)",
+          RECIPE, "guidance_scale=self.eval_guidance_scale,", "guidance_scale=None,",
+          knobs("test_eval_guidance_scale")),
+    Plant("sampler-off-policy", "off-policy rollouts sampled with the live policy",
+          RECIPE, "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if cfg.train.off_policy",
+          "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if False", OFF_POLICY),
     # ---- time sampling
-    Plant("time-shift", "trainers/awm/recipe.py", "time_shift=cfg.time_shift, generator=gen)",
-          "time_shift=3.0, generator=gen)", KNOBS, "time_shift hard-wired"),
-    Plant("time-fraction", "trainers/awm/recipe.py", "timestep_fraction=cfg.train.timestep_fraction,",
-          "timestep_fraction=0.9,", KNOBS, "train.timestep_fraction hard-wired"),
+    Plant("time-shift", "time_shift hard-wired",
+          RECIPE, "time_shift=cfg.time_shift, generator=gen)", "time_shift=3.0, generator=gen)",
+          knobs("test_time_sampler_receives_knob")),
+    Plant("time-fraction", "train.timestep_fraction hard-wired",
+          RECIPE, "timestep_fraction=cfg.train.timestep_fraction,", "timestep_fraction=0.9,",
+          knobs("test_time_sampler_receives_knob")),
     # ---- EMAs
-    Plant("ema-kl-decay-type", "trainers/awm/recipe.py",
-          "kl_ema_mixing(ema_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)",
-          'kl_ema_mixing(ema_step, tcfg.kl_ema_decay, "linear")', KNOBS,
-          "train.kl_ema_decay_type ignored"),
-    Plant("ema-lora-path-step", "trainers/awm/recipe.py", "ema_step = self.global_step + self.ema_step_offset",
-          "ema_step = self.global_step", ["tests/trainer/test_lora_path.py"],
-          "train.lora_path restarts the EMA ramps at step 0 (upstream continues at S)"),
-    Plant("ema-weight-interval", "trainers/awm/recipe.py", "update_interval=cfg.train.ema_update_step_interval)",
-          "update_interval=1)", KNOBS, "train.ema_update_step_interval ignored"),
-    Plant("ema-weight-decay-math", "trainers/awm/ema.py", "decay = weight_ema_decay(step, self.max_decay)",
-          "decay = self.max_decay", ["tests/trainer_math/test_ema.py"] + KNOBS,
-          "weight-EMA warm-up (1+s)/(10+s) dropped"),
+    Plant("ema-kl-decay-type", "train.kl_ema_decay_type ignored",
+          RECIPE, "kl_ema_mixing(ema_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)",
+          'kl_ema_mixing(ema_step, tcfg.kl_ema_decay, "linear")', knobs("test_kl_ema_adapter_mixing_follows_config")),
+    Plant("ema-lora-path-step", "train.lora_path restarts the EMA ramps at step 0 (upstream continues at S)",
+          RECIPE, "ema_step = self.global_step + self.ema_step_offset", "ema_step = self.global_step",
+          ["tests/trainer/test_lora_path.py"]),
+    Plant("ema-weight-interval", "train.ema_update_step_interval ignored",
+          RECIPE, "update_interval=cfg.train.ema_update_step_interval)", "update_interval=1)",
+          knobs("test_weight_ema_follows_config")),
+    Plant("ema-weight-decay-math", "weight-EMA warm-up (1+s)/(10+s) dropped",
+          "trainers/awm/ema.py", "decay = weight_ema_decay(step, self.max_decay)", "decay = self.max_decay",
+          ["tests/trainer_math/test_ema.py"]),
     # ---- advantages
-    Plant("adv-global-std", "trainers/awm/recipe.py", "global_std=s.global_std,", "global_std=True,", KNOBS,
-          "sample.global_std hard-wired"),
-    Plant("adv-std-math", "trainers/awm/advantages.py", "if global_std else (group_std[gidx] + eps)",
-          "if not global_std else (group_std[gidx] + eps)", ["tests/trainer_math/test_advantages.py"],
-          "per-group and global std swapped in the advantages"),
+    Plant("adv-global-std", "sample.global_std hard-wired",
+          RECIPE, "global_std=s.global_std,", "global_std=True,", knobs("test_advantages_receive_knob")),
+    Plant("adv-std-math", "per-group and global std swapped in the advantages",
+          "trainers/awm/advantages.py", "if global_std else (group_std[gidx] + eps)",
+          "if not global_std else (group_std[gidx] + eps)", ["tests/trainer_math/test_advantages.py"]),
     # ---- checkpoints and resume
-    Plant("resume-optimizer", "trainers/awm/recipe.py",
-          'self.optimizer.load_state_dict(C.load_torch(path / "state" / "optimizer.pt"))', "pass", RESUME,
-          "resume forgets the AdamW state"),
-    Plant("resume-weight-ema", "trainers/awm/recipe.py",
-          'self.wema.load_state_dict({"shadow": shadow, **state["weight_ema"]})', "pass", RESUME,
-          "resume re-initialises the weight EMA"),
-    Plant("resume-lr-schedule", "trainers/awm/recipe.py", 'self.scheduler.load_state_dict(state["scheduler"])',
-          "pass", PRECISION, "resume restarts the LR schedule"),
-    Plant("resume-grad-scaler", "trainers/awm/recipe.py",
-          '"scaler": acc.scaler.state_dict() if acc.scaler is not None else None,', '"scaler": None,', PRECISION,
-          "checkpoint drops the fp16 grad-scaler state"),
-    Plant("checkpoint-sha256", "trainers/awm/checkpoint.py", "if verify_hashes and sha256_file(f) != digest:",
-          "if False:", ["tests/trainer/test_components.py::test_checkpoint_atomic_validate_and_corruption"],
-          "checkpoint validation skips the sha256 check"),
+    Plant("resume-optimizer", "resume forgets the AdamW state",
+          RECIPE, 'self.optimizer.load_state_dict(C.load_torch(path / "state" / "optimizer.pt"))', "pass", RESUME),
+    Plant("resume-weight-ema", "resume re-initialises the weight EMA",
+          RECIPE, 'self.wema.load_state_dict({"shadow": shadow, **state["weight_ema"]})', "pass", RESUME),
+    Plant("resume-lr-schedule", "resume restarts the LR schedule",
+          RECIPE, 'self.scheduler.load_state_dict(state["scheduler"])', "pass", PRECISION),
+    Plant("resume-grad-scaler", "checkpoint drops the fp16 grad-scaler state",
+          RECIPE, '"scaler": acc.scaler.state_dict() if acc.scaler is not None else None,', '"scaler": None,',
+          PRECISION),
+    Plant("checkpoint-sha256", "checkpoint validation skips the sha256 check",
+          "trainers/awm/checkpoint.py", "if verify_hashes and sha256_file(f) != digest:", "if False:",
+          ["tests/trainer/test_components.py::test_checkpoint_atomic_validate_and_corruption"]),
 ]
 
 # Sanity plants: if the copy were not what the tests import, these would "survive".
 SANITY: list[Plant] = [
-    Plant("sanity-trainer-copy", "trainers/awm/recipe.py", '"""The AWM training loop', 'def (:\n"""The AWM training loop',
-          ["tests/trainer/test_components.py::test_lr_schedule_closed_form"], "syntax error in the copy's recipe"),
-    Plant("sanity-platform-copy", "platform/config.py", '"""The experiment spec', 'def (:\n"""The experiment spec',
-          ["tests/trainer/test_components.py::test_lr_schedule_closed_form"], "syntax error in the copy's config"),
+    Plant("sanity-trainer-copy", "syntax error in the copy's recipe",
+          RECIPE, '"""The AWM training loop', 'def (:\n"""The AWM training loop',
+          ["tests/trainer/test_components.py::test_lr_schedule_closed_form"]),
+    Plant("sanity-platform-copy", "syntax error in the copy's config",
+          "platform/config.py", '"""The experiment spec', 'def (:\n"""The experiment spec',
+          ["tests/foundation/test_config.py::test_defaults_are_upstream_awm_values"]),
 ]
 
 
@@ -153,7 +163,8 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int, float,
            "--rootdir", str(copy), "-c", str(copy / "pyproject.toml"), *tests]
     t0 = time.perf_counter()
     try:
-        r = subprocess.run(cmd, cwd=copy, env=pytest_env(copy), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, cwd=copy, env=pytest_env(copy), capture_output=True, text=True, timeout=timeout,
+                           check=False)
         rc, out = r.returncode, r.stdout + r.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out = -1, f"timed out after {timeout:.0f} s\n{exc.stdout or ''}"
@@ -161,9 +172,10 @@ def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[int, float,
 
 
 def check_imports(copy: Path) -> str | None:
-    code = "import awm_platform, trainers.awm.recipe, tests; print(awm_platform.__file__); " \
-           "print(trainers.awm.recipe.__file__); print(tests.__file__)"
-    r = subprocess.run([sys.executable, "-c", code], cwd=copy, env=pytest_env(copy), capture_output=True, text=True)
+    code = "import awm_platform.config, trainers.awm.recipe, tests.trainer; print(awm_platform.config.__file__); " \
+           "print(trainers.awm.recipe.__file__); print(tests.trainer.__file__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=copy, env=pytest_env(copy), capture_output=True, text=True,
+                       check=False)
     if r.returncode:
         return r.stderr[-2000:]
     bad = [p for p in r.stdout.split() if not Path(p).resolve().is_relative_to(copy.resolve())]
@@ -200,6 +212,7 @@ def main() -> int:
             print(f"{p.id:24} {p.file:28} {p.why}")
         return 0
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # kill the running pytest, remove the copy
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="awm-mutants-"))
     copy = tmp / "repo"
@@ -209,6 +222,13 @@ def main() -> int:
         problem = check_imports(copy)
         if problem:
             print(f"setup: the copy is not what python imports: {problem}", file=sys.stderr)
+            return 2
+        selected = sorted({t for p in plants + SANITY for t in p.tests})
+        rc, secs, out = run_tests(copy, selected, args.timeout)
+        print(f"baseline: the unmodified copy, {len(selected)} test selections: "
+              f"{'pass' if rc == 0 else 'FAIL'} ({secs:.0f} s)", flush=True)
+        if rc != 0:
+            print(out[-5000:], file=sys.stderr)
             return 2
         for plant in SANITY:
             original = apply(copy, plant)
@@ -221,13 +241,8 @@ def main() -> int:
                 print(f"setup: {plant.id} was not detected (rc {rc}): the tests do not import the copy\n{out[-3000:]}",
                       file=sys.stderr)
                 return 2
-        selected = sorted({t for p in plants for t in p.tests})
-        rc, secs, out = run_tests(copy, selected, args.timeout)
-        print(f"baseline: the unmodified copy, {len(selected)} test selections: "
-              f"{'pass' if rc == 0 else 'FAIL'} ({secs:.0f} s)")
-        if rc != 0:
-            print(out[-5000:], file=sys.stderr)
-            return 2
+        print(f"sanity: syntax errors planted in the copy's {' and '.join(p.file for p in SANITY)} fail the tests",
+              flush=True)
         for plant in plants:
             original = apply(copy, plant)
             if original is None:

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.trainer.conftest import small_config
 
-# Three runs. DEFAULT keeps small_config's values (the shipped defaults for every knob tested here,
-# except timestep_fraction); SA and EULER move every knob, on the two rollout solvers.
+# Three runs. SA and EULER move every knob, on the two rollout solvers; DEFAULT keeps small_config's
+# values (the shipped defaults for every knob tested here, except timestep_fraction). The tests walk
+# them in this order and each run starts when first needed, so a broken knob usually fails after the
+# first run (scripts/mutants.py relies on that for its speed).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {"num_epochs": 1},
     "sa": {
         "num_epochs": 1, "time_type": "discrete_with_init", "time_shift": 2.0, "per_prompt_stat_tracking": False,
         "sample": {"num_steps": 5, "eval_num_steps": 2, "noise_level": 0.8, "noise_window": [0.2, 0.7],
@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                   "kl_ema_weight": "ELBO", "kl_ema_decay": 0.0005, "ema": False, "lr_scheduler": "constant",
                   "learning_rate": 1e-3},
     },
+    "default": {"num_epochs": 1},
 }
 
 

@@ -36,7 +36,7 @@ def test_fp16_is_refused_on_cpu_before_anything_is_written(make_cfg, tmp_path, m
     with pytest.raises(ValueError) as info:
         train(make_cfg(mixed_precision="fp16"), run)
     msg = str(info.value)
-    assert "\n" not in msg and "fp16" in msg and "CUDA" in msg and "bf16" in msg, msg
+    assert "\n" not in msg and "fp16" in msg and "bf16" in msg, msg  # one line, names the way out
     assert not run.exists()
 
 
