@@ -11,7 +11,11 @@ MLflow (`MlflowLogger`):
   so a replay that is interrupted and redone does not duplicate rows: MLflow drops identical
   (key, value, timestamp, step) points) and deleted;
 * images and checkpoint manifests are staged under `mlflow_spool/artifacts/` and uploaded by
-  the same thread (so they survive an outage too);
+  the same thread (so they survive an outage too); images go through `MlflowClient.log_image`
+  with `key=<key>/<index>` and `step=` (the UI's image charts with a step slider), their
+  captions as the artifact `samples/<key>/step_<N>/captions.json`;
+* experiments are created tagged `mlflow.experimentKind = custom_model_development` (MLflow 3's
+  UI otherwise opens them in its GenAI view instead of the runs table);
 * per-key high-water marks (`mlflow_spool/hwm.json`, updated only for values that were sent
   or spooled) drop re-logged steps after a resume: the history has no duplicated steps;
 * the MLflow run is created once per training run (id in `run_dir/capsule/mlflow.json` and
@@ -39,8 +43,40 @@ MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000
 
 
+#: MLflow 3's UI reads this experiment tag to choose its view; without it, it may open our experiments in
+#: the GenAI (traces) view. The values are the UI's ExperimentKind enum (mlflow/server/js bundle:
+#: GENAI_DEVELOPMENT="genai_development", CUSTOM_MODEL_DEVELOPMENT="custom_model_development").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+IMAGES_MANIFEST = "images.json"  # marks a staged bundle whose images go through log_image
+
+
 def _warn(msg: str) -> None:
     print(f"[awm-tracking] {msg}", file=sys.stderr, flush=True)
+
+
+def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it tagged as model training; an existing experiment without a
+    kind gets the tag (one a user set is left alone)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND_TRAINING})
+        except Exception:
+            exp = client.get_experiment_by_name(name)  # lost a creation race
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND_TRAINING)
+    return exp.experiment_id
+
+
+def image_key(key: str, index: int) -> str:
+    """MLflow image key of the ``index``-th image logged under ``key`` (log_image accepts only
+    alphanumerics, ``_ - . /`` and spaces)."""
+    safe = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key).strip("/") or "images"
+    return f"{safe}/{index:02d}"
 
 
 class NullLogger:
@@ -354,21 +390,15 @@ class MlflowLogger(NullLogger):
         def build(d: Path) -> None:
             sub = d / "samples" / key / f"step_{int(step):06d}"
             sub.mkdir(parents=True)
-            files = []
-            for i, img in enumerate(images):
+            entries = []
+            for i, (img, caption) in enumerate(zip(images, captions, strict=False)):
                 fname = f"{i:03d}.png"
-                img.save(sub / fname)
-                files.append(fname)
+                img.save(d / fname)  # uploaded with log_image, not as a plain artifact
+                entries.append({"file": fname, "image_key": image_key(key, i), "caption": caption})
             (sub / "captions.json").write_text(
-                json.dumps(
-                    {
-                        "step": int(step),
-                        "key": key,
-                        "images": [{"file": f, "caption": c} for f, c in zip(files, captions, strict=False)],
-                    },
-                    indent=2,
-                )
-            )
+                json.dumps({"step": int(step), "key": key, "images": [
+                    {k: e[k] for k in ("image_key", "caption")} for e in entries]}, indent=2))
+            (d / IMAGES_MANIFEST).write_text(json.dumps({"step": int(step), "images": entries}))
 
         self._stage(build)
 
@@ -439,17 +469,7 @@ class MlflowLogger(NullLogger):
 
         client = self._client_()
         if not self.run_id:
-            exp = client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                try:
-                    exp_id = client.create_experiment(self.experiment, artifact_location=self.artifact_root)
-                except Exception:
-                    exp = client.get_experiment_by_name(self.experiment)  # lost a creation race
-                    if exp is None:
-                        raise
-                    exp_id = exp.experiment_id
-            else:
-                exp_id = exp.experiment_id
+            exp_id = get_or_create_experiment(client, self.experiment, self.artifact_root)
             tags = dict(self.tags)
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
@@ -531,6 +551,20 @@ class MlflowLogger(NullLogger):
     def _upload_artifacts(self, run_id: str) -> None:
         root = self.spool / "artifacts"
         for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
+            manifest = bundle / IMAGES_MANIFEST
+            if manifest.is_file():
+                from PIL import Image
+
+                spec = json.loads(manifest.read_text())
+                for entry in spec["images"]:
+                    path = bundle / entry["file"]
+                    if not path.is_file():
+                        continue  # uploaded before an interrupted replay
+                    with Image.open(path) as img:
+                        self._client_().log_image(run_id, img.copy(), key=entry["image_key"], step=int(spec["step"]),
+                                                  synchronous=True)
+                    path.unlink()  # a retried upload does not log it twice
+                manifest.unlink()
             self._client_().log_artifacts(run_id, str(bundle))
             shutil.rmtree(bundle, ignore_errors=True)
 

@@ -13,8 +13,10 @@ Trial lifecycle (run status -> Optuna):
 - COMPLETED: tell COMPLETE with the objective's last (or best, `objective.final`) value;
   FAIL if the metric was never logged.
 - FAILED (process died, job vanished): tell FAIL and, up to `sweep.max_retries` times,
-  enqueue a retry with the same params (`user_attrs: retry_of, root_trial, attempt`). A
-  retry replaces its failed trial in the `n_trials` count.
+  enqueue a retry with the same params (`user_attrs: retry_of, root_trial, attempt`; also
+  Optuna's own `system_attrs: failed_trial, retry_history`, as `RetryFailedTrialCallback` sets
+  them, so Optuna's tools see the retry chain). A retry replaces its failed trial in the
+  `n_trials` count.
 - pruned (pruner says so on a newly reported value): `cancel_run(status="PRUNED")`, tell PRUNED.
 
 Restart safety: the runs are found through the store (`sweep_name`, `trial_number`), so a
@@ -31,6 +33,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +198,27 @@ def orchestrator_alive(info: dict[str, Any] | None, grace_period_s: float) -> bo
     return True
 
 
+def objective_names(spec: SweepSpec) -> list[str]:
+    """One name per objective for `study.set_metric_names` (optuna-dashboard labels the values)."""
+    return [o.metric if o.final == "last" else f"{o.metric} ({o.final})" for o in spec.objective]
+
+
+def enqueue_retry(study: optuna.Study, failed: FrozenTrial, *, attempt: int) -> None:
+    """A WAITING trial with the failed trial's params: what `enqueue_trial` adds (`fixed_params`),
+    plus our `retry_of / root_trial / attempt` user attrs and the system attrs Optuna's
+    `RetryFailedTrialCallback` sets (`failed_trial` = the first trial of the chain,
+    `retry_history` = every trial of the chain so far), which `RetryFailedTrialCallback.retried_trial_number`
+    and `.retry_history` read back."""
+    import optuna
+
+    root = int(failed.user_attrs.get("root_trial", failed.number))
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING,
+        system_attrs={"fixed_params": dict(failed.params), "failed_trial": int(failed.system_attrs.get("failed_trial", root)),
+                      "retry_history": [*failed.system_attrs.get("retry_history", []), failed.number]},
+        user_attrs={"retry_of": failed.number, "root_trial": root, "attempt": attempt}))
+
+
 # ---------------------------------------------------------------------- counters ----
 def consumed_trials(trials: list[FrozenTrial]) -> int:
     """Trials counted against `n_trials`: every trial except retries (a retry replaces the
@@ -270,6 +294,9 @@ class Orchestrator:
                                   "pruner": ob.make_pruner(self.spec)}
         if create:
             study = optuna.create_study(directions=[o.direction for o in self.spec.objective], **kwargs)
+            with warnings.catch_warnings():  # experimental since optuna 3.2; optuna-dashboard shows these names
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objective_names(self.spec))
             study.set_user_attr("objective", [o.model_dump() for o in self.spec.objective])
             study.set_user_attr("search_space", {k: v.model_dump(exclude_none=True) for k, v in self.spec.params.items()})
             study.set_user_attr("n_trials", self.spec.n_trials)
@@ -564,9 +591,7 @@ class Orchestrator:
         if retry and not already and attempt < self.spec.max_retries:
             # enqueue before telling FAIL: a crash in between leaves a RUNNING trial whose retry
             # exists (`already`), never a failed trial without its retry
-            self.study.enqueue_trial(t.params, user_attrs={
-                "retry_of": t.number, "root_trial": int(t.user_attrs.get("root_trial", t.number)),
-                "attempt": attempt + 1})
+            enqueue_retry(self.study, t, attempt=attempt + 1)
             self.echo(f"[t{t.number}] FAIL ({reason}); retrying with the same params "
                       f"(attempt {attempt + 1} of {self.spec.max_retries})")
         else:
@@ -591,9 +616,7 @@ class Orchestrator:
         retried = {x.user_attrs.get("retry_of") for x in trials}
         for t in trials:
             if t.state == TrialState.FAIL and t.user_attrs.get("stopped") and t.number not in retried:
-                self.study.enqueue_trial(t.params, user_attrs={
-                    "retry_of": t.number, "root_trial": int(t.user_attrs.get("root_trial", t.number)),
-                    "attempt": int(t.user_attrs.get("attempt", 0))})
+                enqueue_retry(self.study, t, attempt=int(t.user_attrs.get("attempt", 0)))
                 self.echo(f"[t{t.number}] was stopped; re-enqueued with the same params")
 
     # ------------------------------------------------------------ heartbeat ----

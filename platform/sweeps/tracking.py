@@ -30,19 +30,11 @@ def _client_and_experiment(cfg: ExperimentConfig) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     from awm_platform.runner.api import tracking_target
+    from awm_platform.runner.tracking import get_or_create_experiment
 
     uri, artifact_root = tracking_target(cfg)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    if exp is not None:
-        return client, exp.experiment_id
-    try:
-        return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifact_root)
-    except Exception:  # lost a creation race with a trainer
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        if exp is None:
-            raise
-        return client, exp.experiment_id
+    return client, get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
 
 
 def start_parent_run(cfg: ExperimentConfig, study_name: str, storage_redacted: str) -> str | None:

@@ -71,3 +71,42 @@ def test_wheel_contains_all_packages_and_data(repo_root: Path, tmp_path: Path) -
     for bench in ("geneval", "ocr", "pickscore"):
         data = [n for n in names if n.startswith(f"benchmarks/{bench}/data/")]
         assert data, f"benchmark {bench} ships no data in the wheel"
+
+
+#: declared dependencies that no module of ours imports by name, and why they are declared anyway
+USED_INDIRECTLY = {
+    "cmaes": "optuna's CmaEsSampler imports it (sweep.sampler.name: cmaes)",
+    "pandas": "optuna's study.trials_dataframe() needs it (the sweep summary's trials.csv)",
+}
+
+
+def test_every_declared_dependency_is_imported(repo_root: Path) -> None:
+    """A runtime dependency that nothing imports is dead weight (and install time) for every user."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(r).name.lower().replace("_", "-")
+            for r in tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    imported: set[str] = set()
+    for folder in ("platform", "trainers", "benchmarks", "scripts", "perf"):
+        for py in (repo_root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported.update(a.name.split(".")[0] for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0])
+    by_module = packages_distributions()
+    used = {d.lower().replace("_", "-") for m in imported for d in by_module.get(m, [])}
+    unused = sorted(deps - used - set(USED_INDIRECTLY))
+    assert not unused, f"declared in pyproject.toml but never imported: {unused}"
+    assert "optuna-integration" not in deps and "streamlit" not in deps
+
+
+def test_rich_pin_admits_the_current_major(repo_root: Path) -> None:
+    from packaging.requirements import Requirement
+
+    rich = next(Requirement(r) for r in tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+                ["dependencies"] if Requirement(r).name == "rich")
+    assert rich.specifier.contains("15.0.0") and rich.specifier.contains("14.3.4")

@@ -141,3 +141,54 @@ def test_params_are_flattened_and_truncated() -> None:
     assert len(params["launcher.setup"]) <= MAX_PARAM_VALUE
     assert "hunter2" not in json.dumps(params)
     assert os.environ.get("MLFLOW_RUN_ID") is None
+
+
+def test_images_with_step_slider_captions_and_experiment_kind(tmp_path: Path) -> None:
+    """Images go through `MlflowClient.log_image(key=, step=)` (the UI's image charts with a step slider),
+    their captions into a JSON artifact; experiments are tagged as model training (MLflow 3's UI would
+    otherwise open the GenAI view), also an existing untagged one, but never over a user's choice."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from awm_platform.runner.tracking import EXPERIMENT_KIND_TAG, MlflowLogger, image_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    old_id = client.create_experiment("made-elsewhere", artifact_location=(tmp_path / "a1").as_uri())
+    mine_id = client.create_experiment("user-kind", artifact_location=(tmp_path / "a2").as_uri(),
+                                       tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    run_ids = {}
+    for exp in ("spool-test", "made-elsewhere", "user-kind"):
+        lg = MlflowLogger(tmp_path / f"r-{exp}", tracking_uri=uri, experiment=exp, run_name=exp, background=False,
+                          artifact_root=(tmp_path / f"art-{exp}").as_uri())
+        if exp == "spool-test":
+            for step in (5, 10):
+                imgs = [Image.new("RGB", (8, 8), (step * 20, i * 90, 0)) for i in range(2)]
+                lg.log_images(imgs, [f"a cat at {step}", f"a dog at {step}"], step, "eval_ema/images")
+        lg.log_metrics({"train/loss": 1.0}, 1)
+        lg.close()
+        run_ids[exp] = lg.run_id
+        assert not (tmp_path / f"r-{exp}" / "mlflow_spool" / "artifacts").exists() or \
+            not any((tmp_path / f"r-{exp}" / "mlflow_spool" / "artifacts").iterdir())
+
+    kinds = {e: client.get_experiment_by_name(e).tags.get(EXPERIMENT_KIND_TAG)
+             for e in ("spool-test", "made-elsewhere", "user-kind")}
+    assert kinds == {"spool-test": "custom_model_development", "made-elsewhere": "custom_model_development",
+                     "user-kind": "genai_development"}
+    assert {client.get_run(run_ids[e]).info.experiment_id for e in ("made-elsewhere", "user-kind")} == {old_id, mine_id}
+
+    run_id = run_ids["spool-test"]
+    assert client.get_run(run_id).data.tags.get("mlflow.loggedImages") == "True"
+    images = sorted(f.path for f in client.list_artifacts(run_id, "images"))
+    assert image_key("eval_ema/images", 1) == "eval_ema/images/01"
+    for key in ("eval_ema~images~00", "eval_ema~images~01"):  # one chart per image slot, 2 steps each
+        for step in (5, 10):
+            got = [p for p in images if p.startswith(f"images/{key}+step+{step}+")]
+            assert sorted(Path(p).suffix for p in got) == [".png", ".webp"], (key, step, images)
+    assert len(images) == 8
+    art = client.download_artifacts(run_id, "samples/eval_ema/images/step_000010/captions.json", str(tmp_path / "dl"))
+    captions = json.loads(Path(art).read_text())
+    assert captions == {"step": 10, "key": "eval_ema/images", "images": [
+        {"image_key": "eval_ema/images/00", "caption": "a cat at 10"},
+        {"image_key": "eval_ema/images/01", "caption": "a dog at 10"}]}
+    assert not [f for f in client.list_artifacts(run_id, "samples/eval_ema/images/step_000010") if f.path.endswith(".png")]

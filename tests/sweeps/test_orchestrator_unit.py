@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from awm_platform.store import Store
@@ -28,6 +29,7 @@ def test_sweep_completes_with_linked_runs_and_derived_seeds():
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert study.metric_names == ["eval/jpeg_compressibility"]  # optuna-dashboard's name for the objective
     store = Store.default()
     for t in trials:
         run = store.get_run(f"study-t{t.number}")
@@ -62,6 +64,10 @@ def test_failed_trial_is_retried_with_same_params_and_accounted():
     assert retry.params == failed[0].params and retry.state == TrialState.COMPLETE
     assert retry.user_attrs["attempt"] == 1 and retry.user_attrs["root_trial"] == 1
     assert retry.user_attrs["seed"] == failed[0].user_attrs["seed"]  # the retry reruns the same seed
+    # Optuna's own retry marks, read back with Optuna's API
+    assert RetryFailedTrialCallback.retried_trial_number(retry) == 1
+    assert RetryFailedTrialCallback.retry_history(retry) == [1]
+    assert all(RetryFailedTrialCallback.retried_trial_number(t) is None for t in trials if t is not retry)
     assert consumed_trials(trials) == 3 and len(trials) == 4
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
@@ -75,6 +81,18 @@ def test_retries_are_bounded_and_the_failure_is_accounted():
     # 2 logical trials, each tried 1 + max_retries times, all failed, and the sweep ends
     assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
     assert consumed_trials(trials) == 2 and result.status == "COMPLETED"
+
+
+def test_retry_chain_carries_optunas_failed_trial_and_history():
+    ctx = make_ctx(n_trials=1, parallelism=1, max_retries=2)
+    _run(ctx, FakeBackend(fail_always={0, 1, 2}))
+    study = optuna.load_study(study_name="study", storage=ctx.storage_url)
+    t0, r1, r2 = study.get_trials()
+    assert [t.state for t in (t0, r1, r2)] == [TrialState.FAIL] * 3
+    assert (r1.user_attrs["retry_of"], r2.user_attrs["retry_of"]) == (0, 1)
+    assert [RetryFailedTrialCallback.retried_trial_number(t) for t in (t0, r1, r2)] == [None, 0, 0]
+    assert [RetryFailedTrialCallback.retry_history(t) for t in (t0, r1, r2)] == [[], [0], [0, 1]]
+    assert r1.params == r2.params == t0.params
 
 
 def test_pruned_trial_job_is_cancelled():
@@ -148,6 +166,7 @@ def test_multi_objective_study():
     _, result = _run(ctx, FakeBackend(steps=2))
     study = optuna.load_study(study_name="study", storage=ctx.storage_url)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["eval/jpeg_compressibility", "eval/jpeg_compressibility (best)"]
     for t in study.trials:
         b = t.params["train.beta"]
         assert t.values == pytest.approx([2000 * b, 1000 * b])
