@@ -51,6 +51,32 @@ def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 
 
+# Set by the controller when the trainer runs under a launcher (accelerate/torchrun), whose own
+# exit code is 1 whenever a rank exits non-zero: each rank leaves its exit code in this directory.
+EXIT_DIR_ENV = "AWM_EXIT_DIR"
+
+
+def record_exit_code(code: int) -> None:
+    directory = os.environ.get(EXIT_DIR_ENV)
+    if not directory:
+        return
+    try:
+        (Path(directory) / f"rank-{_rank()}").write_text(f"{code}\n")
+    except OSError as exc:
+        print(f"[awm-worker] warning: could not record the exit code: {exc}", file=sys.stderr, flush=True)
+
+
+def read_exit_codes(directory: Path) -> list[int]:
+    """The exit codes `record_exit_code` left in `directory` (one per rank that got that far)."""
+    codes = []
+    for path in sorted(Path(directory).glob("rank-*")):
+        try:
+            codes.append(int(path.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return codes
+
+
 def run(run_dir: Path, stop: StopFlag | None = None) -> int:
     os.environ.pop("MLFLOW_RUN_ID", None)
     stop = stop or StopFlag()
@@ -115,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
+    record_exit_code(code)
     # Everything is flushed and closed by now (JSONL, store, MLflow, checkpoints are atomic
     # writes): skip the interpreter teardown, which takes ~3 s after torch/diffusers/mlflow
     # imports and would delay COMPLETED and every requeue.

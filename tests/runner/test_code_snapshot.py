@@ -1,0 +1,206 @@
+"""Every attempt of a job runs the code it was submitted with (runner/snapshot.py).
+
+The jobs are submitted from a *copy* of the first-party packages (a private "checkout": the shared
+tree must never be edited by a test) whose job controller and trainer print a version marker. The
+copy is changed to the next version while the job waits to start (a gate in `launcher.setup`
+locally, `--hold` on SLURM) and before its requeue: the logs must show the submitted version only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.runner.conftest import tiny_config_dict, write_config
+
+MARKED = {"awm_platform/runner/job.py": "controller", "trainers/awm/recipe.py": "trainer"}
+
+
+def _checkout(dest: Path) -> dict[str, Path]:
+    """A private copy of the packages as this process imports them, with version markers."""
+    from awm_platform.runner.snapshot import package_sources
+
+    sources = {}
+    for package, src in package_sources().items():
+        sources[package] = dest / package
+        shutil.copytree(src, sources[package], ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, who in MARKED.items():
+        path = dest / rel
+        path.write_text(
+            path.read_text()
+            + f"\nimport sys as _marker_sys\n_marker_sys.stderr.write('[code-marker] {who} v1\\n')\n"
+        )
+    return sources
+
+
+def _set_version(checkout: Path, version: str) -> None:
+    for rel, who in MARKED.items():
+        path = checkout / rel
+        text = path.read_text()
+        start = text.index(f"[code-marker] {who} v")
+        path.write_text(text[:start] + f"[code-marker] {who} {version}\\n')\n")
+
+
+def test_snapshot_is_content_addressed_and_wins_imports(tmp_path: Path, repo_root: Path) -> None:
+    from awm_platform.runner import snapshot
+
+    checkout = tmp_path / "checkout"
+    sources = _checkout(checkout)
+    (checkout / "trainers" / "__pycache__").mkdir()
+    (checkout / "trainers" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"\0")
+    home = tmp_path / "home"
+
+    first = snapshot.snapshot_code(home, sources)
+    assert snapshot.snapshot_code(home, sources) == first  # same code: the same directory, no new copy
+    assert [p.name for p in (home / "code").iterdir()] == [first.sha256[:16]]
+    files = [p for p in Path(first.path).rglob("*") if p.is_file()]
+    assert len(files) == first.files and sum(p.stat().st_size for p in files) == first.bytes
+    assert (Path(first.path) / "awm_platform" / "runner" / "snapshot.py").is_file()
+    assert (Path(first.path) / "benchmarks" / "ocr" / "data").is_dir()  # package data travels too
+    assert not any("__pycache__" in p.parts for p in files)
+    assert all(p.stat().st_mode & 0o222 == 0 for p in files)  # shared by runs: read-only
+
+    # an edit is a new version; the old one is untouched
+    _set_version(checkout, "v2")
+    second = snapshot.snapshot_code(home, sources)
+    assert second.sha256 != first.sha256
+    assert "trainer v1" in (Path(first.path) / "trainers" / "awm" / "recipe.py").read_text()
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    link = snapshot.link_snapshot(run_dir, first)
+    assert link == run_dir / "code" and link.resolve() == Path(first.path).resolve()
+    assert json.loads((run_dir / "capsule" / "code.json").read_text())["sha256"] == first.sha256
+
+    # A job process started in the repository root (which holds trainers/ and benchmarks/, and
+    # `python -m`/`-c` put the working directory first on sys.path) imports the snapshot.
+    probe = (
+        "import awm_platform.runner.job as j, trainers.awm.recipe as r, benchmarks.ocr as b;"
+        "print(j.__file__, r.__file__, b.__file__)"
+    )
+
+    def where(env: dict[str, str]) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, env=env, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    env = snapshot.with_code_path(os.environ, link)
+    assert all(path.startswith(f"{link}/") for path in where(env))
+    # without PYTHONSAFEPATH the working directory would win: that is why the job sets it
+    unsafe = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
+    assert where(unsafe)[1].startswith(f"{repo_root}/trainers/")
+
+
+def _submit_from(checkout: Path, config: Path, cluster: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONSAFEPATH": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "awm_platform.cli.main", "submit", str(config), "--cluster", cluster],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_status(store: Any, name: str, timeout: float, on_tick: Any = None) -> str:
+    from awm_platform.runner import refresh_states
+
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = refresh_states(store, [name], force=True)[name]
+        if status in ("COMPLETED", "FAILED", "CANCELLED"):
+            return status
+        if on_tick is not None:
+            on_tick()
+        time.sleep(0.5)
+    raise AssertionError(f"run {name} still {status} after {timeout} s")
+
+
+def _check_ran_submitted_code(store: Any, name: str, checkout: Path, attempts: int) -> None:
+    from awm_platform.runner.snapshot import snapshot_code
+
+    run = store.get_run(name)
+    run_dir = Path(run.output_dir)
+    logs = "".join(p.read_text(errors="replace") for p in (run_dir / "submitit").glob("*_log.*"))
+    assert run.status == "COMPLETED", (run.error, logs)
+    for who in MARKED.values():
+        assert logs.count(f"[code-marker] {who} v1") >= attempts, logs
+        assert f"[code-marker] {who} v2" not in logs, "a job attempt ran the checkout as it was after submission"
+    record = json.loads((run_dir / "capsule" / "code.json").read_text())
+    assert record["sources"]["trainers"] == str(checkout / "trainers")
+    assert (run_dir / "code").resolve() == Path(record["path"]).resolve()
+    # the record's hash is the hash of what the job ran (the checkout, back at v1)
+    _set_version(checkout, "v1")
+    again = snapshot_code(Path(os.environ["AWM_HOME"]), {p: checkout / p for p in record["sources"]})
+    assert again.sha256 == record["sha256"]
+
+
+@pytest.mark.slow
+def test_local_job_and_its_requeue_run_the_submitted_code(tiny_model: Path, tmp_path: Path) -> None:
+    from awm_platform.store import Store
+
+    checkout = tmp_path / "checkout"
+    _checkout(checkout)
+    gate = tmp_path / "gate"
+    # the job waits for the gate, as a job waits in a queue
+    data = tiny_config_dict(tiny_model, "snap-local", num_epochs=2,
+                            launcher={"setup": [f"while [ ! -e {gate} ]; do sleep 0.2; done"]})
+    name = _submit_from(checkout, write_config(tmp_path / "c.yaml", data), "local")
+    store = Store.default()
+    run_dir = Path(store.get_run(name).output_dir)
+
+    _set_version(checkout, "v2")  # the checkout moves on while the job waits...
+    gate.touch()
+    # ...and again before the requeue: preempt the job (submitit's USR2) once the trainer runs
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not any(e["event"] == "train_call" for e in _events(run_dir)):
+        time.sleep(0.2)
+    assert any(e["event"] == "train_call" for e in _events(run_dir)), "the job never started training"
+    controller = next(e["pid"] for e in _events(run_dir) if e["event"] == "controller_start")
+    os.kill(controller, signal.SIGUSR2)
+
+    assert _wait_status(store, name, 420) == "COMPLETED", store.get_run(name).error
+    starts = [e for e in _events(run_dir) if e["event"] == "controller_start"]
+    assert len(starts) == 2, starts  # the first attempt and its requeue
+    _check_ran_submitted_code(store, name, checkout, attempts=2)
+
+
+@pytest.mark.slurm
+def test_held_slurm_job_runs_the_submitted_code(tiny_model: Path, tmp_path: Path, slurm_cluster: Any) -> None:
+    from awm_platform.store import Store
+
+    checkout = tmp_path / "checkout"
+    _checkout(checkout)
+    data = tiny_config_dict(tiny_model, "snap-slurm", num_epochs=1, launcher={
+        "cluster": "slurm", "partition": slurm_cluster.partition, "gpus_per_node": 1, "extra_sbatch": ["--hold"]})
+    name = _submit_from(checkout, write_config(tmp_path / "c.yaml", data), "slurm")
+    store = Store.default()
+    job_id = store.get_run(name).job_ids[-1]
+    state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True,
+                           timeout=60, check=False).stdout
+    assert state.startswith("PENDING"), state  # held: it cannot start before the release
+
+    _set_version(checkout, "v2")
+    subprocess.run(["scontrol", "release", job_id], check=True, capture_output=True, timeout=60)
+    assert _wait_status(store, name, 300) == "COMPLETED", store.get_run(name).error
+    _check_ran_submitted_code(store, name, checkout, attempts=1)
