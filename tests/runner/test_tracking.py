@@ -143,6 +143,116 @@ def test_params_are_flattened_and_truncated() -> None:
     assert os.environ.get("MLFLOW_RUN_ID") is None
 
 
+def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifact_files(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+_CRASHING_REPLAY = """
+import os, sys
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from awm_platform.runner import tracking
+from awm_platform.runner.tracking import replay_spool
+
+tracking.MAX_BATCH = 10  # 30 spooled values -> 3 log_batch calls (a small, quick server load)
+where = sys.argv[2]
+state = {"batches": 0}
+log_batch, log_artifacts = MlflowClient.log_batch, MlflowClient.log_artifacts
+
+def crashing_log_batch(self, run_id, metrics=(), **kw):
+    out = log_batch(self, run_id, metrics=metrics, **kw)
+    if metrics:
+        state["batches"] += 1
+        if where == "metrics" and state["batches"] == 2:
+            os._exit(9)  # killed between two batches of the replayed spool
+    return out
+
+def crashing_log_artifacts(self, *a, **kw):
+    log_artifacts(self, *a, **kw)
+    if where == "artifacts":
+        os._exit(9)  # killed after uploading a bundle, before removing it from the spool
+
+MlflowClient.log_batch = crashing_log_batch
+MlflowClient.log_artifacts = crashing_log_artifacts
+replay_spool(Path(sys.argv[1]))
+sys.exit(0)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.mlflow_server
+def test_spooled_artifacts_and_a_crashed_replay_leave_no_duplicates(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    """The job ends during an outage with metrics (3 batches' worth here), images and a checkpoint
+    in its spool. A replay killed between two metric batches, then one killed after uploading
+    an artifact bundle, then `awm status` (which replays finished runs' spools): MLflow has
+    every value once and every artifact once; the spool is empty."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from awm_platform.cli.main import app
+    from awm_platform.runner.spec import JobSpec
+    from awm_platform.runner.tracking import spool_pending
+    from awm_platform.store import Store
+
+    run_dir = tmp_path / "r-crash"
+    lg = _logger(run_dir, mlflow_server.url, flush_interval_s=0.2, retry_interval_s=0.5)
+    lg.log_metrics({"train/loss": 0.0}, 0)
+    assert lg.flush() and lg.run_id  # the MLflow run exists before the outage
+    expected = [(0, 0.0)]
+    ckpt = tmp_path / "ckpt" / "step-10"
+    (ckpt / "lora").mkdir(parents=True)
+    (ckpt / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    (ckpt / "manifest.json").write_text(json.dumps({"step": 10, "formats": ["diffusers"]}))
+    mlflow_server.stop()
+    try:
+        for step in range(1, 31):
+            lg.log_metrics({"train/loss": step / 7}, step)
+            expected.append((step, step / 7))
+        lg.log_images([Image.new("RGB", (8, 8), (i * 90, 0, 0)) for i in range(2)], ["a cat", "a dog"], 5, "eval")
+        lg.log_checkpoint(ckpt / "manifest.json", 10)
+        lg.close()  # the job ends while the server is down: everything stays spooled
+    finally:
+        mlflow_server.start()
+    assert spool_pending(run_dir) and lg.stats["spooled"] == 30
+    JobSpec(name="r-crash", config={}, cluster="local", store_url="sqlite://", tracking_uri=mlflow_server.url,
+            artifact_root=None, experiment="spool-test").save(run_dir)
+
+    for where in ("metrics", "artifacts"):
+        crashed = subprocess.run([sys.executable, "-c", _CRASHING_REPLAY, str(run_dir), where],
+                                 capture_output=True, text=True, timeout=300, check=False)
+        assert crashed.returncode == 9, crashed.stderr
+        assert spool_pending(run_dir)
+    client = MlflowClient(mlflow_server.url)
+    assert len(client.get_metric_history(lg.run_id, "train/loss")) == len(expected)  # resent, not duplicated
+
+    with Store.default() as store:  # the finished run, as `awm status` sees it
+        store.create_run(name="r-crash", config_hash="abc", resolved_config={}, output_dir=run_dir,
+                         cluster="local", status="COMPLETED")
+    res = CliRunner().invoke(app, ["status", "r-crash", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "r-crash: sent its MLflow spool" in res.stderr
+    assert [r["status"] for r in json.loads(res.stdout)] == ["COMPLETED"]
+    assert not spool_pending(run_dir)
+    assert _history(client, lg.run_id, "train/loss") == expected
+    arts = sorted(_artifact_files(client, lg.run_id))
+    # each file once: a re-uploaded image would show as a second .png (log_image names files uniquely)
+    assert [a for a in arts if a.endswith(".png")] and len([a for a in arts if a.endswith(".png")]) == 2, arts
+    for name in ("captions.json", "manifest.json", "lora_reference.json"):  # lora_reference: log_lora=path
+        assert len([a for a in arts if a.endswith("/" + name)]) == 1, (name, arts)
+    images = sorted(f.path for f in client.list_artifacts(lg.run_id, "images"))
+    assert len(images) == 4, images  # each image once: full size (.png) + the UI's thumbnail (.webp)
+    assert all(p.startswith(("images/eval~00+step+5+", "images/eval~01+step+5+")) for p in images), images
+
+
 def test_images_with_step_slider_captions_and_experiment_kind(tmp_path: Path) -> None:
     """Images go through `MlflowClient.log_image(key=, step=)` (the UI's image charts with a step slider),
     their captions into a JSON artifact; experiments are tagged as model training (MLflow 3's UI would
