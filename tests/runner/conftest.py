@@ -54,6 +54,19 @@ def jsonl_steps(run_dir: Path, key: str) -> list[int]:
     return out
 
 
+def segment_seconds(run_dir: Path) -> list[float]:
+    """Elapsed time of each job segment of a run: controller start -> trainer exit (events.jsonl)."""
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    out, start = [], None
+    for e in events:
+        if e["event"] == "controller_start":
+            start = e["t"]
+        elif e["event"] == "child_exit" and start is not None:
+            out.append(e["t"] - start)
+            start = None
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_jobs(isolated_awm_home: Path) -> Any:
     """Local/SLURM jobs outlive the test process: cancel whatever a test left running."""

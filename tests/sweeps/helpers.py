@@ -36,3 +36,17 @@ def make_ctx(name: str = "study", cluster: str = "local", base: dict[str, Any] |
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def max_concurrent(runs: list[Any]) -> int:
+    """The most runs that were in flight at one instant, from the start/end times the store
+    recorded (started_at: the job's controller started; ended_at: it ended, or was found dead)."""
+    edges = []
+    for r in runs:
+        assert r.started_at is not None and r.ended_at is not None, (r.name, r.status)
+        edges += [(r.started_at, 1), (r.ended_at, -1)]
+    in_flight = most = 0
+    for _, delta in sorted(edges, key=lambda e: (e[0], e[1])):  # at a tie, an end before a start
+        in_flight += delta
+        most = max(most, in_flight)
+    return most
