@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from awm_platform.sweeps.orchestrator import Orchestrator
@@ -21,14 +20,13 @@ def _awm(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*AWM, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
-def test_help_is_fast_and_lists_sweep_commands(isolated_awm_home):
-    t0 = time.perf_counter()
+def test_help_lists_sweep_commands_without_heavy_imports(isolated_awm_home):
+    """`--help` stays fast because the CLI imports none of optuna, mlflow, torch, sqlalchemy
+    (asserted by what is imported, not by wall time: the shared 2-core box is too noisy)."""
     out = _awm("sweep", "--help", home=isolated_awm_home)
-    elapsed = time.perf_counter() - t0
     assert out.returncode == 0
     for cmd in ("start", "status", "resume", "stop"):
         assert cmd in out.stdout
-    assert elapsed < 5  # generous on a loaded 2-core box; the import-time check is below
     code = ("import sys, awm_platform.cli.main; "
             "print(sorted(m for m in ('optuna','mlflow','torch','sqlalchemy') if m in sys.modules))")
     mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
