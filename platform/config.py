@@ -184,7 +184,8 @@ class LauncherConfig(_Section):
     extra_sbatch: list[str] = Field(default_factory=list, description="extra '#SBATCH' lines, without the prefix")
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job")
     signal_delay_s: int = Field(120, ge=1, description="SIGUSR2 this long before the time limit")
-    max_requeues: int = Field(3, ge=0, description="preemptions/timeouts survived by requeueing")
+    max_requeues: int = Field(3, ge=0, description="time-outs survived by requeueing (submitit's max_num_timeout); "
+                              "preemptions are always requeued and not counted (docs/runner.md)")
     array_parallelism: int = Field(64, ge=1)
 
     @model_validator(mode="after")

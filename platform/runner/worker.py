@@ -77,6 +77,19 @@ def read_exit_codes(directory: Path) -> list[int]:
     return codes
 
 
+def _trainer_logging() -> None:
+    """The trainer's own log lines (which checkpoint it resumed from, or that none was valid)
+    go to the job log (stderr), as with `awm train`; other libraries' INFO chatter does not."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    trainer_log = logging.getLogger("trainers")
+    trainer_log.addHandler(handler)
+    trainer_log.setLevel(logging.INFO if _rank() == 0 else logging.WARNING)
+    trainer_log.propagate = False
+
+
 def run(run_dir: Path, stop: StopFlag | None = None) -> int:
     os.environ.pop("MLFLOW_RUN_ID", None)
     stop = stop or StopFlag()
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = StopFlag()
     stop.install()  # before the heavy imports: a signal during start-up must not kill us
+    _trainer_logging()
     event(run_dir, "worker_start", rank=_rank())
     try:
         return run(run_dir, stop)

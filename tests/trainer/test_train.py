@@ -168,6 +168,41 @@ def test_corrupt_checkpoint_is_skipped(baseline, tmp_path):
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
 
 
+def test_all_checkpoints_invalid_are_kept_aside_and_the_log_says_so(baseline, tmp_path, caplog):
+    """Every checkpoint corrupt: one warning per checkpoint, each renamed aside (not overwritten
+    by the restart, not deleted by retention), "no valid checkpoint, starting from step 0" in
+    the log, and the run trains from scratch to the same result. A later resume names its
+    checkpoint."""
+    import logging
+
+    from trainers.awm import checkpoint as C
+
+    cfg, run0, _ = baseline
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    for _step, path in C.list_step_dirs(run):
+        (path / "manifest.json").write_text("{not json")
+    with warnings.catch_warnings(record=True) as w, caplog.at_level(logging.INFO, logger="trainers"):
+        warnings.simplefilter("always")
+        r = _train(cfg, run, stop=StopAfter(2))
+    skips = [str(x.message) for x in w if "skipping invalid checkpoint" in str(x.message)]
+    assert len(skips) == 3 and len({s.split(":")[1] for s in skips}) == 3  # one per checkpoint
+    assert all("kept aside as step-" in s and ".invalid-" in s for s in skips)
+    assert "no valid checkpoint, starting from step 0" in caplog.text
+    assert r.status == "interrupted" and r.global_step == 2  # restarted from step 0
+    aside = sorted(p.name.split(".invalid-")[0] for p in (run / "checkpoints").glob("step-*.invalid-*"))
+    assert aside == ["step-1", "step-2", "step-3"]
+    assert all((p / "manifest.json").read_text() == "{not json"
+               for p in (run / "checkpoints").glob("step-*.invalid-*"))  # untouched by the restart
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="trainers"):
+        r = _train(cfg, run)
+    assert f"resumed from {run / 'checkpoints' / 'step-2'}" in caplog.text
+    assert r.status == "completed" and r.global_step == 3
+    assert len(list((run / "checkpoints").glob("step-*.invalid-*"))) == 3
+    _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
+
+
 def test_exported_lora_reproduces_trained_outputs(baseline):
     import torch
     from diffusers import StableDiffusion3Pipeline

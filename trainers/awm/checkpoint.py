@@ -171,16 +171,35 @@ def validate(path: Path, *, verify_hashes: bool = True) -> CheckpointInfo:
     return CheckpointInfo(path, step, epoch, manifest)
 
 
-def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True) -> CheckpointInfo | None:
-    """Newest checkpoint that validates; invalid ones are skipped with a warning."""
+def find_latest_valid(run_dir: str | Path, *, verify_hashes: bool = True,
+                      set_aside_invalid: bool = False) -> CheckpointInfo | None:
+    """Newest checkpoint that validates; invalid ones are skipped with ONE warning each.
+
+    With ``set_aside_invalid`` (the trainer, before resuming) every skipped folder is renamed to
+    ``step-<N>.invalid-<UTC time>``: training from an older checkpoint (or from step 0) would
+    otherwise overwrite it when it reaches step N, and retention ignores the new name, so a
+    corrupt checkpoint stays there to be looked at."""
     for _step, path in reversed(list_step_dirs(run_dir)):
         try:
             return validate(path, verify_hashes=verify_hashes)
         except CheckpointError as exc:
             msg = f"skipping invalid checkpoint: {exc}"
-            log.warning(msg)
+            if set_aside_invalid:
+                msg += f"; kept aside as {set_aside(path).name}"
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an invalid checkpoint folder out of the ``step-<N>`` namespace (never deleted)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.with_name(f"{path.name}.invalid-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.invalid-{stamp}-{n}")
+        n += 1
+    os.rename(path, target)
+    return target
 
 
 def apply_retention(run_dir: str | Path, *, keep_last: int | None, keep_every: int = 0,

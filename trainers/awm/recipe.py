@@ -270,7 +270,14 @@ class AWMTrainer:
         from trainers.awm import lora as L
 
         acc = self.accelerator
-        info = C.find_latest_valid(self.run_dir) if self.is_main else None
+        info = None
+        if self.is_main:
+            n_found = len(C.list_step_dirs(self.run_dir))
+            # invalid checkpoints are renamed aside: training would overwrite them at their step
+            info = C.find_latest_valid(self.run_dir, set_aside_invalid=True)
+            if info is None and n_found:
+                log.warning("no valid checkpoint, starting from step 0 (%d invalid checkpoint(s) kept aside "
+                            "as step-<N>.invalid-<time> in %s)", n_found, C.checkpoints_dir(self.run_dir))
         box = [str(info.path) if info is not None else None]
         if self.world > 1:
             from accelerate.utils import broadcast_object_list
