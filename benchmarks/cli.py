@@ -1,8 +1,10 @@
 """``awm bench``: list benchmarks and score folders of images (mounted by the platform CLI).
 
 Image folders hold files named ``{prompt_index:05d}_{sample_index:02d}.png`` where
-``prompt_index`` is the 0-based line of the prompt file.  Results go to ``OUT/samples.jsonl``
-(one record per image) and ``OUT/summary.json``, written atomically.
+``prompt_index`` is the 0-based line of the prompt file; every prompt needs at least one image
+(``--allow-partial`` scores a subset and records ``prompts_scored``/``prompts_total`` in the
+summary).  Results go to ``OUT/samples.jsonl`` (one record per image) and ``OUT/summary.json``,
+written atomically; ``OUT`` is checked before scoring.
 Heavy imports (PIL, numpy, the scorers) happen inside the commands.
 """
 
@@ -219,6 +221,8 @@ def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch
         summary = bench.aggregate(records, n_boot=n_boot, seed=seed)
         summary.extra.setdefault("images", str(images))
         summary.extra.setdefault("prompts", str(prompts))
+        summary.extra.setdefault("prompts_scored", len(covered))
+        summary.extra.setdefault("prompts_total", len(prompt_list))
         summary.extra.setdefault("prompts_scored", len(covered))
         summary.extra.setdefault("prompts_total", len(prompt_list))
         return records, summary

@@ -46,6 +46,31 @@ def test_start_rejects_bad_configs_with_exit_2(tmp_path, isolated_awm_home):
     assert out.returncode == 2 and "nope" in out.stderr
 
 
+def test_start_json_prints_one_object_on_stdout(tmp_path, isolated_awm_home, capsys):
+    """--detach through the real CLI: {study, pid, log}; the blocking route's ending (what
+    `start --json` prints after the sweep) on a fake-backend sweep: `sweep status --json`'s object."""
+    from awm_platform.sweeps.cli import _finish_json
+
+    cfg = write_config(tmp_path / "s.yaml", {
+        "name": "detached", "pretrained": {"model": str(tmp_path / "no-model")},
+        "reward_fn": {"jpeg_compressibility": 1.0}, "sample": {"num_image_per_prompt": 2, "prompts_per_epoch": 2},
+        "train": {"batch_size": 2}, "sweep": sweep_section(n_trials=1, parallelism=1, max_retries=0)})
+    out = _awm("sweep", "start", str(cfg), "--cluster", "local", "--json", "--detach", home=isolated_awm_home)
+    assert out.returncode == 0, out.stderr
+    started = json.loads(out.stdout)
+    assert started["study"] == "detached" and started["pid"] > 0 and started["log"].endswith("orchestrator.log")
+    assert _awm("sweep", "stop", "detached", home=isolated_awm_home).returncode == 0
+
+    ctx = make_ctx("jsonstudy", n_trials=2, parallelism=2)
+    orch = Orchestrator(ctx, backend=FakeBackend(steps=2), echo=lambda m: None, track=False)
+    orch.create()
+    _finish_json(ctx, orch.run())
+    captured = capsys.readouterr()
+    status = json.loads(captured.out)  # stdout is exactly the JSON object; the report went to stderr
+    assert status["study"] == "jsonstudy" and status["status"] == "COMPLETED" and len(status["trials"]) == 2
+    assert "sweep jsonstudy COMPLETED" in captured.err
+
+
 def test_status_json_and_stop_without_orchestrator(isolated_awm_home):
     ctx = make_ctx("clistudy", n_trials=3, parallelism=2, max_retries=1)
     backend = FakeBackend(steps=2, fail_once={1})
