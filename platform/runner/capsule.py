@@ -9,6 +9,7 @@
     sbatch.sh           the generated sbatch script (SLURM only)
     hosts.jsonl         one line per job start: job id, hosts, time (appended by the controller)
     mlflow.json         MLflow tracking URI / experiment / run id (written by the worker)
+    code.json           the code snapshot the job runs (runner/snapshot.py: sha256, path, sources)
 
 `run_dir/job.json` (mode 0600, NOT redacted) is what the job itself loads.
 """

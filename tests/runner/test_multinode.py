@@ -27,7 +27,7 @@ from tests.runner.conftest import jsonl_steps, tiny_config
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3  # one optimizer step per epoch
+EPOCHS = 2  # one optimizer step per epoch: stopped after step 1, resumed for step 2
 SHIMS = {
     "sbatch": 'echo "$*" >> "$SHIM_DIR/sbatch.log"; echo "Submitted batch job $SHIM_JOB_ID"\n',
     "scontrol": """echo "$*" >> "$SHIM_DIR/scontrol.log"
@@ -185,6 +185,7 @@ def test_two_nodes_stay_identical_and_requeue_together(
     steps = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
     assert steps == [stopped_at.step, EPOCHS]
     assert not list((run_dir / "checkpoints").glob(".tmp-*")), "a checkpoint was left half-written"
+    assert [c.step for c in store.list_checkpoints(sub.name)] == steps  # registered by rank 0's logger
     for step in steps:
         ckpt = C.step_dir(run_dir, step)
         manifest = json.loads((ckpt / C.MANIFEST).read_text())
