@@ -214,3 +214,37 @@ def test_sbatch_rejection_is_one_line_with_the_key_and_frees_the_name(tmp_path: 
     status = run_awm(["status", "--json"], env)
     assert yaml.safe_load(status.stdout) == []  # no FAILED row ...
     assert not (isolated_awm_home / "runs" / VALID["name"]).exists()  # ... and no run dir blocks the name
+
+
+@pytest.mark.slurm
+def test_sbatch_rejection_of_a_gres_request_names_the_gpu_key(tmp_path: Path, isolated_awm_home: Path,
+                                                              slurm_cluster) -> None:
+    """A generic resource the test node does not have (too many GPUs only waits in the queue on
+    this cluster): sbatch refuses the job with its gres message."""
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({**VALID, "launcher": {"extra_sbatch": ["--gres=fpga:1"]}}))
+    env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "AWM_SLURM_NO_GPUS": "1"}
+    out = run_awm(["submit", str(tmp_path / "cfg.yaml"), "--cluster", "slurm"], env)
+    assert_one_clear_line(out, 2, ["sbatch rejected the job", "gres", "launcher.gpus_per_node"])
+    assert not (isolated_awm_home / "runs" / VALID["name"]).exists()
+
+
+def test_scheduler_rejection_names_the_key_for_each_kind_of_sbatch_error() -> None:
+    from submitit.core.utils import FailedJobError
+
+    from awm_platform.runner.launch import scheduler_rejection
+
+    cases = {
+        "sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification":
+            "launcher.gpus_per_node",
+        "sbatch: error: invalid partition specified: gpu-big": "launcher.partition",
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified":
+            "launcher.account",
+        "sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)":
+            "launcher.time_min",
+    }
+    for stderr, key in cases.items():
+        line = scheduler_rejection(FailedJobError(stderr))
+        assert line is not None and "\n" not in line
+        assert line.startswith("sbatch rejected the job: ") and stderr.split("error: ", 1)[1] in line
+        assert f"(change {key}" in line, line
+    assert scheduler_rejection(RuntimeError("not sbatch")) is None
