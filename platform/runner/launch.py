@@ -276,93 +276,11 @@ def scheduler_rejection(exc: BaseException) -> str | None:
     return f"sbatch rejected the job: {message} (change {key})"
 
 
-def validate_launch(cfg: Any, cluster: str) -> None:
-    """What the executor for `cluster` would refuse, checked before anything is written (and by
-    `--dry-run`): raises ValueError naming the key to change."""
-    if cluster not in CLUSTERS:
-        raise ValueError(f"unknown cluster {cluster!r}: expected one of {', '.join(CLUSTERS)}")
-    nodes = cfg.launcher.nodes
-    if cluster in ("local", "debug") and nodes != 1:
-        raise ValueError(
-            f"launcher.nodes={nodes}: the {cluster} executor runs on one machine; set launcher.nodes=1 "
-            "or use --cluster slurm"
-        )
-
-
-# sbatch's rejection message -> the config key that usually fixes it
-_SBATCH_HINTS = (
-    (("gres", "generic resource", "gpu"), "launcher.gpus_per_node (or export AWM_SLURM_NO_GPUS=1 on a CPU-only cluster)"),
-    (("partition",), "launcher.partition"),
-    (("account",), "launcher.account"),
-    (("qos",), "launcher.qos"),
-    (("time limit",), "launcher.time_min"),
-    (("memory",), "launcher.mem_gb"),
-    (("feature", "constraint"), "launcher.constraint"),
-    (("node count", "node configuration", "nodes"), "launcher.nodes / launcher.gpus_per_node / launcher.cpus_per_task"),
-)
-
-
-def scheduler_rejection(exc: BaseException) -> str | None:
-    """One line for a job the scheduler refused (submitit's FailedJobError around sbatch's stderr):
-    sbatch's own message and the launcher key to change. None for any other error."""
-    from submitit.core.utils import FailedJobError
-
-    if not isinstance(exc, FailedJobError):
-        return None
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    message = " ".join(ln.removeprefix("sbatch: error: ") for ln in lines) or "no message"
-    low = message.lower()
-    key = next((k for words, k in _SBATCH_HINTS if any(w in low for w in words)), "the launcher section")
-    return f"sbatch rejected the job: {message} (change {key})"
-
-
-def validate_launch(cfg: Any, cluster: str) -> None:
-    """What the executor for `cluster` would refuse, checked before anything is written (and by
-    `--dry-run`): raises ValueError naming the key to change."""
-    if cluster not in CLUSTERS:
-        raise ValueError(f"unknown cluster {cluster!r}: expected one of {', '.join(CLUSTERS)}")
-    nodes = cfg.launcher.nodes
-    if cluster in ("local", "debug") and nodes != 1:
-        raise ValueError(
-            f"launcher.nodes={nodes}: the {cluster} executor runs on one machine; set launcher.nodes=1 "
-            "or use --cluster slurm"
-        )
-
-
-# sbatch's rejection message -> the config key that usually fixes it
-_SBATCH_HINTS = (
-    (("gres", "generic resource", "gpu"), "launcher.gpus_per_node (or export AWM_SLURM_NO_GPUS=1 on a CPU-only cluster)"),
-    (("partition",), "launcher.partition"),
-    (("account",), "launcher.account"),
-    (("qos",), "launcher.qos"),
-    (("time limit",), "launcher.time_min"),
-    (("memory",), "launcher.mem_gb"),
-    (("feature", "constraint"), "launcher.constraint"),
-    (("node count", "node configuration", "nodes"), "launcher.nodes / launcher.gpus_per_node / launcher.cpus_per_task"),
-)
-
-
-def scheduler_rejection(exc: BaseException) -> str | None:
-    """One line for a job the scheduler refused (submitit's FailedJobError around sbatch's stderr):
-    sbatch's own message and the launcher key to change. None for any other error."""
-    from submitit.core.utils import FailedJobError
-
-    if not isinstance(exc, FailedJobError):
-        return None
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    message = " ".join(ln.removeprefix("sbatch: error: ") for ln in lines) or "no message"
-    low = message.lower()
-    key = next((k for words, k in _SBATCH_HINTS if any(w in low for w in words)), "the launcher section")
-    return f"sbatch rejected the job: {message} (change {key})"
-
-
 def make_executor(cfg: Any, cluster: str, run_dir: Path) -> Any:
     """A submitit executor for `cluster` (always explicit: this machine has sbatch, so
     submitit's auto-detection would pick slurm)."""
     import submitit
 
-    validate_launch(cfg, cluster)
-    validate_launch(cfg, cluster)
     validate_launch(cfg, cluster)
     folder = submitit_folder(run_dir)
     lc = cfg.launcher
