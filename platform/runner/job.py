@@ -60,7 +60,12 @@ def worker_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     too on local/SLURM; a debug job's controller is the submitting process)."""
     code = snapshot.code_dir(run_dir)
     env = child_env(extra)
-    return snapshot.with_code_path(env, code) if code.is_dir() else env
+    if code.is_dir():
+        return snapshot.with_code_path(env, code)
+    if code.is_symlink():  # submitted with a snapshot that was deleted since
+        print(f"[awm] warning: the run's code snapshot {code} -> {os.readlink(code)} is gone: "
+              "the trainer runs the installed code", file=sys.stderr, flush=True)
+    return env
 
 
 def _ignore_user_signals() -> None:  # pragma: no cover - runs in the forked child

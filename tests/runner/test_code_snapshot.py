@@ -50,8 +50,11 @@ def _set_version(checkout: Path, version: str) -> None:
         path.write_text(text[:start] + f"[code-marker] {who} {version}\\n')\n")
 
 
-def test_snapshot_is_content_addressed_and_wins_imports(tmp_path: Path, repo_root: Path) -> None:
+def test_snapshot_is_content_addressed_and_wins_imports(
+    tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from awm_platform.runner import snapshot
+    from awm_platform.runner.job import worker_env
 
     checkout = tmp_path / "checkout"
     sources = _checkout(checkout)
@@ -94,11 +97,18 @@ def test_snapshot_is_content_addressed_and_wins_imports(tmp_path: Path, repo_roo
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
-    env = snapshot.with_code_path(os.environ, link)
+    env = worker_env(run_dir)  # what the controller gives the trainer
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(link) and env["PYTHONSAFEPATH"] == "1"
     assert all(path.startswith(f"{link}/") for path in where(env))
     # without PYTHONSAFEPATH the working directory would win: that is why the job sets it
     unsafe = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
     assert where(unsafe)[1].startswith(f"{repo_root}/trainers/")
+
+    # a deleted snapshot: the trainer runs the installed code, and the log says so
+    shutil.rmtree(Path(first.path))
+    env = worker_env(run_dir)
+    assert str(link) not in env.get("PYTHONPATH", "")
+    assert "code snapshot" in capsys.readouterr().err
 
 
 def _submit_from(checkout: Path, config: Path, cluster: str) -> str:
