@@ -17,7 +17,7 @@ from awm_platform.sweeps import commands
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext, consumed_trials
 from tests.sweeps.conftest import OrchestratorThread, kill_job_tree
-from tests.sweeps.helpers import sweep_section
+from tests.sweeps.helpers import max_concurrent, sweep_section
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +45,17 @@ def _job_pid(store: Store, name: str) -> int | None:
 
 
 def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base):
-    """Concurrency (4 in flight, SQLite), a SIGKILLed trial retried with the same params,
-    MLflow parent/child runs and summary artifacts, and optuna.load_study reading it all."""
+    """Concurrency (4 in flight and never more, from the start/end times in the store, SQLite),
+    a SIGKILLed trial retried with the same params, MLflow parent/child runs and summary
+    artifacts, and optuna.load_study reading it all."""
     ctx = _ctx(trial_base, "conc", n_trials=4, parallelism=4, max_retries=1)
     store = Store.default()
     orch = Orchestrator(ctx, store=store, echo=print)
     parent = orch.create()
     assert parent
     th = OrchestratorThread(orch)
+    # kill trial 1 once all 4 jobs have started (so its early death cannot hide the overlap)
+    _wait(lambda: len([r for r in store.list_runs(sweep_name="conc") if r.started_at]) == 4, 180, "4 started")
     pid = _wait(lambda: _job_pid(store, "conc-t1"), 120, "trial 1 running")
     kill_job_tree(pid)
     result = th.join(300)
@@ -68,6 +71,7 @@ def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base
     assert retry.params == killed.params and retry.state == TrialState.COMPLETE
     runs = {r.trial_number: r for r in store.list_runs(sweep_name="conc")}
     assert sorted(runs) == [t.number for t in trials]  # every trial has exactly one run
+    assert max_concurrent(list(runs.values())) == 4  # 4 in flight at once, the retry never a 5th
     assert runs[1].status == "FAILED"
     for t in trials:
         assert t.user_attrs["run_name"] == runs[t.number].name == f"conc-t{t.number}"
@@ -142,3 +146,39 @@ def test_stop_cancels_in_flight_jobs(trial_base):
     assert n == 0  # the live orchestrator did the cancelling
     st = commands.status("halt")
     assert st["status"] == "STOPPED" and [r["run_status"] for r in st["trials"]] == ["CANCELLED"] * 2
+
+
+def test_cli_resume_of_a_killed_orchestrator_runs_the_sweep_to_completion(trial_base, tmp_path):
+    """`awm sweep start --detach`, SIGKILL the orchestrator with both trials in flight, then
+    `awm sweep resume` (blocking) adopts the jobs and finishes the study; the sweep state file,
+    which holds the unredacted storage URLs, is 0600."""
+    import json
+    import stat
+    import subprocess
+    import sys
+
+    from awm_platform.sweeps.orchestrator import pid_alive
+    from tests.sweeps.helpers import write_config
+
+    cfg = write_config(tmp_path / "s.yaml", {**trial_base, "name": "cliresume",
+                                             "sweep": sweep_section(n_trials=2, parallelism=2, poll_interval_s=0.3)})
+    awm = [sys.executable, "-m", "awm_platform.cli.main", "sweep"]
+    res = subprocess.run([*awm, "start", str(cfg), "--cluster", "local", "--detach", "--json"], capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    pid = int(json.loads(res.stdout)["pid"])
+    ctx = SweepContext.load("cliresume")
+    assert stat.S_IMODE((ctx.state_dir / "sweep.json").stat().st_mode) == 0o600
+    store = Store.default()
+    _wait(lambda: len([r for r in store.list_runs(sweep_name="cliresume") if r.job_ids]) == 2, 180, "2 jobs")
+    os.kill(pid, signal.SIGKILL)  # not our child (the CLI started it): wait for it to vanish
+    _wait(lambda: not pid_alive(pid), 30, "orchestrator gone")
+    jobs = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="cliresume")}
+
+    res = subprocess.run([*awm, "resume", "cliresume"], capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "sweep cliresume COMPLETED: complete=2" in res.stdout and "best trial t" in res.stdout
+    assert {r.name: r.job_ids for r in store.list_runs(sweep_name="cliresume")} == jobs  # adopted, not resubmitted
+    st = commands.status("cliresume")
+    assert st["status"] == "COMPLETED" and [t["state"] for t in st["trials"]] == ["COMPLETE", "COMPLETE"]
+    assert stat.S_IMODE((ctx.state_dir / "sweep.json").stat().st_mode) == 0o600  # still, after resume
