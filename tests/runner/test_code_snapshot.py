@@ -155,7 +155,7 @@ def _check_ran_submitted_code(store: Any, name: str, checkout: Path, attempts: i
     assert run.status == "COMPLETED", (run.error, logs)
     for who in MARKED.values():
         assert logs.count(f"[code-marker] {who} v1") >= attempts, logs
-        assert f"[code-marker] {who} v2" not in logs, "a job attempt ran the checkout as it was after submission"
+        assert f"[code-marker] {who} v2" not in logs, "an attempt ran the checkout as it was after submission"
     record = json.loads((run_dir / "capsule" / "code.json").read_text())
     assert record["sources"]["trainers"] == str(checkout / "trainers")
     assert (run_dir / "code").resolve() == Path(record["path"]).resolve()
@@ -201,8 +201,9 @@ def test_held_slurm_job_runs_the_submitted_code(tiny_model: Path, tmp_path: Path
 
     checkout = tmp_path / "checkout"
     _checkout(checkout)
-    data = tiny_config_dict(tiny_model, "snap-slurm", num_epochs=1, launcher={
-        "cluster": "slurm", "partition": slurm_cluster.partition, "gpus_per_node": 1, "extra_sbatch": ["--hold"]})
+    launcher = {"cluster": "slurm", "partition": slurm_cluster.partition, "gpus_per_node": 1,
+                "extra_sbatch": ["--hold"]}  # held: it waits in the queue until released
+    data = tiny_config_dict(tiny_model, "snap-slurm", num_epochs=1, launcher=launcher)
     name = _submit_from(checkout, write_config(tmp_path / "c.yaml", data), "slurm")
     store = Store.default()
     job_id = store.get_run(name).job_ids[-1]
