@@ -105,3 +105,44 @@ def test_failing_setup_line_is_reported(tiny_model: Path, monkeypatch: pytest.Mo
     logs = subprocess.run([*AWM, "logs", "bad-setup"], capture_output=True, text=True, env=env, check=False)
     assert logs.returncode == 0, logs.stderr
     assert "launcher.setup line 2 failed with exit code 2" in logs.stdout and "No such file" in logs.stdout
+
+
+def _wait_terminal(store, name: str, timeout: float) -> str:
+    from awm_platform.runner.state import refresh_states
+
+    deadline = time.monotonic() + timeout
+    status = "PENDING"
+    while time.monotonic() < deadline:
+        status = refresh_states(store, [name], force=True)[name]
+        if status in ("COMPLETED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.5)
+    return status
+
+
+@pytest.mark.slow
+def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None:
+    """`launcher.max_requeues: 0` on two real local jobs whose controller gets USR2 ~10 s in.
+    Time limit 2 min: submitit deems that a time-out, none may be requeued, so the run FAILS
+    naming the key. Time limit 11 min: 10 s is a preemption (before submitit's guaranteed
+    wall time), requeued whatever max_requeues says: the run completes over several segments."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner import submit_run
+    from awm_platform.store import Store
+    from trainers.awm.tiny import tiny_experiment_dict
+
+    def cfg(name: str, time_min: int) -> object:
+        return config_from_dict(tiny_experiment_dict(tiny_model, name, num_epochs=3, launcher={
+            "cluster": "local", "cpus_per_task": 1, "max_requeues": 0,
+            "time_min": time_min, "signal_delay_s": time_min * 60 - 10}))
+
+    with Store.default() as store:
+        timed_out = submit_run(cfg("timed-out", 2), cluster="local", store=store)
+        assert _wait_terminal(store, "timed-out", 300) == "FAILED"
+        assert "launcher.max_requeues" in store.get_run("timed-out").error
+        preempted = submit_run(cfg("preempted", 11), cluster="local", store=store)
+        assert _wait_terminal(store, "preempted", 600) == "COMPLETED", store.get_run("preempted").error
+        log = "".join(p.read_text() for p in (preempted.run_dir / "submitit").glob("*_log.*"))
+        assert "this job is preempted" in log and "Requeued job" in log
+        assert f"resumed from {preempted.run_dir / 'checkpoints'}/step-" in log  # the job log names it
+    assert timed_out.run_dir.exists()
