@@ -277,10 +277,10 @@ def logs(
 
 
 def _local_job_alive(r: Any) -> bool:
-    from awm_platform.runner.proc import is_alive
+    from awm_platform.runner.state import local_job_alive
 
     job = r.job_ids[-1] if r.job_ids else ""
-    return r.cluster == "local" and job.isdigit() and is_alive(int(job))
+    return r.cluster == "local" and job.isdigit() and local_job_alive(r, int(job))  # not a recycled pid
 
 
 def register(app: typer.Typer) -> None:
