@@ -81,3 +81,15 @@ def default_mlflow_artifact_root() -> Path:
 
 def default_optuna_storage_url() -> str:
     return f"sqlite:///{awm_home() / 'optuna.db'}"
+
+
+# Everything the platform creates may hold configuration (DBs, run dirs, capsules, logs, spools):
+# files 0640 / directories 0750 at most, never world-readable. Entry points (the CLI, the job
+# controller, the trainer process) set it once; third-party writers (SQLite, MLflow, Optuna,
+# submitit) inherit it.
+PRIVATE_UMASK = 0o027
+
+
+def restrict_umask() -> None:
+    """Add PRIVATE_UMASK to the process umask (only tightens: a stricter 077 stays)."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)

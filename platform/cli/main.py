@@ -212,6 +212,9 @@ _mount_parts()
 
 
 def main() -> None:
+    from awm_platform.paths import restrict_umask
+
+    restrict_umask()  # nothing the platform writes is world-readable (docs/runner.md, "Secrets")
     # Commands turn the errors they expect into one line (`fail`); this is the last resort for an
     # input or environment error raised where no command expected it (an unusable $AWM_HOME, an
     # unreachable store): one line and exit 2 instead of a traceback.

@@ -1,9 +1,10 @@
 """The reproducibility capsule: everything needed to re-create a run, in `run_dir/capsule/`.
 
     config.yaml         resolved config (defaults, derived topology; secrets redacted)
+                        (every capsule file is mode 0640: never world-readable)
     config_hash         awm_platform.config.config_hash
     git.json            commit, branch, dirty flag, repository root
-    git.diff            `git diff HEAD` (uncommitted changes) when dirty
+    git.diff            `git diff HEAD` (uncommitted changes) when dirty, the config's secrets hidden
     pip-freeze.txt      installed distributions (name==version), sorted
     launch.json         cluster, launch command, seeds, submit host/user/time
     sbatch.sh           the generated sbatch script (SLURM only)
@@ -28,12 +29,17 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
+# Files under a run directory may hold configuration: never world-readable (0640 by default;
+# job.json and setup.sh, which hold secrets, 0600).
+FILE_MODE = 0o640
+
+
+def atomic_write(path: Path, text: str, mode: int = FILE_MODE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        if mode is not None:
-            os.fchmod(fh.fileno(), mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with open(fd, "w") as fh:
+        os.fchmod(fh.fileno(), mode)  # an existing tmp file keeps its old mode under O_CREAT
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -43,7 +49,7 @@ def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
 def append_line(path: Path, line: str) -> None:
     """One write() on an O_APPEND descriptor: concurrent appenders never interleave lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
         os.write(fd, (line.rstrip("\n") + "\n").encode())
     finally:
@@ -119,6 +125,7 @@ def write_capsule(
     import yaml
 
     from awm_platform.config import config_hash, resolved_config
+    from awm_platform.redaction import scrub, secret_values
 
     cap = Path(run_dir) / "capsule"
     cap.mkdir(parents=True, exist_ok=True)
@@ -126,7 +133,10 @@ def write_capsule(
     atomic_write(cap / "config_hash", config_hash(cfg) + "\n")
     atomic_write(cap / "git.json", json.dumps(git, indent=2) + "\n")
     if git.get("dirty"):
-        atomic_write(cap / "git.diff", git_diff(Path(git.get("root") or REPO_ROOT)))
+        # an edited config file in the checkout may hold this run's secrets: hide the values the
+        # config's redaction hides, and any secret-looking assignment (docs/runner.md, "Secrets")
+        diff = git_diff(Path(git.get("root") or REPO_ROOT))
+        atomic_write(cap / "git.diff", scrub(diff, secret_values(cfg.model_dump(mode="json"))))
     atomic_write(cap / "pip-freeze.txt", pip_freeze())
     launch = {
         "cluster": cluster,

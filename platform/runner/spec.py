@@ -1,5 +1,6 @@
 """`run_dir/job.json`: what a job needs to run, resolved at submit time (mode 0600, not
-redacted: it may hold database passwords; the capsule holds the redacted copy)."""
+redacted: it may hold database passwords; the capsule holds the redacted copy), and
+`run_dir/setup.sh` (mode 0600): the raw `launcher.setup` lines the job script sources."""
 
 from __future__ import annotations
 
@@ -36,7 +37,13 @@ class JobSpec:
         return ExperimentConfig.model_validate(self.config)
 
     def save(self, run_dir: Path) -> None:
+        """job.json and, with `launcher.setup` lines, setup.sh: the only files holding them raw."""
+        from awm_platform.runner.launch import SETUP_FILE, setup_script
+
         atomic_write(Path(run_dir) / "job.json", json.dumps(asdict(self), indent=2) + "\n", mode=0o600)
+        setup = list(self.config.get("launcher", {}).get("setup") or [])
+        if setup:
+            atomic_write(Path(run_dir) / SETUP_FILE, setup_script(setup, Path(run_dir)), mode=0o600)
 
     @classmethod
     def load(cls, run_dir: Path) -> JobSpec:

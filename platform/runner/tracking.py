@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from awm_platform.redaction import quiet_mlflow_links
 from awm_platform.runner.capsule import FILE_MODE, atomic_write
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -266,6 +267,7 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
     try:
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow_links(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         info = client.get_run(run_id).info
         if info.status == status and info.end_time:
@@ -461,6 +463,7 @@ class MlflowLogger(NullLogger):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            quiet_mlflow_links(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 

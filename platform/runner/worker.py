@@ -135,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     import faulthandler
 
     faulthandler.register(signal.SIGQUIT, all_threads=True)  # `kill -QUIT pid`: stacks of a hung job
+    from awm_platform.paths import restrict_umask
     from awm_platform.runner.capsule import event
 
+    restrict_umask()
     stop = StopFlag()
     stop.install()  # before the heavy imports: a signal during start-up must not kill us
     _trainer_logging()

@@ -63,8 +63,11 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def _safe_url(url: str) -> str:
+    from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
+
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
+        return redact_url(url)
     except ArgumentError:
         return "<not a database URL>"  # never echo an unparsed URL: it may hold a password
 
@@ -497,7 +500,9 @@ class Store:
 
     @property
     def redacted_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
+
+        return redact_url(self.url)
 
     def _insert(self, table: type[Any]) -> Any:
         if self.dialect == "sqlite":

@@ -29,10 +29,12 @@ def _client_and_experiment(cfg: ExperimentConfig) -> tuple[Any, str]:
     """Same tracking target and experiment artifact root as the trainer's runs (runner.api)."""
     from mlflow.tracking import MlflowClient
 
+    from awm_platform.redaction import quiet_mlflow_links
     from awm_platform.runner.api import tracking_target
     from awm_platform.runner.tracking import get_or_create_experiment
 
     uri, artifact_root = tracking_target(cfg)
+    quiet_mlflow_links(uri)  # MLflow would print the URI, credentials included, when a run ends
     client = MlflowClient(tracking_uri=uri)
     return client, get_or_create_experiment(client, cfg.tracking.experiment, artifact_root)
 

@@ -130,11 +130,11 @@ def test_extra_sbatch_and_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config_from_dict(
         {"launcher": {"extra_sbatch": ["--exclusive", "#SBATCH --mail-type=END", "nice 10"]}}
     )
-    params = slurm_parameters(cfg)
+    params = slurm_parameters(cfg, Path("/awm-home/runs/x"))
     assert params["additional_parameters"] == {"exclusive": True, "mail_type": "END", "nice": "10"}
     assert params["gpus_per_node"] == 1
     monkeypatch.setenv("AWM_SLURM_NO_GPUS", "1")
-    assert "gpus_per_node" not in slurm_parameters(cfg)
+    assert "gpus_per_node" not in slurm_parameters(cfg, Path("/awm-home/runs/x"))
 
 
 def test_dry_run_local_prints_command(tmp_path: Path) -> None:

@@ -180,7 +180,9 @@ class AWMTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             import json
 
-            (self.run_dir / "config.resolved.json").write_text(json.dumps(resolved_config(cfg, self.world), indent=2))
+            from awm_platform.runner.capsule import atomic_write  # mode 0640: never world-readable
+
+            atomic_write(self.run_dir / "config.resolved.json", json.dumps(resolved_config(cfg, self.world), indent=2))
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
