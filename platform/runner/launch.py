@@ -231,6 +231,14 @@ def setup_failure(run_dir: Path, max_chars: int = 2000) -> str | None:
         output = (d / f"line-{index}.log").read_text(errors="replace").strip()[-max_chars:]
     except OSError:
         output = ""
+    try:  # the message reaches the store's error column: the output may echo a secret
+        from awm_platform.runner.spec import JobSpec
+
+        output = JobSpec.load(Path(run_dir)).scrub(output)
+    except (OSError, ValueError, TypeError):
+        from awm_platform.redaction import scrub
+
+        output = scrub(output, set())
     return (f"launcher.setup line {index} failed with exit code {code}: {line}"
             + (f"\n{output}" if output else " (no output)")
             + f"\n(output of every setup line: {d}/line-<n>.log)")

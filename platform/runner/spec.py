@@ -45,6 +45,13 @@ class JobSpec:
         if setup:
             atomic_write(Path(run_dir) / SETUP_FILE, setup_script(setup, Path(run_dir)), mode=0o600)
 
+    def scrub(self, text: str) -> str:
+        """`text` (a traceback, a setup line's output) fit for a log or the store: this job's
+        secrets (config, store and tracking URLs) and secret-looking assignments hidden."""
+        from awm_platform.redaction import scrub, secret_values
+
+        return scrub(text, secret_values([self.config, self.store_url, self.tracking_uri]))
+
     @classmethod
     def load(cls, run_dir: Path) -> JobSpec:
         path = Path(run_dir) / "job.json"

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from awm_platform.redaction import quiet_mlflow_links
+from awm_platform.redaction import quiet_mlflow_links, redact_url
 from awm_platform.runner.capsule import FILE_MODE, atomic_write
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
@@ -53,7 +53,8 @@ IMAGES_MANIFEST = "images.json"  # marks a staged bundle whose images go through
 
 
 def _warn(msg: str) -> None:
-    print(f"[awm-tracking] {msg}", file=sys.stderr, flush=True)
+    # MLflow's errors name the request URL, i.e. the tracking URI with its credentials
+    print(f"[awm-tracking] {redact_url(msg)}", file=sys.stderr, flush=True)
 
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:

@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(run_dir, stop)
     except Exception:
         tb = traceback.format_exc()
+        try:  # the traceback reaches the job log and the store's error column: no secrets
+            tb = JobSpec.load(run_dir).scrub(tb)
+        except Exception:  # noqa: BLE001 - no job spec: URL credentials at least
+            from awm_platform.redaction import scrub
+
+            tb = scrub(tb, set())
         print(tb, file=sys.stderr, flush=True)
         try:
             (run_dir / "worker_error.txt").write_text(tb)

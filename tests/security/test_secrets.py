@@ -130,6 +130,34 @@ def test_capsule_git_diff_hides_the_config_secrets(tmp_path: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
 
 
+def test_setup_file_failure_report_and_traceback_hide_secrets(tmp_path: Path) -> None:
+    """setup.sh (0600) runs the raw lines for real; a failing line is reported by number and exit
+    code with its output scrubbed of the job's secrets; a traceback is scrubbed the same way."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner.launch import setup_commands, setup_failure
+    from awm_platform.runner.spec import JobSpec
+
+    tok, pw = secrets.token_hex(8), secrets.token_hex(8)
+    cfg = config_from_dict({"launcher": {"setup": [
+        f'export HF_TOKEN="{tok} x"', 'echo "login with $HF_TOKEN refused" >&2; (exit 7)', "echo never"]}})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = JobSpec(name="s", config=cfg.model_dump(mode="json"), cluster="local",
+                   store_url=f"postgresql://u:{pw}@h/db", tracking_uri="sqlite:///m.db", artifact_root=None,
+                   experiment="e")
+    spec.save(run_dir)
+    assert stat.S_IMODE((run_dir / "setup.sh").stat().st_mode) == 0o600
+    script = " && ".join([*setup_commands(cfg, run_dir), "echo reached"])
+    assert tok not in script  # what `ps` and the sbatch script show
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 7 and "reached" not in res.stdout
+    report = setup_failure(run_dir)
+    assert report is not None and "line 2 failed with exit code 7" in report and "refused" in report
+    assert tok not in report
+    tb = f'ValueError: cannot reach postgresql://u:{pw}@h/db with token "{tok} x"'
+    assert tok not in spec.scrub(tb) and pw not in spec.scrub(tb) and "ValueError" in spec.scrub(tb)
+
+
 # ----------------------------------------------------------------------- e2e ----
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
