@@ -142,8 +142,9 @@ class SweepContext:
         sw = store.get_sweep(study_name)  # NotFoundError names the store
         conf = {k: v for k, v in (sw.resolved_config or {}).items() if k != "derived"}
         if REDACTED in sw.optuna_storage or REDACTED in json.dumps(conf):
-            raise SweepError(f"sweep {study_name!r} was started on another machine and its storage URL holds a "
-                             f"password: copy {path} from there (or run the command there)")
+            raise SweepError(f"sweep {study_name!r} was started on another machine and its config holds secrets "
+                             f"(a storage password, setup lines) the store keeps only redacted: copy {path} from "
+                             "there (or run the command there)")
         cfg = ExperimentConfig.model_validate(conf)
         return cls(study_name=study_name, cfg=cfg, cluster=cfg.launcher.cluster, storage_url=sw.optuna_storage)
 
