@@ -65,7 +65,7 @@ def _controller_stdio(log: Path) -> Iterator[None]:
     log.parent.mkdir(parents=True, exist_ok=True)
     saved = [os.dup(fd) for fd in (0, 1, 2)]
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)  # never world-readable
     try:
         os.dup2(null, 0)
         os.dup2(out, 1)
@@ -244,8 +244,12 @@ def _unprepare_run(store: Any, name: str, run_dir: Path) -> None:
 
 def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
     from awm_platform.runner.job import TrainJob
+    from awm_platform.runner.launch import SETUP_FILE
+    from awm_platform.runner.spec import JobSpec
     from awm_platform.runner.state import record_local_job
 
+    if cfg.launcher.setup and not (run_dir / SETUP_FILE).exists():  # a run dir from before setup.sh
+        JobSpec.load(run_dir).save(run_dir)
     executor = make_executor(cfg, cluster, run_dir)
     # the local executor starts the job's controller with a copy of os.environ (SLURM: a line
     # of the sbatch script does it, see launch.slurm_parameters)
