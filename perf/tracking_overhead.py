@@ -2,11 +2,17 @@
 
     .venv/bin/python perf/tracking_overhead.py [--epochs 12] [--preset tiny]
 
-Runs the real trainer in-process on a tiny random SD3 pipeline three times: JSONL only (the
-baseline), JSONL + store + MLflow on sqlite, JSONL + store + MLflow over HTTP (`mlflow server
---workers 1` started here). Reports the median `time/epoch` (one optimizer step per epoch) of
-each, the ratio to the baseline, and - less noisy on a shared machine - the time the trainer's
-thread spent inside the logger calls as a share of the training time. Target: < 1 % overhead.
+Runs the real trainer in-process on a tiny random SD3 pipeline: JSONL only (the baseline, run
+twice: before and after), JSONL + store + MLflow on sqlite, JSONL + store + MLflow over HTTP
+(`mlflow server --workers 1` started here).
+
+Headline: the END-TO-END median step time (`time/epoch`, one optimizer step per epoch) of each
+tracked run against the plain-JSONL runs, as a ratio. That is the honest figure: MLflow's and
+the store's work happens in background threads, whose CPU competes with the training step on a
+small machine. Detail: the time the trainer's own thread spends inside the logger calls, as a
+share of training time; it is near zero by construction (the calls only enqueue), so it says
+nothing about the total cost. The spread of the two JSONL baselines is printed as the noise
+floor: on a shared machine, ratios within it are noise. Target: < 1 % overhead.
 """
 
 from __future__ import annotations
@@ -161,18 +167,27 @@ def main() -> None:
                 )
         finally:
             server.stop()
-    base = statistics.mean([results["jsonl"]["median_epoch_s"], results["jsonl-again"]["median_epoch_s"]])
-    print(
-        f"{'mode':15s} {'median step s':>13s} {'ratio':>7s} {'logger s':>9s} {'logger share':>12s} "
-        f"{'close s':>8s}"
-    )
+    b1, b2 = results["jsonl"]["median_epoch_s"], results["jsonl-again"]["median_epoch_s"]
+    base = statistics.mean([b1, b2])
+    noise = abs(b1 - b2) / base
+    print("END-TO-END median step time vs plain JSONL (the headline):")
+    for mode in ("mlflow-sqlite", "mlflow-http"):
+        ratio = results[mode]["median_epoch_s"] / base
+        print(f"  {mode:15s} {ratio:6.3f}  ({ratio - 1:+.1%})")
+    print(f"  noise floor: the two JSONL baselines differ by {noise:.1%}; a shared machine inflates this\n")
+    print("detail: time inside the logger calls in the trainer's thread (MLflow/store work runs in background")
+    print("threads, so this share is near zero by construction and is NOT the overhead)")
+    print(f"  {'mode':15s} {'median step s':>13s} {'ratio':>7s} {'logger s':>9s} {'logger share':>12s} {'close s':>8s}")
     for mode, r in results.items():
         share = r["logger_s"] / r["train_wall_s"]
         print(
-            f"{mode:15s} {r['median_epoch_s']:13.4f} {r['median_epoch_s'] / base:7.3f} {r['logger_s']:9.4f} "
+            f"  {mode:15s} {r['median_epoch_s']:13.4f} {r['median_epoch_s'] / base:7.3f} {r['logger_s']:9.4f} "
             f"{share:11.3%} {r['close_s']:8.3f}"
         )
-    print(json.dumps({"baseline_step_s": base, **{m: r for m, r in results.items()}}))
+    print(json.dumps({"baseline_step_s": base, "baseline_noise": noise,
+                      "end_to_end_ratio": {m: results[m]["median_epoch_s"] / base
+                                           for m in ("mlflow-sqlite", "mlflow-http")},
+                      **{m: r for m, r in results.items()}}))
 
 
 if __name__ == "__main__":
