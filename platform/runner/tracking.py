@@ -24,6 +24,7 @@ MLflow (`MlflowLogger`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,21 @@ def mlflow_status(run_status: str) -> str | None:
     return MLFLOW_STATUS.get(run_status.upper())
 
 
+@contextlib.contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """No client retries for the calls inside (unless the user set them); the caller's process
+    (a CLI, a sweep orchestrator) keeps its own settings afterwards."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
 def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
     """Close the MLflow run of the store row `run` (terminal status) with its MLflow status and
     `run.ended_at` as end time. The tracking URI is the one the job used (`job.json`).
@@ -263,17 +279,16 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
 
         ended = ended.replace(tzinfo=UTC)
     end_ms = int(ended.timestamp() * 1000) if ended is not None else int(time.time() * 1000)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
         from mlflow.tracking import MlflowClient
 
         quiet_mlflow_links(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
-        info = client.get_run(run_id).info
-        if info.status == status and info.end_time:
-            return status  # already closed (e.g. by the worker): keep its end time
-        client.set_terminated(run_id, status=status, end_time=end_ms)
+        with _fail_fast_http():  # a dead server costs one refused connection, not minutes of retries
+            info = client.get_run(run_id).info
+            if info.status == status and info.end_time:
+                return status  # already closed (e.g. by the worker): keep its end time
+            client.set_terminated(run_id, status=status, end_time=end_ms)
     except Exception as exc:  # noqa: BLE001 - tracking must never break state handling
         _warn(f"could not mark MLflow run {run_id} of {run.name} {status} at "
               f"{_redact_uri(tracking_uri)}: {type(exc).__name__}: {str(exc)[:200]}")
