@@ -65,7 +65,6 @@ def submit(
     from awm_platform.config import ConfigError, load_config
     from awm_platform.runner.api import SubmitError, submit_run
     from awm_platform.runner.launch import format_command
-
     from awm_platform.store.store import StoreError
 
     try:
