@@ -109,9 +109,11 @@ def test_submit_status_logs_rerun_over_http(
     res = _cli("cancel", "e2e")
     assert res.exit_code == 1 and "already COMPLETED" in res.output
 
-    res = _cli("rerun", "e2e", "--set", "num_epochs=1")
+    res = _cli("rerun", "e2e", "--set", "num_epochs=1", "--json")
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip().splitlines()[0] == "e2e-r1"
+    rerun_rec = json.loads(res.stdout)
+    assert rerun_rec["run"] == "e2e-r1" and rerun_rec["rerun_of"] == "e2e" and rerun_rec["cluster"] == "debug"
+    assert rerun_rec["job_id"] and Path(rerun_rec["run_dir"]).name == "e2e-r1"
     res = _cli("status", "--json")
     recs = {r["run"]: r for r in json.loads(res.stdout)}
     assert recs["e2e-r1"]["status"] == "COMPLETED" and recs["e2e-r1"]["mlflow_run_id"] != rec["mlflow_run_id"]
