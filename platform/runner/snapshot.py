@@ -5,7 +5,7 @@ changes (`git pull`, edits). So at submit time the first-party packages (`awm_pl
 `trainers`, `benchmarks`), as the submitting process imports them (working tree, uncommitted
 edits and untracked files included), are copied into a content-addressed directory
 `$AWM_HOME/code/<sha256[:16]>/` (one copy per distinct code version, shared by every run and
-job array submitted with it; ~5 MB) and linked as `run_dir/code`. The capsule records the
+job array submitted with it; ~9 MB) and linked as `run_dir/code`. The capsule records the
 hash (`capsule/code.json`).
 
 The job imports from the snapshot: its environment gets `PYTHONPATH=run_dir/code` (first) and

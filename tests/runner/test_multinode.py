@@ -139,6 +139,9 @@ def test_two_nodes_stay_identical_and_requeue_together(
         "SLURM_NNODES": "2",
         "SLURM_JOB_NODELIST": "localhost",
         "OMP_NUM_THREADS": "1",
+        # two "nodes" on one machine share its devices: gloo on CPU even where a GPU is present
+        "ACCELERATE_USE_CPU": "true",
+        "CUDA_VISIBLE_DEVICES": "",
     }
     run_dir = sub.run_dir
     job = _run_job_script(script, env)
