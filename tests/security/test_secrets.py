@@ -149,13 +149,44 @@ def test_setup_file_failure_report_and_traceback_hide_secrets(tmp_path: Path) ->
     assert stat.S_IMODE((run_dir / "setup.sh").stat().st_mode) == 0o600
     script = " && ".join([*setup_commands(cfg, run_dir), "echo reached"])
     assert tok not in script  # what `ps` and the sbatch script show
-    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 7 and "reached" not in res.stdout
     report = setup_failure(run_dir)
     assert report is not None and "line 2 failed with exit code 7" in report and "refused" in report
     assert tok not in report
     tb = f'ValueError: cannot reach postgresql://u:{pw}@h/db with token "{tok} x"'
     assert tok not in spec.scrub(tb) and pw not in spec.scrub(tb) and "ValueError" in spec.scrub(tb)
+
+
+@pytest.mark.slurm
+def test_slurm_job_gets_the_setup_lines_only_from_the_0600_file(tmp_path: Path, slurm_cluster: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SLURM job through the runner's executor: the lines run (raw values exported) while
+    the submitted script (kept in SLURM's spool) holds only `. run_dir/setup.sh`."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner.launch import make_executor
+    from awm_platform.runner.spec import JobSpec
+
+    monkeypatch.setenv("AWM_SLURM_NO_GPUS", "1")
+    tok = secrets.token_hex(8)
+    cfg = config_from_dict({"name": "sec-slurm", "launcher": {
+        "cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1, "time_min": 5,
+        "signal_delay_s": 30, "setup": [f'export HF_TOKEN="{tok} b"', f"export MY_PASS={tok}x"]}})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    JobSpec(name=cfg.name, config=cfg.model_dump(mode="json"), cluster="slurm", store_url="sqlite:///x.db",
+            tracking_uri="sqlite:///m.db", artifact_root=None, experiment="e").save(run_dir)
+    from submitit.helpers import CommandFunction  # importable in the job (no `tests` package there)
+
+    show_env = CommandFunction(["sh", "-c", 'printf "%s|%s" "$HF_TOKEN" "$MY_PASS"'])
+    job = make_executor(cfg, "slurm", run_dir).submit(show_env)
+    assert job.result() == f"{tok} b|{tok}x"
+    script = next((run_dir / "submitit").glob("*_submission.sh")).read_text()
+    assert f". {run_dir}/setup.sh" in script and tok not in script
+    batch = subprocess.run(["scontrol", "write", "batch_script", str(job.job_id), "-"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    # SLURM's own copy of the script (kept MinJobAge = 300 s after the end by the services' config)
+    assert batch.returncode == 0 and "setup.sh" in batch.stdout and tok not in batch.stdout, batch.stderr
 
 
 # ----------------------------------------------------------------------- e2e ----
@@ -171,7 +202,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _awm(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "awm_platform.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
+                          env=env, timeout=timeout, cwd=REPO, check=False)
 
 
 def _dump_database(url: str) -> str:
