@@ -147,6 +147,9 @@ def _wait_status(store: Any, name: str, timeout: float, on_tick: Any = None) -> 
 
 
 def _check_ran_submitted_code(store: Any, name: str, checkout: Path, attempts: int) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from awm_platform.paths import default_mlflow_tracking_uri
     from awm_platform.runner.snapshot import snapshot_code
 
     run = store.get_run(name)
@@ -158,6 +161,8 @@ def _check_ran_submitted_code(store: Any, name: str, checkout: Path, attempts: i
         assert f"[code-marker] {who} v2" not in logs, "an attempt ran the checkout as it was after submission"
     record = json.loads((run_dir / "capsule" / "code.json").read_text())
     assert record["sources"]["trainers"] == str(checkout / "trainers")
+    mlflow_run = MlflowClient(default_mlflow_tracking_uri()).get_run(run.mlflow_run_id)
+    assert mlflow_run.data.tags["awm.code_sha256"] == record["sha256"]
     assert (run_dir / "code").resolve() == Path(record["path"]).resolve()
     # the record's hash is the hash of what the job ran (the checkout, back at v1)
     _set_version(checkout, "v1")
