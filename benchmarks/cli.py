@@ -223,8 +223,6 @@ def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch
         summary.extra.setdefault("prompts", str(prompts))
         summary.extra.setdefault("prompts_scored", len(covered))
         summary.extra.setdefault("prompts_total", len(prompt_list))
-        summary.extra.setdefault("prompts_scored", len(covered))
-        summary.extra.setdefault("prompts_total", len(prompt_list))
         return records, summary
     finally:
         bench.close()
