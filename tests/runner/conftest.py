@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,23 @@ def jsonl_steps(run_dir: Path, key: str) -> list[int]:
         if rec.get("type") == "metrics" and key in rec["metrics"]:
             out.append(rec["step"])
     return out
+
+
+def wait_terminal(store: Any, name: str, timeout: float, on_tick: Any = None, poll: float = 0.5) -> str:
+    """Refresh `name`'s state until it is COMPLETED, FAILED or CANCELLED (returned); `on_tick` runs
+    between polls (e.g. to release a held job)."""
+    from awm_platform.runner import refresh_states
+
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = refresh_states(store, [name], force=True)[name]
+        if status in ("COMPLETED", "FAILED", "CANCELLED"):
+            return status
+        if on_tick is not None:
+            on_tick()
+        time.sleep(poll)
+    raise AssertionError(f"run {name} still {status} after {timeout} s")
 
 
 def segment_seconds(run_dir: Path) -> list[float]:

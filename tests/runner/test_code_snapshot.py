@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.runner.conftest import tiny_config_dict, write_config
+from tests.runner.conftest import tiny_config_dict, wait_terminal, write_config
 
 MARKED = {"awm_platform/runner/job.py": "controller", "trainers/awm/recipe.py": "trainer"}
 
@@ -131,21 +131,6 @@ def _events(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_status(store: Any, name: str, timeout: float, on_tick: Any = None) -> str:
-    from awm_platform.runner import refresh_states
-
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = refresh_states(store, [name], force=True)[name]
-        if status in ("COMPLETED", "FAILED", "CANCELLED"):
-            return status
-        if on_tick is not None:
-            on_tick()
-        time.sleep(0.5)
-    raise AssertionError(f"run {name} still {status} after {timeout} s")
-
-
 def _check_ran_submitted_code(store: Any, name: str, checkout: Path, attempts: int) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -194,7 +179,7 @@ def test_local_job_and_its_requeue_run_the_submitted_code(tiny_model: Path, tmp_
     controller = next(e["pid"] for e in _events(run_dir) if e["event"] == "controller_start")
     os.kill(controller, signal.SIGUSR2)
 
-    assert _wait_status(store, name, 420) == "COMPLETED", store.get_run(name).error
+    assert wait_terminal(store, name, 420) == "COMPLETED", store.get_run(name).error
     starts = [e for e in _events(run_dir) if e["event"] == "controller_start"]
     assert len(starts) == 2, starts  # the first attempt and its requeue
     _check_ran_submitted_code(store, name, checkout, attempts=2)
@@ -218,5 +203,5 @@ def test_held_slurm_job_runs_the_submitted_code(tiny_model: Path, tmp_path: Path
 
     _set_version(checkout, "v2")
     subprocess.run(["scontrol", "release", job_id], check=True, capture_output=True, timeout=60)
-    assert _wait_status(store, name, 300) == "COMPLETED", store.get_run(name).error
+    assert wait_terminal(store, name, 300) == "COMPLETED", store.get_run(name).error
     _check_ran_submitted_code(store, name, checkout, attempts=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.runner.conftest import jsonl_steps, tiny_config
+from tests.runner.conftest import jsonl_steps, tiny_config, wait_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -39,21 +39,6 @@ def baseline(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         "steps": res.global_step,
         "loss": jsonl_steps(run_dir, "train/loss"),
     }
-
-
-def _wait_terminal(store: Any, name: str, timeout: float, on_tick: Any = None) -> str:
-    from awm_platform.runner import refresh_states
-
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = refresh_states(store, [name], force=True)[name]
-        if status in ("COMPLETED", "FAILED", "CANCELLED"):
-            return status
-        if on_tick is not None:
-            on_tick()
-        time.sleep(1.0)
-    raise AssertionError(f"run {name} still {status} after {timeout} s")
 
 
 def _check_resumed_run(store: Any, name: str, baseline: dict[str, Any], min_jobs: int) -> None:
@@ -104,7 +89,7 @@ def test_local_timeout_requeue_resumes_same_run(tiny_model: Path, baseline: dict
     )
     store = Store.default()
     sub = submit_run(cfg, cluster="local", store=store)
-    assert _wait_terminal(store, sub.name, 420) == "COMPLETED", store.get_run(sub.name).error
+    assert wait_terminal(store, sub.name, 420) == "COMPLETED", store.get_run(sub.name).error
     log = "".join(p.read_text() for p in (sub.run_dir / "submitit").glob("*_log.*"))
     assert "Requeued job" in log
     _check_resumed_run(store, sub.name, baseline, min_jobs=2)
@@ -151,7 +136,7 @@ def test_slurm_scontrol_requeue_and_time_limit(
         if out.stdout.startswith("PENDING") and "BeginTime" in out.stdout:
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
 
-    assert _wait_terminal(store, sub.name, 420, on_tick=release) == "COMPLETED", store.get_run(sub.name).error
+    assert wait_terminal(store, sub.name, 420, on_tick=release) == "COMPLETED", store.get_run(sub.name).error
     run = store.get_run(sub.name)
     assert run.job_ids == [job]  # a requeue keeps the job id
     assert run.gpu_hours > 0 and run.hosts

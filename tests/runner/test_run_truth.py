@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.runner.conftest import wait_terminal
+
 AWM = [sys.executable, "-m", "awm_platform.cli.main"]
 
 
@@ -107,19 +109,6 @@ def test_failing_setup_line_is_reported(tiny_model: Path, monkeypatch: pytest.Mo
     assert "launcher.setup line 2 failed with exit code 2" in logs.stdout and "No such file" in logs.stdout
 
 
-def _wait_terminal(store, name: str, timeout: float) -> str:
-    from awm_platform.runner.state import refresh_states
-
-    deadline = time.monotonic() + timeout
-    status = "PENDING"
-    while time.monotonic() < deadline:
-        status = refresh_states(store, [name], force=True)[name]
-        if status in ("COMPLETED", "FAILED", "CANCELLED"):
-            break
-        time.sleep(0.5)
-    return status
-
-
 @pytest.mark.slow
 def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None:
     """`launcher.max_requeues: 0` on two real local jobs whose controller gets USR2 ~10 s in.
@@ -138,10 +127,10 @@ def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None
 
     with Store.default() as store:
         timed_out = submit_run(cfg("timed-out", 2), cluster="local", store=store)
-        assert _wait_terminal(store, "timed-out", 300) == "FAILED"
+        assert wait_terminal(store, "timed-out", 300) == "FAILED"
         assert "launcher.max_requeues" in store.get_run("timed-out").error
         preempted = submit_run(cfg("preempted", 11), cluster="local", store=store)
-        assert _wait_terminal(store, "preempted", 600) == "COMPLETED", store.get_run("preempted").error
+        assert wait_terminal(store, "preempted", 600) == "COMPLETED", store.get_run("preempted").error
         log = "".join(p.read_text() for p in (preempted.run_dir / "submitit").glob("*_log.*"))
         assert "this job is preempted" in log and "Requeued job" in log
         assert f"resumed from {preempted.run_dir / 'checkpoints'}/step-" in log  # the job log names it

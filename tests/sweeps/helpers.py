@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,14 @@ def max_concurrent(runs: list[Any]) -> int:
         in_flight += delta
         most = max(most, in_flight)
     return most
+
+
+def wait_for(pred: Any, timeout: float, what: str, poll: float = 0.2) -> Any:
+    """Poll `pred` until it returns something truthy (returned); TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(poll)
+    raise TimeoutError(f"waited {timeout} s for {what}")

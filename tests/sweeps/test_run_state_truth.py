@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,12 @@ from awm_platform.store import Store
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext, consumed_trials
 from tests.sweeps.conftest import OrchestratorThread
-from tests.sweeps.helpers import sweep_section
+from tests.sweeps.helpers import sweep_section, wait_for
 
 pytestmark = pytest.mark.slow
 
 AWM = [sys.executable, "-m", "awm_platform.cli.main"]
 OBJECTIVE = "eval/jpeg_compressibility"
-
-
-def _wait(pred: Any, timeout: float, what: str, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(poll)
-    raise TimeoutError(f"waited {timeout} s for {what}")
 
 
 def _mlflow_runs(cfg: Any) -> list[Any]:
@@ -73,7 +62,7 @@ def test_pruned_and_cancelled_runs_are_closed_in_mlflow(trial_base: dict[str, An
     parent = orch.create()
     th = OrchestratorThread(orch)
     # once t1 trains and its MLflow run exists, it "reports" a hopeless value at a step t0 evaluated
-    _wait(lambda: _tracking_ready(store, "truth-t1"), 300, "trial 1 running with its MLflow run")
+    wait_for(lambda: _tracking_ready(store, "truth-t1"), 300, "trial 1 running with its MLflow run")
     store.log_metrics("truth-t1", {OBJECTIVE: -1e9}, step=2)
     result = th.join(300)
     assert result.status == "COMPLETED" and result.counts["PRUNED"] == 1
@@ -85,7 +74,7 @@ def test_pruned_and_cancelled_runs_are_closed_in_mlflow(trial_base: dict[str, An
     sub = subprocess.run([*AWM, "submit", str(standalone), "--cluster", "local"], capture_output=True, text=True,
                          check=False)
     assert sub.returncode == 0, sub.stderr
-    _wait(lambda: _tracking_ready(store, "standalone"), 300, "the standalone run's MLflow run")
+    wait_for(lambda: _tracking_ready(store, "standalone"), 300, "the standalone run's MLflow run")
     cancel = subprocess.run([*AWM, "cancel", "standalone"], capture_output=True, text=True, check=False)
     assert cancel.returncode == 0, cancel.stderr
     assert store.get_run("standalone").status == "CANCELLED"
@@ -152,7 +141,7 @@ def test_orchestrator_killed_at_each_submission_step_resumes_to_the_end(
     assert "never submitted: no job id recorded" in runs[0].error
     assert store.get_sweep("fi").status == "COMPLETED"
     jobs = [int(j) for r in runs.values() for j in r.job_ids]
-    _wait(lambda: not any(is_alive(p) for p in jobs), 60, "every job process to end")
+    wait_for(lambda: not any(is_alive(p) for p in jobs), 60, "every job process to end")
     from awm_platform.config import config_from_dict
 
     assert [r.info.run_name for r in _mlflow_runs(config_from_dict(data)) if r.info.status == "RUNNING"] == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import optuna
@@ -17,7 +16,7 @@ from awm_platform.sweeps import commands
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext, consumed_trials
 from tests.sweeps.conftest import OrchestratorThread, kill_job_tree
-from tests.sweeps.helpers import max_concurrent, sweep_section
+from tests.sweeps.helpers import max_concurrent, sweep_section, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +26,6 @@ def _ctx(base: dict[str, Any], name: str, **sweep: Any) -> SweepContext:
 
     cfg = config_from_dict({**base, "name": name, "sweep": sweep_section(poll_interval_s=0.3, **sweep)})
     return SweepContext(study_name=name, cfg=cfg, cluster="local", storage_url=storage_url(cfg.sweep))
-
-
-def _wait(pred, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(poll)
-    raise TimeoutError(f"waited {timeout} s for {what}")
 
 
 def _job_pid(store: Store, name: str) -> int | None:
@@ -55,8 +44,8 @@ def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base
     assert parent
     th = OrchestratorThread(orch)
     # kill trial 1 once all 4 jobs have started (so its early death cannot hide the overlap)
-    _wait(lambda: len([r for r in store.list_runs(sweep_name="conc") if r.started_at]) == 4, 180, "4 started")
-    pid = _wait(lambda: _job_pid(store, "conc-t1"), 120, "trial 1 running")
+    wait_for(lambda: len([r for r in store.list_runs(sweep_name="conc") if r.started_at]) == 4, 180, "4 started")
+    pid = wait_for(lambda: _job_pid(store, "conc-t1"), 120, "trial 1 running")
     kill_job_tree(pid)
     result = th.join(300)
     assert result.status == "COMPLETED"
@@ -106,14 +95,14 @@ def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(trial_base):
     assert isinstance(pid, int)
     assert (ctx.state_dir / "orchestrator.pid").read_text().strip() == str(pid)
     store = Store.default()
-    _wait(lambda: len([r for r in store.list_runs(sweep_name="crash") if r.job_ids]) == 2, 120, "2 jobs")
+    wait_for(lambda: len([r for r in store.list_runs(sweep_name="crash") if r.job_ids]) == 2, 120, "2 jobs")
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     jobs_before = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="crash")}
     assert set(jobs_before) == {"crash-t0", "crash-t1"}
 
     th = OrchestratorThread(Orchestrator(SweepContext.load("crash"), store=store, echo=print), resume=True)
-    job = _wait(lambda: _job_pid(store, "crash-t2"), 240, "trial 2 running")
+    job = wait_for(lambda: _job_pid(store, "crash-t2"), 240, "trial 2 running")
     # t2's trainer "reports" a terrible eval value at a step the completed trials evaluated
     store.log_metrics("crash-t2", {"eval/jpeg_compressibility": -1e9}, step=1)
     result = th.join(240)
@@ -133,11 +122,11 @@ def test_stop_cancels_in_flight_jobs(trial_base):
     ctx = _ctx({**trial_base, "num_epochs": 50, "save_freq": 50}, "halt", n_trials=4, parallelism=2)
     pid = commands.start(ctx, detach=True, echo=print)
     store = Store.default()
-    _wait(lambda: len([r for r in store.list_runs(sweep_name="halt") if r.status == "RUNNING"]) == 2, 120,
+    wait_for(lambda: len([r for r in store.list_runs(sweep_name="halt") if r.status == "RUNNING"]) == 2, 120,
           "2 running")
     job_pids = [int(r.job_ids[-1]) for r in store.list_runs(sweep_name="halt")]
     n = commands.stop("halt", echo=print)
-    _wait(lambda: not is_alive(pid) or os.waitpid(pid, os.WNOHANG)[0], 60, "orchestrator exit")
+    wait_for(lambda: not is_alive(pid) or os.waitpid(pid, os.WNOHANG)[0], 60, "orchestrator exit")
     assert store.get_sweep("halt").status == "STOPPED"
     assert {r.status for r in store.list_runs(sweep_name="halt")} == {"CANCELLED"}
     assert not any(is_alive(p) for p in job_pids)
@@ -170,9 +159,9 @@ def test_cli_resume_of_a_killed_orchestrator_runs_the_sweep_to_completion(trial_
     ctx = SweepContext.load("cliresume")
     assert stat.S_IMODE((ctx.state_dir / "sweep.json").stat().st_mode) == 0o600
     store = Store.default()
-    _wait(lambda: len([r for r in store.list_runs(sweep_name="cliresume") if r.job_ids]) == 2, 180, "2 jobs")
+    wait_for(lambda: len([r for r in store.list_runs(sweep_name="cliresume") if r.job_ids]) == 2, 180, "2 jobs")
     os.kill(pid, signal.SIGKILL)  # not our child (the CLI started it): wait for it to vanish
-    _wait(lambda: not pid_alive(pid), 30, "orchestrator gone")
+    wait_for(lambda: not pid_alive(pid), 30, "orchestrator gone")
     jobs = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="cliresume")}
 
     res = subprocess.run([*awm, "resume", "cliresume"], capture_output=True, text=True, timeout=600, check=False)
