@@ -51,8 +51,15 @@ def test_job_array_runs_every_config_under_the_concurrency_limit(tiny_model: Pat
     for s in subs:
         assert (s.run_dir / "checkpoints").is_dir() and any((s.run_dir / "checkpoints").glob("step-*"))
 
-    # %1: the second task starts only after the first one ended
+    # %1: the second task starts only after the first one ended. The store says COMPLETED as soon as
+    # the job's controller records it; the job itself (closing its MLflow run, exiting) ends a little
+    # later, so wait for SLURM's own accounting to show both tasks finished.
+    deadline = time.monotonic() + 120
     tasks = _sacct_tasks(array_job)
+    while time.monotonic() < deadline and any(
+            v["state"] in ("RUNNING", "PENDING", "COMPLETING") for v in tasks.values()):
+        time.sleep(1.0)
+        tasks = _sacct_tasks(array_job)
     t0, t1 = tasks[f"{array_job}_0"], tasks[f"{array_job}_1"]
     assert t0["state"] == t1["state"] == "COMPLETED"
     assert datetime.fromisoformat(t1["start"]) >= datetime.fromisoformat(t0["end"])
