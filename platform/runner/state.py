@@ -234,6 +234,8 @@ def _fail_if_never_submitted(store: Any, run: Any) -> bool:
 
 
 def _apply_slurm(store: Any, run: Any, info: dict[str, dict[str, Any]]) -> str | None:
+    from awm_platform.runner.launch import setup_failure
+
     recs = [info[j] for j in run.job_ids if j in info]
     if not recs:
         return None
@@ -250,7 +252,8 @@ def _apply_slurm(store: Any, run: Any, info: dict[str, dict[str, Any]]) -> str |
             if mapped in ("COMPLETED", "FAILED", "CANCELLED"):
                 fields["ended_at"] = _parse_time(latest.get("end", "")) or datetime.now(UTC)
                 if mapped == "FAILED" and not run.error:
-                    fields["error"] = f"SLURM state {latest['state']}"
+                    # a failed launcher.setup line (setup.sh, sourced by the sbatch script) says which
+                    fields["error"] = setup_failure(Path(run.output_dir)) or f"SLURM state {latest['state']}"
             if mapped == "RUNNING" and run.started_at is None:
                 fields["started_at"] = _parse_time(latest.get("start", ""))
     new_status = fields.pop("status", None)

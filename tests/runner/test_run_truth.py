@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,26 @@ def test_failing_setup_line_is_reported(tiny_model: Path, monkeypatch: pytest.Mo
     logs = subprocess.run([*AWM, "logs", "bad-setup"], capture_output=True, text=True, env=env, check=False)
     assert logs.returncode == 0, logs.stderr
     assert "launcher.setup line 2 failed with exit code 2" in logs.stdout and "No such file" in logs.stdout
+
+
+@pytest.mark.slurm
+def test_failing_setup_line_is_reported_on_slurm(tiny_model: Path, slurm_cluster: Any) -> None:
+    """The same on SLURM: the sbatch script sources setup.sh, whose failing line ends the job;
+    the poller reads setup/failed.json instead of saying only 'SLURM state FAILED'."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner import submit_run
+    from awm_platform.store import Store
+    from trainers.awm.tiny import tiny_experiment_dict
+
+    launcher = {"cluster": "slurm", "partition": slurm_cluster.partition, "cpus_per_task": 1,
+                "gpus_per_node": 1, "time_min": 5, "setup": ["true", "ls /nonexistent-awm-dir"]}
+    cfg = config_from_dict(tiny_experiment_dict(tiny_model, "bad-setup-slurm", launcher=launcher))
+    with Store.default() as store:
+        submit_run(cfg, cluster="slurm", store=store)
+        assert wait_terminal(store, "bad-setup-slurm", 120) == "FAILED"
+        error = store.get_run("bad-setup-slurm").error
+    assert error is not None and error.startswith("launcher.setup line 2 failed with exit code 2: ls /nonexistent")
+    assert "No such file or directory" in error
 
 
 @pytest.mark.slow
