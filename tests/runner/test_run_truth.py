@@ -132,26 +132,44 @@ def test_failing_setup_line_is_reported_on_slurm(tiny_model: Path, slurm_cluster
 
 @pytest.mark.slow
 def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None:
-    """`launcher.max_requeues: 0` on two real local jobs whose controller gets USR2 ~10 s in.
-    Time limit 2 min: submitit deems that a time-out, none may be requeued, so the run FAILS
-    naming the key. Time limit 11 min: 10 s is a preemption (before submitit's guaranteed
-    wall time), requeued whatever max_requeues says: the run completes over several segments."""
+    """`launcher.max_requeues: 0` on two real local jobs whose controller gets submitit's USR2.
+    Time limit 2 min, signal 10 s in (`signal_delay_s`): submitit deems that a time-out, none may be
+    requeued, so the run FAILS naming the key. Time limit 11 min, USR2 sent once by the test while
+    the trainer works: a preemption (before submitit's guaranteed wall time), requeued whatever
+    max_requeues says, and the run completes over two segments. (A `signal_delay_s` timer would fire
+    again in every requeued attempt, so the second job is signalled by hand, exactly once.)"""
+    import json
+    import signal
+
     from awm_platform.config import config_from_dict
     from awm_platform.runner import submit_run
     from awm_platform.store import Store
     from trainers.awm.tiny import tiny_experiment_dict
 
-    def cfg(name: str, time_min: int) -> object:
-        return config_from_dict(tiny_experiment_dict(tiny_model, name, num_epochs=3, launcher={
+    def cfg(name: str, time_min: int, signal_delay_s: int, num_epochs: int) -> object:
+        return config_from_dict(tiny_experiment_dict(tiny_model, name, num_epochs=num_epochs, launcher={
             "cluster": "local", "cpus_per_task": 1, "max_requeues": 0,
-            "time_min": time_min, "signal_delay_s": time_min * 60 - 10}))
+            "time_min": time_min, "signal_delay_s": signal_delay_s}))
+
+    def events(run_dir: Path) -> list[dict]:
+        path = run_dir / "events.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     with Store.default() as store:
-        timed_out = submit_run(cfg("timed-out", 2), cluster="local", store=store)
+        # 12 epochs (~3 s each on an idle machine): the signal 10 s in finds the trainer at work
+        timed_out = submit_run(cfg("timed-out", 2, 110, 12), cluster="local", store=store)
         assert wait_terminal(store, "timed-out", 300) == "FAILED"
         assert "launcher.max_requeues" in store.get_run("timed-out").error
-        preempted = submit_run(cfg("preempted", 11), cluster="local", store=store)
+
+        preempted = submit_run(cfg("preempted", 11, 120, 4), cluster="local", store=store)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(
+                e["event"] == "train_call" for e in events(preempted.run_dir)):
+            time.sleep(0.2)
+        controller = next(e["pid"] for e in events(preempted.run_dir) if e["event"] == "controller_start")
+        os.kill(controller, signal.SIGUSR2)
         assert wait_terminal(store, "preempted", 600) == "COMPLETED", store.get_run("preempted").error
+        assert len([e for e in events(preempted.run_dir) if e["event"] == "controller_start"]) == 2
         log = "".join(p.read_text() for p in (preempted.run_dir / "submitit").glob("*_log.*"))
         assert "this job is preempted" in log and "Requeued job" in log
         assert f"resumed from {preempted.run_dir / 'checkpoints'}/step-" in log  # the job log names it
