@@ -67,3 +67,14 @@ def small_config(model_dir: Path, **over: Any):
 @pytest.fixture
 def make_cfg(tiny_dir):
     return lambda **over: small_config(tiny_dir, **over)
+
+
+class StopAfter:
+    """A stop signal that becomes set at the n-th poll (polls happen after each optimizer step)."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n

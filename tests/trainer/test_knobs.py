@@ -361,6 +361,17 @@ def test_rollout_solver_and_its_knobs(recordings):
                 assert c["sde_frac"] == s.sde_frac, name
 
 
+def _assert_guided(first: dict, raw: dict, g: float, name: str) -> None:
+    """The sampler's first velocity is v_u + g (v_c - v_u) of one doubled [uncond, cond] model batch
+    when g > 1, and the model's output as it is otherwise."""
+    if g > 1:
+        assert raw["rows"] == 2 * first["rows"], name
+        vu, vc = raw["out"].chunk(2)
+        assert first["v"].allclose(vu + g * (vc - vu), rtol=1e-5, atol=1e-6), name
+    else:
+        assert raw["rows"] == first["rows"] and first["v"].equal(raw["out"]), name
+
+
 def test_rollout_guidance_scale(recordings):
     """With guidance_scale g > 1 the sampler sees v_u + g (v_c - v_u) of one doubled [uncond, cond] batch."""
     for name, rec in _each(recordings):
@@ -369,12 +380,7 @@ def test_rollout_guidance_scale(recordings):
         call = rec.calls(solver, "rollout")[0]
         first = call["first_eval"]
         raw = next(d for f, p, d in rec.events if f == "velocity" and p == "rollout")
-        if g > 1:
-            assert raw["rows"] == 2 * first["rows"], name
-            vu, vc = raw["out"].chunk(2)
-            assert first["v"].allclose(vu + g * (vc - vu), rtol=1e-5, atol=1e-6), name
-        else:
-            assert raw["rows"] == first["rows"] and first["v"].equal(raw["out"]), name
+        _assert_guided(first, raw, g, name)
 
 
 def test_eval_guidance_scale(recordings):
@@ -389,12 +395,7 @@ def test_eval_guidance_scale(recordings):
         assert {c["guidance_scale"] for c in rec.calls("velocity_factory", "rollout")} == {None}, name
         first = rec.calls("euler_sample", "eval")[0]["first_eval"]
         raw = next(d for f, p, d in rec.events if f == "velocity" and p == "eval")
-        if want > 1:
-            assert raw["rows"] == 2 * first["rows"], name
-            vu, vc = raw["out"].chunk(2)
-            assert first["v"].allclose(vu + want * (vc - vu), rtol=1e-5, atol=1e-6), name
-        else:
-            assert raw["rows"] == first["rows"] and first["v"].equal(raw["out"]), name
+        _assert_guided(first, raw, want, name)
         seen.add((rec.cfg.sample.guidance_scale, want))
     assert {(1.0, 4.5), (2.0, 2.0), (1.0, 1.0)} <= seen  # separate from, and defaulting to, the rollout value
 

@@ -16,16 +16,7 @@ import math
 
 import pytest
 
-from tests.trainer.conftest import small_config
-
-
-class StopAfter:
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
+from tests.trainer.conftest import StopAfter, small_config
 
 
 def test_fp16_is_refused_on_cpu_before_anything_is_written(make_cfg, tmp_path, monkeypatch):

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import small_config
-
-
-class StopAfter:
-    """A stop signal that becomes set at the n-th poll (polls happen after each optimizer step)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls = n, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
+from tests.trainer.conftest import StopAfter, small_config
 
 
 def _final_state(run_dir: Path):
