@@ -20,7 +20,7 @@ from awm_platform.runner.launch import (
     scheduler_rejection,
     validate_launch,
 )
-from awm_platform.runner.proc import fault_point
+from awm_platform.runner.proc import fault_point, scoped_environ
 from awm_platform.store.store import StoreError
 
 
@@ -39,16 +39,10 @@ class SubmittedRun:
     job: Any = None  # the submitit Job (None on dry-run); not part of the contract
 
 
-@contextlib.contextmanager
-def _scrubbed_environ() -> Iterator[None]:
+def _scrubbed_environ() -> contextlib.AbstractContextManager[None]:
     """submitit copies os.environ into the job (local: Popen env; SLURM: sbatch exports it).
     A caller with an active MLflow run (a sweep) must not leak MLFLOW_RUN_ID into it."""
-    saved = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["MLFLOW_RUN_ID"] = saved
+    return scoped_environ({"MLFLOW_RUN_ID": None})
 
 
 @contextlib.contextmanager

@@ -7,9 +7,11 @@ ranks. We walk /proc instead and signal every descendant.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -121,3 +123,24 @@ def fault_point(name: str) -> None:
     no cleanup code can soften). Unset in production; costs one environment lookup."""
     if os.environ.get(FAULT_INJECT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def scoped_environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """os.environ with `changes` applied (None: unset) for the duration of the block, then exactly
+    as before. Child processes started inside (submitit's local executor copies os.environ) see
+    the changes; the calling process keeps its own settings afterwards."""
+    saved = {key: os.environ.get(key) for key in changes}
+    for key, value in changes.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -25,9 +25,11 @@ import os
 import shlex
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from awm_platform.runner.proc import scoped_environ
 
 PACKAGES = ("awm_platform", "trainers", "benchmarks")
 CODE_DIR = "code"  # run_dir/code -> $AWM_HOME/code/<hash>
@@ -152,17 +154,8 @@ def setup_line(code: Path) -> str:
     return f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}} PYTHONSAFEPATH=1"
 
 
-@contextlib.contextmanager
-def code_environ(code: Path) -> Iterator[None]:
+def code_environ(code: Path) -> contextlib.AbstractContextManager[None]:
     """os.environ as `with_code_path` makes it, for the duration of a submission: submitit's
     local executor starts the job's controller with a copy of os.environ."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
-    os.environ.update(with_code_path(os.environ, code))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    env = with_code_path(os.environ, code)
+    return scoped_environ({key: env[key] for key in ("PYTHONPATH", "PYTHONSAFEPATH")})

@@ -32,12 +32,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from awm_platform.redaction import quiet_mlflow_links, redact_url
 from awm_platform.runner.capsule import FILE_MODE, atomic_write
+from awm_platform.runner.proc import scoped_environ
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAMS_PER_BATCH = 100
@@ -238,19 +239,11 @@ def mlflow_status(run_status: str) -> str | None:
     return MLFLOW_STATUS.get(run_status.upper())
 
 
-@contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
+def _fail_fast_http() -> contextlib.AbstractContextManager[None]:
     """No client retries for the calls inside (unless the user set them); the caller's process
     (a CLI, a sweep orchestrator) keeps its own settings afterwards."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+    return scoped_environ({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+                           "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")})
 
 
 def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:

@@ -174,3 +174,16 @@ def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None
         assert "this job is preempted" in log and "Requeued job" in log
         assert f"resumed from {preempted.run_dir / 'checkpoints'}/step-" in log  # the job log names it
     assert timed_out.run_dir.exists()
+
+
+def test_scoped_environ_applies_and_restores_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one helper the submit path (MLFLOW_RUN_ID scrub, code snapshot path) and the tracking
+    client (fail-fast HTTP) use: set, unset, and afterwards every key exactly as before."""
+    from awm_platform.runner.proc import scoped_environ
+
+    monkeypatch.setenv("AWM_T_SET", "before")
+    monkeypatch.setenv("AWM_T_UNSET", "here")
+    monkeypatch.delenv("AWM_T_NEW", raising=False)
+    with scoped_environ({"AWM_T_SET": "during", "AWM_T_UNSET": None, "AWM_T_NEW": "x"}):
+        assert (os.environ["AWM_T_SET"], os.environ.get("AWM_T_UNSET"), os.environ["AWM_T_NEW"]) == ("during", None, "x")
+    assert (os.environ["AWM_T_SET"], os.environ["AWM_T_UNSET"], os.environ.get("AWM_T_NEW")) == ("before", "here", None)
