@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trainers.awm.accelerate_compat import reset_accelerate_state
+
 if TYPE_CHECKING:  # pragma: no cover
 
     from awm_platform.config import ExperimentConfig
     from trainers.awm.logging import MetricLogger
 
 log = logging.getLogger("trainers.awm.recipe")
-
-EXIT_INTERRUPTED = 3
 
 
 class StopSignal(Protocol):
@@ -146,7 +146,6 @@ class AWMTrainer:
     def setup(self) -> None:
         import torch
         from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
 
         from awm_platform.config import config_hash, derive_topology, resolved_config
@@ -161,7 +160,7 @@ class AWMTrainer:
         cfg = self.cfg
         distributed_env = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if not distributed_env:
-            AcceleratorState._reset_state(reset_partial_state=True)  # allow repeated in-process runs
+            reset_accelerate_state()  # allow repeated in-process runs
         use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         if use_cpu and cfg.mixed_precision == "fp16":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'no' or 'bf16' on CPU")
