@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -19,8 +20,25 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RUN_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "PREEMPTED", "CANCELLED", "PRUNED")
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "PRUNED"})
+
+
+class RunStatus(StrEnum):
+    """The vocabulary of `runs.status`. Which status may follow which, and who writes it, is
+    the run lifecycle's (awm_platform.runner.lifecycle: the only writer of a run's status)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    PREEMPTED = "PREEMPTED"
+    CANCELLED = "CANCELLED"
+    PRUNED = "PRUNED"
+
+
+# final: the run's job is over and nothing changes the status again (except `awm rerun --resume`)
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED})
+# a job exists or will: the scheduler is polled for these
+ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PREEMPTED)
 EVAL_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
 
 

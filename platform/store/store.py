@@ -17,19 +17,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, case, create_engine, event, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from awm_platform.paths import default_platform_db_url
+from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
 from awm_platform.store.models import (
     EVAL_STATUSES,
-    RUN_STATUSES,
     TERMINAL_STATUSES,
     Checkpoint,
     Evaluation,
     MetricPoint,
     Run,
+    RunStatus,
     SampleScore,
     Sweep,
 )
@@ -63,8 +71,6 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def _safe_url(url: str) -> str:
-    from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
-
     try:
         make_url(url)
         return redact_url(url)
@@ -129,8 +135,6 @@ class Store:
     # ------------------------------------------------------------------ lifecycle ----
     @classmethod
     def default(cls, url: str | None = None) -> Store:
-        from awm_platform.paths import default_platform_db_url
-
         return cls(url or default_platform_db_url())
 
     @classmethod
@@ -172,21 +176,15 @@ class Store:
                     conn.commit()
 
     def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
         with self.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
     def head_revision(self) -> str:
-        from alembic.script import ScriptDirectory
-
         head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
         assert head is not None
         return head
 
     def _alembic_config(self) -> Any:
-        from alembic.config import Config
-
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.attributes["engine"] = self.engine
@@ -194,8 +192,6 @@ class Store:
 
     def upgrade(self, revision: str = "head") -> str:
         """Bring the schema to `revision` (Alembic). Idempotent and safe to race."""
-        from alembic import command
-
         with self._migration_lock():
             if revision == "head" and self.current_revision() == self.head_revision():
                 return revision
@@ -292,6 +288,45 @@ class Store:
             return run
 
         return self._retry(op)
+
+    def compare_and_set_run(self, name: str, /, expected_status: str, *, gpu_hours: float | None = None,
+                            add_gpu_hours: float = 0.0, **fields: Any) -> bool:
+        """Write `fields` (with `status`, a status change) only if the run's status is still
+        `expected_status`: ONE `UPDATE ... WHERE name = :name AND status = :expected`, atomic on
+        SQLite and PostgreSQL. Returns whether it won (False: another process changed the status
+        first, or there is no such run). GPU-hours never decrease: `gpu_hours` (a total, e.g.
+        the scheduler's) is taken only if larger than the stored value, `add_gpu_hours` (time
+        used since the last report) is added, both inside the same UPDATE. Only the run
+        lifecycle (awm_platform.runner.lifecycle) calls this with `status`."""
+        bad = set(fields) - self._RUN_MUTABLE
+        if bad:
+            raise StoreError(f"cannot update run fields {sorted(bad)}; mutable: {sorted(self._RUN_MUTABLE)}")
+        _check_status(expected_status)
+        if "status" in fields:
+            _check_status(fields["status"])
+        values: dict[str, Any] = {k: list(v) if k in ("job_ids", "hosts") else v for k, v in fields.items()}
+        values["updated_at"] = utcnow()
+        values["gpu_hours"] = _raised_gpu_hours(gpu_hours, add_gpu_hours)
+
+        def op() -> bool:
+            with self.session() as s:
+                result = s.execute(update(Run).where(Run.name == name, Run.status == expected_status)
+                                   .values(values).execution_options(synchronize_session=False))
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+        return bool(self._retry(op))
+
+    def add_gpu_hours(self, name: str, /, *, gpu_hours: float | None = None, add_gpu_hours: float = 0.0) -> None:
+        """Account GPU time whatever the run's status (a late report after the run ended still
+        used the GPUs): same never-decreasing rule as `compare_and_set_run`, one UPDATE."""
+
+        def op() -> None:
+            with self.session() as s:
+                s.execute(update(Run).where(Run.name == name)
+                          .values(gpu_hours=_raised_gpu_hours(gpu_hours, add_gpu_hours), updated_at=utcnow())
+                          .execution_options(synchronize_session=False))
+
+        self._retry(op)
 
     def append_job_id(self, name: str, job_id: str, host: str | None = None) -> Run:
         """Record a (re)submission's cluster job id; requeues keep the id, new jobs append."""
@@ -500,18 +535,14 @@ class Store:
 
     @property
     def redacted_url(self) -> str:
-        from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
-
         return redact_url(self.url)
 
     def _insert(self, table: type[Any]) -> Any:
         if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:  # pragma: no cover - only the two supported backends
-            raise StoreError(f"unsupported database backend {self.dialect!r} (use SQLite or PostgreSQL)")
-        return insert(table)
+            return sqlite_insert(table)
+        if self.dialect == "postgresql":
+            return postgresql_insert(table)
+        raise StoreError(f"unsupported database backend {self.dialect!r} (use SQLite or PostgreSQL)")  # pragma: no cover
 
     @staticmethod
     def _run_id(s: Session, run_name: str) -> int:
@@ -521,6 +552,13 @@ class Store:
         return int(run_id)
 
 
+def _raised_gpu_hours(total: float | None, added: float) -> Any:
+    """SQL for the new gpu_hours: max(stored, `total`) + `added` (never lower than stored)."""
+    raised: Any = Run.gpu_hours if total is None else case((Run.gpu_hours < float(total), float(total)),
+                                                           else_=Run.gpu_hours)
+    return raised + max(0.0, float(added)) if added else raised
+
+
 def _check_status(status: str) -> None:
-    if status not in RUN_STATUSES:
-        raise StoreError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+    if status not in RunStatus.__members__:
+        raise StoreError(f"unknown run status {status!r}; expected one of {', '.join(RunStatus)}")

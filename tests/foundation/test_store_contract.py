@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,6 +89,54 @@ def test_update_run_fields_and_validation(store: Store) -> None:
         store.update_run("run-a", status="DONE")
     with pytest.raises(StoreError, match="cannot update run fields \\['name'\\]"):
         store.update_run("run-a", name="other")
+
+
+def test_compare_and_set_changes_the_status_only_from_the_expected_one(store: Store) -> None:
+    _run(store)
+    assert store.compare_and_set_run("run-a", "PENDING", status="RUNNING", hosts=["n1"]) is True
+    assert store.compare_and_set_run("run-a", "PENDING", status="FAILED", error="stale") is False  # lost
+    run = store.get_run("run-a")
+    assert (run.status, run.hosts, run.error) == ("RUNNING", ["n1"], None)
+    assert store.compare_and_set_run("run-a", "RUNNING", log_dir="/logs") is True  # fields only, status kept
+    assert store.get_run("run-a").log_dir == "/logs" and store.get_run("run-a").status == "RUNNING"
+    assert store.compare_and_set_run("ghost", "PENDING", status="RUNNING") is False
+    with pytest.raises(StoreError, match="unknown run status 'DONE'"):
+        store.compare_and_set_run("run-a", "RUNNING", status="DONE")
+    with pytest.raises(StoreError, match="cannot update run fields \\['name'\\]"):
+        store.compare_and_set_run("run-a", "RUNNING", name="other")
+
+
+def test_gpu_hours_never_decrease(store: Store) -> None:
+    _run(store)
+    assert store.compare_and_set_run("run-a", "PENDING", gpu_hours=2.0)
+    assert store.compare_and_set_run("run-a", "PENDING", gpu_hours=1.0)  # a lagging total: kept at 2
+    assert store.get_run("run-a").gpu_hours == pytest.approx(2.0)
+    assert store.compare_and_set_run("run-a", "PENDING", status="RUNNING", add_gpu_hours=0.5)
+    assert store.get_run("run-a").gpu_hours == pytest.approx(2.5)
+    assert not store.compare_and_set_run("run-a", "PENDING", add_gpu_hours=9.0)  # lost: nothing added
+    store.add_gpu_hours("run-a", gpu_hours=2.0, add_gpu_hours=0.25)  # max(2.5, 2.0) + 0.25
+    assert store.get_run("run-a").gpu_hours == pytest.approx(2.75)
+    store.add_gpu_hours("run-a", gpu_hours=4.0)
+    assert store.get_run("run-a").gpu_hours == pytest.approx(4.0)
+
+
+def test_compare_and_set_has_one_winner_among_concurrent_writers(store: Store) -> None:
+    """Eight threads (each its own connection) move the same PENDING run to different states:
+    exactly one wins, and the row holds the winner's state and fields."""
+    _run(store)
+    targets = ["RUNNING", "FAILED", "CANCELLED", "PREEMPTED", "COMPLETED", "PRUNED", "RUNNING", "FAILED"]
+    barrier = threading.Barrier(len(targets))
+
+    def attempt(i: int) -> bool:
+        barrier.wait()
+        return store.compare_and_set_run("run-a", "PENDING", status=targets[i], error=f"writer {i}")
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        won = list(pool.map(attempt, range(len(targets))))
+    assert won.count(True) == 1
+    winner = won.index(True)
+    run = store.get_run("run-a")
+    assert (run.status, run.error) == (targets[winner], f"writer {winner}")
 
 
 def test_job_ids_accumulate_across_requeues_without_duplicates(store: Store) -> None:

@@ -4,6 +4,7 @@ same code migrates SQLite and PostgreSQL; `awm db upgrade` is the user-facing co
 from alembic import context
 
 from awm_platform.store.models import Base
+from awm_platform.store.store import _make_engine
 
 config = context.config
 target_metadata = Base.metadata
@@ -12,8 +13,6 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from awm_platform.store.store import _make_engine
-
         engine = _make_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata,
