@@ -54,6 +54,7 @@ __all__ = [
     "ModelStatus",
     "ModelUnavailableError",
     "PromptSet",
+    "RewardError",
     "RewardFn",
     "SampleRecord",
     "bootstrap_ci",
@@ -73,6 +74,10 @@ class BenchmarkError(Exception):
 
 class ModelUnavailableError(BenchmarkError):
     """Model weights / engine not available. Message names the missing path or id and how to provide it."""
+
+
+class RewardError(RuntimeError):
+    """A reward that cannot be built (unknown name, bad options) or returned malformed scores."""
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,9 +1,14 @@
-"""Benchmark registry: name -> ``"module:factory"`` (imported lazily).
+"""The one registry of benchmarks and rewards: name -> ``"module:factory"`` (imported lazily).
 
-A factory is called with keyword options only (``engine``, ``workers`` and benchmark
+A benchmark factory is called with keyword options only (``engine``, ``workers`` and benchmark
 specific ones such as ``model_path``) and returns a :class:`benchmarks.base.Benchmark`.
-Each benchmark package also has ``reward.py: make_reward(**kwargs)`` and ``testing.py``
-(see :mod:`benchmarks.base`).
+Each benchmark package also has ``reward.py: make_reward(**kwargs)``, registered here as the
+reward of the same name, and ``testing.py``, the test kit the conformance suite finds (see
+:mod:`benchmarks.base`). Adding a benchmark is adding its folder and its line in ``BENCHMARKS``.
+
+Rewards are what the trainer's ``reward_fn`` names and what the config validation checks
+against: every benchmark's reward plus DDPO's JPEG rewards (:mod:`benchmarks.jpeg`). Any other
+name of the form ``"package.module:factory"`` is a custom reward, imported as is by the trainer.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ BENCHMARKS: dict[str, str] = {
     "geneval": "benchmarks.geneval:make_benchmark",
     "ocr": "benchmarks.ocr:make_benchmark",
     "pickscore": "benchmarks.pickscore:make_benchmark",
+}
+
+REWARDS: dict[str, str] = {
+    "jpeg_compressibility": "benchmarks.jpeg:jpeg_compressibility",
+    "jpeg_incompressibility": "benchmarks.jpeg:jpeg_incompressibility",
+    **{name: f"benchmarks.{name}.reward:make_reward" for name in BENCHMARKS},
 }
 
 

@@ -113,10 +113,9 @@ def submit_run(
     command are returned for display. The debug cluster runs the job in-process, so
     `submit_run` returns after it finished (unless `wait_debug=False`)."""
     from awm_platform import paths
-    from awm_platform.config import derive_topology
 
     cluster = resolve_cluster(cfg, cluster)
-    derive_topology(cfg)  # fail before anything is written (a dry run too)
+    cfg.topology()  # fail before anything is written (a dry run too)
     validate_launch(cfg, cluster)
     # not paths.run_dir(): a dry run must not create $AWM_HOME
     run_dir = paths.awm_home(create=False) / "runs" / paths.validate_run_name(cfg.name)

@@ -160,11 +160,11 @@ def trial_config(cfg: ExperimentConfig, study_name: str, number: int, params: di
     """The experiment config of one trial: the study's config without its `sweep:` section,
     the trial's params applied as dotted overrides, its own name and seed."""
     from awm_platform.config import config_from_dict
-    from awm_platform.sweeps.spec import _with_value
+    from awm_platform.dotted import set_dotted
 
     data = cfg.model_dump(mode="json", exclude={"sweep"})
     for key, value in params.items():
-        data = _with_value(data, key, value)
+        data = set_dotted(data, key, value)
     data["name"] = trial_run_name(study_name, number)
     data["seed"] = seed
     return config_from_dict(data, source=f"sweep {study_name} trial {number}")

@@ -6,12 +6,12 @@ Kept free of optuna imports (the CLI validates configs without paying for optuna
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-if TYPE_CHECKING:
-    from awm_platform.config import ExperimentConfig
+from awm_platform.dotted import get_dotted, set_dotted
+from trainers.awm.config import TrainerConfig
 
 
 class _Spec(BaseModel):
@@ -117,13 +117,10 @@ class SweepSpec(_Spec):
             raise ValueError("the grid sampler needs 'step' on float parameters (or categorical choices)")
         return self
 
-    def validate_against(self, cfg: ExperimentConfig) -> None:
-        """Every searched key must exist in the experiment config, and the ends of every range
-        must satisfy that key's own constraints (e.g. train.beta >= 0)."""
-        from pydantic import ValidationError
-
-        from awm_platform.config import ExperimentConfig, get_dotted
-
+    def validate_against(self, cfg: TrainerConfig) -> None:
+        """Every searched key must exist in the experiment config `cfg` (the config holding this
+        section), and the ends of every range must satisfy that key's own constraints (e.g.
+        train.beta >= 0), checked by validating a copy of `cfg` with the value set."""
         base = cfg.model_dump(mode="json", exclude={"sweep"})
         evaluated = set(cfg.eval.rewards or cfg.reward_fn)
         for obj in self.objective:
@@ -142,9 +139,9 @@ class SweepSpec(_Spec):
             except KeyError:
                 raise ValueError(f"sweep.params: '{key}' is not a key of the experiment config") from None
             for value in spec.boundary_values():
-                trial = _with_value(base, key, value)
+                trial = set_dotted(base, key, value)
                 try:
-                    ExperimentConfig.model_validate(trial)
+                    type(cfg).model_validate(trial)
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     where = ".".join(str(x) for x in first["loc"])
@@ -152,14 +149,3 @@ class SweepSpec(_Spec):
                     raise ValueError(f"sweep.params.{key}: value {value!r} violates the key's own constraint "
                                      f"({where}: {why})") from None
 
-
-def _with_value(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    import copy
-
-    out = copy.deepcopy(data)
-    node = out
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node[p]
-    node[parts[-1]] = value
-    return out

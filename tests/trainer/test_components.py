@@ -44,14 +44,16 @@ def test_combined_reward_weights_and_components():
 
 
 def test_reward_registry_errors_and_custom_factory():
-    from trainers.awm.rewards import REGISTRY, RewardError, build_reward_fn
+    from benchmarks.base import RewardError
+    from benchmarks.registry import REWARDS
+    from trainers.awm.rewards import build_reward_fn
 
-    assert REGISTRY["geneval"] == "benchmarks.geneval.reward:make_reward"
+    assert REWARDS["geneval"] == "benchmarks.geneval.reward:make_reward"
     with pytest.raises(RewardError, match="unknown reward"):
         build_reward_fn("no_such_reward")
     with pytest.raises(RewardError, match="takes no options"):
         build_reward_fn("jpeg_compressibility", {"x": 1})
-    fn = build_reward_fn("trainers.awm.rewards:jpeg_compressibility")
+    fn = build_reward_fn("benchmarks.jpeg:jpeg_compressibility")
     assert "jpeg_compressibility" in fn(_images(1), ["a"], [{}])
 
 

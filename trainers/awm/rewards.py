@@ -1,16 +1,13 @@
-"""Reward functions: interface, registry, weighted combination, asynchronous scoring.
+"""Reward functions: building the configured rewards, weighted combination, asynchronous scoring.
 
-``RewardFn``: ``(images: list[PIL.Image], prompts: list[str], metadata: list[dict]) ->
-{component name: float array of len(images)}``.  A reward registered as ``name`` must return
-the key ``name`` (its score); it may return extra keys (logged only).
+``RewardFn`` (:mod:`benchmarks.base`): ``(images: list[PIL.Image], prompts: list[str],
+metadata: list[dict]) -> {component name: float array of len(images)}``.  A reward registered
+as ``name`` must return the key ``name`` (its score); it may return extra keys (logged only).
 
-Registry (``name -> "module:factory"``, imported lazily so importing this module is cheap):
-
-* ``jpeg_compressibility`` / ``jpeg_incompressibility``: built in, exactly DDPO's
-  (``ddpo_pytorch/rewards.py``): JPEG quality 95, size in kB = bytes / 1000, score ``-kB`` /
-  ``+kB``.  (Flow-GRPO's copy divides by 500 in addition; we keep DDPO's scale.)
-* ``geneval`` / ``ocr`` / ``pickscore``: ``benchmarks.<name>.reward:make_reward(**kwargs)``.
-* any other name of the form ``"package.module:factory"`` is imported as is (custom rewards).
+Reward names are looked up in the one registry, :data:`benchmarks.registry.REWARDS`
+(``name -> "module:factory"``, imported lazily): DDPO's JPEG rewards (:mod:`benchmarks.jpeg`) and
+``geneval`` / ``ocr`` / ``pickscore`` (``benchmarks.<name>.reward:make_reward(**kwargs)``).
+Any other name of the form ``"package.module:factory"`` is imported as is (custom rewards).
 
 :class:`CombinedReward` evaluates every configured reward and adds ``avg = sum_k w_k score_k``
 (upstream ``multi_score``); :class:`AsyncRewardPool` runs it in a thread pool so scoring overlaps
@@ -20,68 +17,23 @@ the next rollout round (upstream L913-916).
 from __future__ import annotations
 
 import importlib
-import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
-
-RewardFn = Callable[[Sequence["Image.Image"], Sequence[str], Sequence[dict]], dict[str, np.ndarray]]
+from benchmarks.base import RewardError, RewardFn
+from benchmarks.registry import REWARDS
 
 TOTAL_KEY = "avg"
-
-REGISTRY: dict[str, str] = {
-    "jpeg_compressibility": "trainers.awm.rewards:jpeg_compressibility",
-    "jpeg_incompressibility": "trainers.awm.rewards:jpeg_incompressibility",
-    "geneval": "benchmarks.geneval.reward:make_reward",
-    "ocr": "benchmarks.ocr.reward:make_reward",
-    "pickscore": "benchmarks.pickscore.reward:make_reward",
-}
-
-
-class RewardError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------- built-ins
-def _jpeg_sizes_kb(images: Sequence[Image.Image]) -> np.ndarray:
-    sizes = []
-    for im in images:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=95)
-        sizes.append(buf.tell() / 1000)
-    return np.asarray(sizes, dtype=np.float64)
-
-
-def jpeg_incompressibility(**kwargs: Any) -> RewardFn:
-    if kwargs:
-        raise RewardError(f"jpeg_incompressibility takes no options, got {sorted(kwargs)}")
-
-    def _fn(images, prompts, metadata):
-        return {"jpeg_incompressibility": _jpeg_sizes_kb(images)}
-
-    return _fn
-
-
-def jpeg_compressibility(**kwargs: Any) -> RewardFn:
-    if kwargs:
-        raise RewardError(f"jpeg_compressibility takes no options, got {sorted(kwargs)}")
-
-    def _fn(images, prompts, metadata):
-        return {"jpeg_compressibility": -_jpeg_sizes_kb(images)}
-
-    return _fn
 
 
 # ---------------------------------------------------------------------- registry
 def resolve(name: str) -> Callable[..., RewardFn]:
-    target = REGISTRY.get(name, name if ":" in name else None)
+    target = REWARDS.get(name, name if ":" in name else None)
     if target is None:
-        raise RewardError(f"unknown reward {name!r}; known: {', '.join(sorted(REGISTRY))} "
+        raise RewardError(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))} "
                           "(or give 'package.module:factory')")
     mod_name, _, attr = target.partition(":")
     try:
