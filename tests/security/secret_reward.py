@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from trainers.awm.rewards import jpeg_compressibility
+from benchmarks.jpeg import jpeg_compressibility
 
 
 def make_reward(api_key: str, endpoint: str, env: dict[str, str]) -> Any:
