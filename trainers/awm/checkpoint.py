@@ -31,11 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
+# run-dir files may hold configuration: never world-readable, whatever the process umask
+PRIVATE_FILE_MODE = 0o640
 
 
 class CheckpointError(RuntimeError):
@@ -81,6 +86,20 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Write `text` to `path` through a temp file and a rename: readers see the old or the new
+    content, never a part; the file gets `mode` (0640 by default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with open(fd, "w") as fh:
+        os.fchmod(fh.fileno(), mode)  # an existing tmp file keeps its old mode under O_CREAT
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def prepare_tmp(run_dir: str | Path, step: int) -> Path:
@@ -231,26 +250,18 @@ def apply_retention(run_dir: str | Path, *, keep_last: int | None, keep_every: i
 
 # ----------------------------------------------------------------- tensor I/O
 def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def load_tensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
     return load_file(str(path))
 
 
 def save_torch(path: Path, obj: Any) -> None:
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, str(path))
 
 
 def load_torch(path: Path) -> Any:
-    import torch
-
     return torch.load(str(path), map_location="cpu", weights_only=True)

@@ -10,7 +10,8 @@ Sources (``dataset``, ``prompt_fn``, split):
   ``prompt_fn="geneval"``: ``<dir>/<split>_metadata.jsonl`` (metadata = the whole record).
 * GenEval has no public train file: when ``train_metadata.jsonl`` is missing for the builtin
   ``geneval`` set, 50,000 records are generated with ``benchmarks.geneval.prompts`` (seed 0,
-  Flow-GRPO's task mix) and cached under ``$AWM_HOME/cache/``.
+  Flow-GRPO's task mix) and cached in the ``cache_dir`` the caller passes (the platform passes
+  ``$AWM_HOME/cache/``; without one they are generated again in memory).
 
 Sampler (fixes upstream traps 9.9 / 9.20): epoch ``e`` draws ``m`` prompts from
 ``numpy.random.default_rng([seed, e, TAG])`` (without replacement while ``m <= n``), repeats each
@@ -29,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import benchmarks
+from benchmarks.base import read_jsonl, read_prompt_lines
+from benchmarks.geneval.prompts import generate_train_prompts
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,6 @@ def _data_dir(dataset: str) -> Path:
     if dataset == "tiny":
         return Path(__file__).resolve().parent / "data"
     if dataset in BUILTIN:
-        import benchmarks
-
         d = Path(benchmarks.__file__).resolve().parent / dataset / "data"
         if not d.is_dir():
             raise PromptError(f"builtin dataset {dataset!r}: {d} does not exist")
@@ -75,21 +78,21 @@ def _data_dir(dataset: str) -> Path:
     return d.resolve()
 
 
-def _geneval_generated_train() -> Path:
-    from awm_platform.paths import awm_home
-    from benchmarks.geneval.prompts import generate_train_prompts
-
-    out = awm_home() / "cache" / "geneval_train_metadata_n50000_seed0.jsonl"
+def _geneval_generated_train(cache_dir: Path | None) -> tuple[list[dict], str]:
+    """GenEval's generated training records and where they came from (a cached file, or memory)."""
+    if cache_dir is None:
+        log.info("generating GenEval training prompts (50000, seed 0); pass a cache_dir to keep them")
+        return generate_train_prompts(n=50_000, seed=0), "generated GenEval train prompts (n=50000, seed 0)"
+    out = Path(cache_dir) / "geneval_train_metadata_n50000_seed0.jsonl"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         log.info("generating GenEval training prompts (50000, seed 0) into %s", out)
         generate_train_prompts(n=50_000, seed=0, out_path=out)
-    return out
+    return read_jsonl(out), str(out)
 
 
-def load_prompts(dataset: str, prompt_fn: str, split: str) -> PromptList:
-    from benchmarks.base import read_jsonl, read_prompt_lines
-
+def load_prompts(dataset: str, prompt_fn: str, split: str, *, cache_dir: Path | None = None) -> PromptList:
+    """The prompts (and metadata) of `split`; `cache_dir` keeps generated sets between runs."""
     d = _data_dir(dataset)
     if dataset == "tiny":
         path = d / "tiny_prompts.txt"
@@ -104,18 +107,18 @@ def load_prompts(dataset: str, prompt_fn: str, split: str) -> PromptList:
         return PromptList(prompts, [{} for _ in prompts], str(path))
     if prompt_fn == "geneval":
         path = d / f"{split}_metadata.jsonl"
-        if not path.is_file():
-            if dataset == "geneval" and split == "train":
-                path = _geneval_generated_train()
-            else:
-                raise PromptError(f"dataset {dataset!r}: no {split} split ({path} is missing)")
-        meta = read_jsonl(path)
+        if path.is_file():
+            meta, source = read_jsonl(path), str(path)
+        elif dataset == "geneval" and split == "train":
+            meta, source = _geneval_generated_train(cache_dir)
+        else:
+            raise PromptError(f"dataset {dataset!r}: no {split} split ({path} is missing)")
         prompts = []
         for i, m in enumerate(meta):
             if not isinstance(m.get("prompt"), str):
-                raise PromptError(f"{path}: line {i + 1}: missing string field 'prompt'")
+                raise PromptError(f"{source}: line {i + 1}: missing string field 'prompt'")
             prompts.append(m["prompt"])
-        return PromptList(prompts, meta, str(path))
+        return PromptList(prompts, meta, source)
     raise PromptError(f"unknown prompt_fn {prompt_fn!r}; expected 'general_ocr' or 'geneval'")
 
 

@@ -27,20 +27,41 @@ single process or under ``accelerate launch`` (DDP; gloo on CPU). Per epoch:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+
+from trainers.awm import checkpoint as C
+from trainers.awm import lora as L
 from trainers.awm.accelerate_compat import reset_accelerate_state
+from trainers.awm.advantages import compute_advantages
+from trainers.awm.config import TrainerConfig, derive_topology
+from trainers.awm.ema import WeightEMA, kl_ema_mixing, update_ema_adapter_
+from trainers.awm.evaluation import run_eval, write_samples
+from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
+from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
+from trainers.awm.model import Cond, get_family
+from trainers.awm.prompts import GroupSampler, derive_seed, eval_seed, load_prompts, rollout_seed, train_seed
+from trainers.awm.rewards import AsyncRewardPool, build_reward
+from trainers.awm.samplers import euler_sample, flow_sigmas, randn_per_sample, sa_solver_sample
+from trainers.awm.timesteps import sample_training_times
 
-if TYPE_CHECKING:  # pragma: no cover
-
-    from awm_platform.config import ExperimentConfig
-    from trainers.awm.logging import MetricLogger
+try:  # optional: only train.use_8bit_adam needs it
+    import bitsandbytes as bnb
+except ImportError:
+    bnb = None
 
 log = logging.getLogger("trainers.awm.recipe")
 
@@ -98,11 +119,6 @@ def _lr_lambda(decay_steps: float, kind: str):
 
 
 def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-    import torch
-
     np_state = np.random.get_state()
     st = {
         "torch": torch.random.get_rng_state(),
@@ -116,11 +132,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(st: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
     torch.random.set_rng_state(st["torch"])
     n = st["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -131,10 +142,11 @@ def _set_rng_state(st: dict[str, Any]) -> None:
 
 
 class AWMTrainer:
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, *, logger: MetricLogger | None = None,
-                 stop: StopSignal | None = None):
+    def __init__(self, cfg: TrainerConfig, run_dir: str | Path, *, logger: MetricLogger | None = None,
+                 stop: StopSignal | None = None, cache_dir: Path | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.cache_dir = cache_dir
         self.stop = stop
         self._user_logger = logger
         self.logger = None
@@ -144,19 +156,6 @@ class AWMTrainer:
 
     # ================================================================== setup
     def setup(self) -> None:
-        import torch
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
-        from awm_platform.config import config_hash, derive_topology, resolved_config
-        from trainers.awm import lora as L
-        from trainers.awm.ema import WeightEMA
-        from trainers.awm.logging import JsonlMetricLogger, NullLogger, Progress
-        from trainers.awm.model import get_family
-        from trainers.awm.prompts import GroupSampler, load_prompts
-        from trainers.awm.rewards import AsyncRewardPool, build_reward
-        from trainers.awm.samplers import flow_sigmas
-
         cfg = self.cfg
         distributed_env = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if not distributed_env:
@@ -174,14 +173,10 @@ class AWMTrainer:
             torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
             torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
         self.topo = derive_topology(cfg, self.world)
-        self.cfg_hash = config_hash(cfg)
+        self.cfg_hash = cfg.fingerprint()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            import json
-
-            from awm_platform.runner.capsule import atomic_write  # mode 0640: never world-readable
-
-            atomic_write(self.run_dir / "config.resolved.json", json.dumps(resolved_config(cfg, self.world), indent=2))
+            C.atomic_write(self.run_dir / "config.resolved.json", json.dumps(cfg.resolved(self.world), indent=2))
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
@@ -217,10 +212,8 @@ class AWMTrainer:
 
         t = cfg.train
         if t.use_8bit_adam:
-            try:
-                import bitsandbytes as bnb
-            except ImportError as exc:
-                raise ImportError("train.use_8bit_adam=true needs bitsandbytes (pip install bitsandbytes)") from exc
+            if bnb is None:
+                raise ImportError("train.use_8bit_adam=true needs bitsandbytes (pip install bitsandbytes)")
             opt_cls = bnb.optim.AdamW8bit
         else:
             opt_cls = torch.optim.AdamW
@@ -230,8 +223,8 @@ class AWMTrainer:
         self.model, self.optimizer = acc.prepare(tr, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
 
-        self.train_prompts = load_prompts(cfg.dataset, cfg.prompt_fn, "train")
-        self.test_prompts = load_prompts(cfg.dataset, cfg.prompt_fn, cfg.eval.split)
+        self.train_prompts = load_prompts(cfg.dataset, cfg.prompt_fn, "train", cache_dir=self.cache_dir)
+        self.test_prompts = load_prompts(cfg.dataset, cfg.prompt_fn, cfg.eval.split, cache_dir=self.cache_dir)
         self.sampler = GroupSampler(len(self.train_prompts), cfg.seed, cfg.sample.prompts_per_epoch,
                                     cfg.sample.num_image_per_prompt, fingerprint=self.train_prompts.fingerprint())
         self.reward = build_reward(cfg.reward_fn, cfg.reward_kwargs)
@@ -267,9 +260,6 @@ class AWMTrainer:
 
     # ================================================================ resume
     def _resume(self) -> None:
-        from trainers.awm import checkpoint as C
-        from trainers.awm import lora as L
-
         acc = self.accelerator
         info = None
         if self.is_main:
@@ -281,8 +271,6 @@ class AWMTrainer:
                             "as step-<N>.invalid-<time> in %s)", n_found, C.checkpoints_dir(self.run_dir))
         box = [str(info.path) if info is not None else None]
         if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
             broadcast_object_list(box, from_process=0)
         hook = getattr(self.logger, "on_resume", None)
         if box[0] is None:
@@ -295,7 +283,6 @@ class AWMTrainer:
                         path, info.manifest.get("config_hash"), self.cfg_hash)
         state = C.load_torch(path / "state" / "trainer_state.pt")
         adapters = C.load_tensors(path / "state" / "adapters.safetensors")
-        import torch
 
         with torch.no_grad():
             for name, p in self.unwrapped.named_parameters():
@@ -330,7 +317,6 @@ class AWMTrainer:
         self.last_checkpoint = path
         if hook is not None:
             hook(self.global_step)
-        del L
         log.info("resumed from %s (step %d, next epoch %d, step in epoch %d)", path, self.global_step,
                  self.next_epoch, self.step_in_epoch)
 
@@ -338,8 +324,6 @@ class AWMTrainer:
     def velocity_factory(self, module, cond, guidance_scale: float | None = None):
         """``v(x, t)`` closure over a batch's conditioning (CFG when the guidance scale > 1;
         ``None`` = the rollouts' ``sample.guidance_scale``)."""
-        import torch
-
         g = float(self.cfg.sample.guidance_scale if guidance_scale is None else guidance_scale)
         fam = self.family
         if g <= 1.0:
@@ -347,8 +331,6 @@ class AWMTrainer:
         neg = self.neg_cond
 
         def vfn(x, t):
-            from trainers.awm.model import Cond
-
             n = x.shape[0]
             both = Cond(torch.cat([neg.prompt_embeds.expand(n, -1, -1), cond.prompt_embeds]),
                         torch.cat([neg.pooled.expand(n, -1), cond.pooled]))
@@ -360,15 +342,6 @@ class AWMTrainer:
 
     # ============================================================= rollout
     def rollout(self, epoch: int) -> tuple[EpochBuffer, dict[str, float]]:
-        import numpy as np
-        import torch
-
-        from trainers.awm import lora as L
-        from trainers.awm.advantages import compute_advantages
-        from trainers.awm.model import Cond
-        from trainers.awm.prompts import rollout_seed
-        from trainers.awm.samplers import euler_sample, randn_per_sample, sa_solver_sample
-
         cfg, acc = self.cfg, self.accelerator
         s = cfg.sample
         plan = self.sampler.plan(epoch)
@@ -447,19 +420,10 @@ class AWMTrainer:
 
     # ======================================================== micro-batches
     def _perm(self, epoch: int, rank: int, n: int):
-        import torch
-
-        from trainers.awm.prompts import derive_seed
-
         return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(0x5348, self.cfg.seed, epoch, rank)))
 
     def _draw(self, epoch: int, mb: int, b: int):
         """(t (T,B), eps (T,B,C,H,W)) of a micro-batch, identical in pass 1 and pass 2."""
-        import torch
-
-        from trainers.awm.prompts import train_seed
-        from trainers.awm.timesteps import sample_training_times
-
         cfg = self.cfg
         gen = torch.Generator().manual_seed(train_seed(cfg.seed, epoch, self.rank, mb))
         t = sample_training_times(cfg.time_type, grid=self.grid, num_train_timesteps=cfg.train.train_timesteps,
@@ -469,9 +433,6 @@ class AWMTrainer:
         return t.to(self.device), eps.to(self.device)
 
     def _mb_inputs(self, buf: EpochBuffer, idx, epoch: int, mb: int):
-        from trainers.awm.loss import flow_matching_target, noised_latents
-        from trainers.awm.model import Cond
-
         T = self.cfg.train.train_timesteps
         b = len(idx)
         t, eps = self._draw(epoch, mb, b)
@@ -489,11 +450,6 @@ class AWMTrainer:
 
     def _pass1(self, buf: EpochBuffer, order, n_mb: int) -> None:
         """Old log-probs on the pre-update (or "ema") policy where needed (L1227-1240)."""
-        import torch
-
-        from trainers.awm import lora as L
-        from trainers.awm.loss import per_sample_log_prob
-
         cfg, acc = self.cfg, self.accelerator
         B, T = self.topo.train_batch_size, cfg.train.train_timesteps
         need = [i for i in range(n_mb) if cfg.train.off_policy or i >= self.topo.gradient_accumulation_steps]
@@ -522,12 +478,6 @@ class AWMTrainer:
 
     def train_step(self, buf: EpochBuffer, step_in_epoch: int, order, counts: list[float]) -> dict[str, float]:
         """Micro-batches of one optimizer step + the step itself + EMA updates."""
-        import torch
-
-        from trainers.awm import lora as L
-        from trainers.awm.ema import kl_ema_mixing, update_ema_adapter_
-        from trainers.awm.loss import compute_awm_loss
-
         acc, tcfg = self.accelerator, self.cfg.train
         B, GA, T = self.topo.train_batch_size, self.topo.gradient_accumulation_steps, tcfg.train_timesteps
         sums: dict[str, float] = {}
@@ -611,9 +561,6 @@ class AWMTrainer:
 
     # ================================================================ eval
     def evaluate(self) -> dict[str, float]:
-        from trainers.awm.evaluation import run_eval, write_samples
-        from trainers.awm.prompts import eval_seed
-
         cfg = self.cfg
         n = len(self.test_prompts)
         if cfg.eval.max_prompts is not None:
@@ -639,11 +586,6 @@ class AWMTrainer:
     # ========================================================== checkpoint
     def save_checkpoint(self, *, epoch: int, next_epoch: int, step_in_epoch: int,
                         buffer: EpochBuffer | None) -> Path | None:
-        import torch
-
-        from trainers.awm import checkpoint as C
-        from trainers.awm import lora as L
-
         acc, cfg = self.accelerator, self.cfg
         step = self.global_step
         if self.is_main:
@@ -657,7 +599,6 @@ class AWMTrainer:
         acc.wait_for_everyone()
         path = None
         if self.world > 1:  # DDP must keep the LoRA weights identical on every rank
-            from accelerate.utils import gather_object
 
             digests = gather_object([digest])
             if len(set(digests)) != 1:
@@ -705,8 +646,6 @@ class AWMTrainer:
 
     def adapter_digest(self) -> str:
         """sha256 over every LoRA tensor (policy and "ema" adapters) of this process."""
-        import hashlib
-
         h = hashlib.sha256()
         for n, p in sorted(((n, p) for n, p in self.unwrapped.named_parameters() if "lora_" in n), key=lambda x: x[0]):
             h.update(n.encode())
@@ -717,7 +656,6 @@ class AWMTrainer:
     def _stop_requested(self) -> bool:
         flag = bool(self.stop is not None and self.stop.is_set())
         if self.world > 1:  # every rank must agree, or the checkpoint barrier deadlocks
-            import torch
 
             t = torch.tensor([1.0 if flag else 0.0], device=self.device)
             flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
@@ -791,10 +729,13 @@ class AWMTrainer:
             self.logger.close()
 
 
-def train(cfg: ExperimentConfig, run_dir: str | Path, *, logger: MetricLogger | None = None,
-          stop: StopSignal | None = None) -> TrainResult:
-    """Train (or resume) the run in ``run_dir``; see the module docstring and docs/contracts.md."""
-    trainer = AWMTrainer(cfg, run_dir, logger=logger, stop=stop)
+def train(cfg: TrainerConfig, run_dir: str | Path, *, logger: MetricLogger | None = None,
+          stop: StopSignal | None = None, cache_dir: Path | None = None) -> TrainResult:
+    """Train (or resume) the run in ``run_dir``; see the module docstring and docs/contracts.md.
+
+    ``cfg`` is a :class:`TrainerConfig` (the platform passes its ``ExperimentConfig``, which is one);
+    ``cache_dir`` keeps generated prompt sets between runs (the platform passes ``$AWM_HOME/cache``)."""
+    trainer = AWMTrainer(cfg, run_dir, logger=logger, stop=stop, cache_dir=cache_dir)
     try:
         trainer.setup()
         return trainer.run()
