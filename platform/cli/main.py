@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from awm_platform import services
 from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail, is_user_error
+from awm_platform.paths import restrict_umask
 
 app = typer.Typer(
     name="awm",
@@ -34,9 +39,6 @@ app.add_typer(services_app, name="services")
 
 # ----------------------------------------------------------------------- version ----
 def _platform_version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as pkg_version
-
     try:
         return pkg_version("awm-platform")
     except PackageNotFoundError:  # running from a checkout without install
@@ -127,8 +129,6 @@ Which = Annotated[str, typer.Argument(help="slurm, postgres or all")]
 
 
 def _services_call(fn_name: str, which: str) -> Any:
-    from awm_platform import services
-
     if which not in ("slurm", "postgres", "all"):
         fail(f"unknown service {which!r}: expected slurm, postgres or all")
     try:
@@ -143,8 +143,6 @@ def services_up(which: Which = "all",
                                                        "the PostgreSQL password) to use them.")] = False) -> None:
     """Install (if needed) and start the local services: one progress line per phase (on stderr), then
     the status table."""
-    from awm_platform import services
-
     if which not in ("slurm", "postgres", "all"):
         fail(f"unknown service {which!r}: expected slurm, postgres or all")
     try:
@@ -165,8 +163,6 @@ def services_down(which: Which = "all",
                   purge: Annotated[bool, typer.Option("--purge", help="Also delete their data (job state, "
                                                       "accounting DB, PostgreSQL data).")] = False) -> None:
     """Stop exactly the service processes `up` started (by PID)."""
-    from awm_platform import services
-
     if which not in ("slurm", "postgres", "all"):
         fail(f"unknown service {which!r}: expected slurm, postgres or all")
     try:
@@ -191,8 +187,6 @@ def _mount_parts() -> None:
     """Mount the commands owned by the other parts (trainer, runner, sweeps, benchmarks).
     A part exposes `register(app)` (top-level commands) or a Typer `app` mounted as a group;
     either way it keeps its own heavy imports inside the commands."""
-    from importlib import import_module
-
     parts = {"trainers.awm.cli": None, "awm_platform.runner.cli": None, "awm_platform.sweeps.cli": "sweep",
              "benchmarks.cli": "bench", "awm_platform.evals.cli": None, "awm_platform.ui.cli": None}
     for module, group in parts.items():
@@ -212,8 +206,6 @@ _mount_parts()
 
 
 def main() -> None:
-    from awm_platform.paths import restrict_umask
-
     restrict_umask()  # nothing the platform writes is world-readable (docs/runner.md, "Secrets")
     # Commands turn the errors they expect into one line (`fail`); this is the last resort for an
     # input or environment error raised where no command expected it (an unusable $AWM_HOME, an

@@ -9,8 +9,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from awm_platform.config import load_config
+from awm_platform.paths import validate_run_name
+from awm_platform.redaction import redact_url
+from awm_platform.store import Store
+from awm_platform.sweeps.optuna_bridge import load_study, storage_url
 from awm_platform.sweeps.orchestrator import (
     ORCH_ATTR,
     SWEEP_STOPPED,
@@ -23,21 +28,15 @@ from awm_platform.sweeps.orchestrator import (
     SweepResult,
     _host,
     orchestrator_alive,
+    pid_alive,
     stop_in_flight,
+    sweep_dir,
 )
-
-if TYPE_CHECKING:
-    import optuna
-
-    from awm_platform.store import Store
+from awm_platform.sweeps.tracking import tracking_uri
 
 
 def prepare(config: Path | str, overrides: list[str] | None = None, *, cluster: str | None = None,
             study: str | None = None) -> SweepContext:
-    from awm_platform.config import load_config
-    from awm_platform.paths import validate_run_name
-    from awm_platform.sweeps.optuna_bridge import storage_url
-
     cfg = load_config(config, overrides or [])
     if cfg.sweep is None:
         raise SweepError(f"{config} has no `sweep:` section (see docs/sweeps.md for its keys)")
@@ -64,8 +63,6 @@ def start(ctx: SweepContext, *, detach: bool = False, backend: Backend | None = 
 
 def resume(study_name: str, *, detach: bool = False, backend: Backend | None = None,
            echo: Callable[[str], None] = print, install_signal_handlers: bool = False) -> SweepResult | int:
-    from awm_platform.store import Store
-
     ctx = SweepContext.load(study_name, store=Store.default())
     if detach:
         return spawn_daemon(study_name)
@@ -75,8 +72,6 @@ def resume(study_name: str, *, detach: bool = False, backend: Backend | None = N
 
 def spawn_daemon(study_name: str) -> int:
     """Run `awm sweep resume STUDY` as a detached background process; pid and log in the sweep dir."""
-    from awm_platform.sweeps.orchestrator import sweep_dir
-
     d = sweep_dir(study_name)
     d.mkdir(parents=True, exist_ok=True)
     log = d / "orchestrator.log"
@@ -90,25 +85,15 @@ def spawn_daemon(study_name: str) -> int:
     return proc.pid
 
 
-def _load_study(ctx: SweepContext) -> optuna.Study:
-    import optuna
-
-    from awm_platform.sweeps.optuna_bridge import open_storage
-
-    return optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage_url))
-
-
 def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str], None] = print,
          timeout_s: float = 300.0) -> int:
     """Cancel in-flight jobs and mark the sweep STOPPED. With a live orchestrator, it does the
     cancelling (asked through the store, and by SIGTERM when on this host); otherwise we do."""
-    from awm_platform.store import Store
-
     ctx = SweepContext.load(study_name, store=Store.default())
     store = ctx.open_store()
-    study = _load_study(ctx)
+    opened = load_study(ctx.storage_url, ctx.study_name)
     store.update_sweep(study_name, status=SWEEP_STOPPING)
-    info = study.user_attrs.get(ORCH_ATTR)
+    info = opened.study.user_attrs.get(ORCH_ATTR)
     if orchestrator_alive(info, ctx.spec.grace_period_s):
         if info.get("host") == _host():
             try:
@@ -116,32 +101,24 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
             except ProcessLookupError:
                 pass
         echo(f"asked orchestrator pid {info['pid']} on {info['host']} to stop; waiting")
+        started = None if info.get("started") is None else float(info["started"])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if store.get_sweep(study_name).status == SWEEP_STOPPED:
                 return 0
-            if info.get("host") == _host() and not _alive(int(info["pid"]), info.get("started")):
+            if info.get("host") == _host() and not pid_alive(int(info["pid"]), started):
                 break  # died without finishing the stop: do it ourselves
             time.sleep(0.5)
         else:
             raise SweepError(f"the orchestrator did not stop within {timeout_s:.0f} s; retry `awm sweep stop`")
-    return stop_in_flight(study, store, backend or RunnerBackend(), study_name, echo)
-
-
-def _alive(pid: int, started: float | None = None) -> bool:
-    from awm_platform.sweeps.orchestrator import pid_alive
-
-    return pid_alive(pid, None if started is None else float(started))
+    return stop_in_flight(opened, store, backend or RunnerBackend(), study_name, echo)
 
 
 def status(study_name: str, *, store: Store | None = None) -> dict[str, Any]:
     """The study's trials with their runs: number, state, params, values, run, job, GPU-hours."""
-    from awm_platform.store import Store
-    from awm_platform.sweeps.optuna_bridge import redact_url
-
     ctx = SweepContext.load(study_name, store=store or Store.default())
     store = store or ctx.open_store()
-    study = _load_study(ctx)
+    study = load_study(ctx.storage_url, ctx.study_name).study
     sweep = store.get_sweep(study_name)
     runs = {r.trial_number: r for r in store.list_runs(sweep_name=study_name)}
     rows = []
@@ -170,9 +147,6 @@ def status(study_name: str, *, store: Store | None = None) -> dict[str, Any]:
 
 def best_trial_report(ctx: SweepContext, result: SweepResult, store: Store | None = None) -> list[str]:
     """Lines printed at the end of a sweep: best trial, where its LoRA is, how to open MLflow."""
-    from awm_platform.redaction import redact_url
-    from awm_platform.sweeps.tracking import tracking_uri
-
     store = store or ctx.open_store()
     lines = [f"sweep {ctx.study_name} {result.status}: " + ", ".join(f"{k.lower()}={v}" for k, v in
                                                                       result.counts.items() if v)]

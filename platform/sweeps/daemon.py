@@ -7,13 +7,12 @@ stdout/stderr go to `$AWM_HOME/sweeps/<study>/orchestrator.log`, the pid to `orc
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
+
+from awm_platform.sweeps.commands import resume
 
 
 def main(argv: list[str] | None = None) -> int:
-    from datetime import UTC, datetime
-
-    from awm_platform.sweeps.commands import resume
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m awm_platform.sweeps.daemon STUDY", file=sys.stderr)

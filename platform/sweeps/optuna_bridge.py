@@ -1,7 +1,8 @@
-"""Turn the optuna-free `sweep:` models into Optuna objects, and open Optuna storages safely.
+"""Turn the optuna-free `sweep:` models into Optuna objects, open Optuna storages safely, and
+reach one study's trials through the public storage API.
 
-Imported only by the orchestrator and the sweep commands that need Optuna (never at CLI
-start-up: `import optuna` alone costs ~1 s).
+Imported only by the orchestrator and the sweep commands (never at CLI start-up: the `awm sweep`
+commands import it inside the command).
 """
 
 from __future__ import annotations
@@ -9,22 +10,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import Trial
+
+from awm_platform.paths import default_optuna_storage_url
 from awm_platform.sweeps.spec import ParamSpec, SweepSpec
-
-if TYPE_CHECKING:
-    import optuna
 
 JOURNAL_PREFIX = "journal:"
 
 
-def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    out: dict[str, Any] = {}
+def distributions(spec: SweepSpec) -> dict[str, BaseDistribution]:
+    out: dict[str, BaseDistribution] = {}
     for key, p in spec.params.items():
         if p.type == "categorical":
             out[key] = CategoricalDistribution(list(p.choices or []))
@@ -56,8 +60,6 @@ def grid_size(spec: SweepSpec) -> int:
 def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """`seed_offset` (the number of trials already in the study on resume) keeps a resumed
     orchestrator from replaying the random start-up suggestions it already made."""
-    import optuna
-
     s = spec.sampler
     seed = s.seed + seed_offset
     if s.name == "tpe":
@@ -66,12 +68,11 @@ def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.Ba
     if s.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.name == "grid":
-        return _AskTellGridSampler({k: grid_values(p) for k, p in spec.params.items()}, seed=seed)
+        return AskTellGridSampler({k: grid_values(p) for k, p in spec.params.items()}, seed=seed)
     if s.name == "cmaes":
-        try:
-            import cmaes  # noqa: F401  (optuna's CmaEsSampler needs it, and says so only at first use)
-        except ImportError:
-            raise RuntimeError("sweep.sampler.name=cmaes needs the 'cmaes' package: pip install cmaes") from None
+        # optuna's CmaEsSampler needs the optional `cmaes` package, and says so only at first use
+        if importlib.util.find_spec("cmaes") is None:
+            raise RuntimeError("sweep.sampler.name=cmaes needs the 'cmaes' package: pip install cmaes")
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials,
                                             warn_independent_sampling=False)
     if s.name == "nsga2":
@@ -79,26 +80,15 @@ def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.Ba
     raise ValueError(f"unknown sampler {s.name!r}")  # pragma: no cover - pydantic restricts names
 
 
-def _grid_sampler_class() -> type:
-    import optuna
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """optuna's GridSampler calls `study.stop()` once the grid is exhausted, which raises
+    outside `study.optimize`; the orchestrator caps n_trials at the grid size instead."""
 
-    class AskTellGridSampler(optuna.samplers.GridSampler):
-        """optuna's GridSampler calls `study.stop()` once the grid is exhausted, which raises
-        outside `study.optimize`; the orchestrator caps n_trials at the grid size instead."""
-
-        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-            return None
-
-    return AskTellGridSampler
-
-
-def _AskTellGridSampler(*args: Any, **kwargs: Any) -> Any:
-    return _grid_sampler_class()(*args, **kwargs)
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    import optuna
-
     p = spec.pruner
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
@@ -112,17 +102,9 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 # ----------------------------------------------------------------------- storage ----
 def storage_url(spec: SweepSpec) -> str:
     """The study's storage as one string: an RDB URL, or `journal:<path>`."""
-    from awm_platform.paths import default_optuna_storage_url
-
     if spec.journal_path:
         return f"{JOURNAL_PREFIX}{Path(spec.journal_path).expanduser().resolve()}"
     return spec.storage or default_optuna_storage_url()
-
-
-def redact_url(url: str) -> str:
-    from awm_platform.config import redact
-
-    return str(redact(url))
 
 
 @contextlib.contextmanager
@@ -142,15 +124,11 @@ def _creation_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str) -> BaseStorage:
     """RDB (SQLite / PostgreSQL) or journal file. No Optuna heartbeat: the orchestrator, not
     the training job, owns every trial, so an orchestrator restart must *adopt* RUNNING
     trials, not have Optuna fail and re-enqueue them (see docs/sweeps.md)."""
-    import optuna
-
     if url.startswith(JOURNAL_PREFIX):
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
-
         path = url.removeprefix(JOURNAL_PREFIX)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # the open(O_EXCL)-based lock works on NFS, where symlink locks may not
@@ -158,10 +136,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True})
     with _creation_lock(url):
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+def study_exists(storage: BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
@@ -170,3 +148,38 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     number (a retry reuses its original trial's number, hence its seed)."""
     digest = hashlib.sha256(f"awm-sweep:{study_seed}:{trial_number}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+
+class OpenStudy:
+    """A study with the storage it was opened on. Optuna's `Study` keeps its storage and study id
+    private; this reaches its trials, by number, through the storage's public `BaseStorage` API:
+    the orchestrator's bookkeeping (run name, seed, job id, error) as trial user attrs, and eval
+    values reported for trials that run in other processes."""
+
+    def __init__(self, study: optuna.Study, storage: BaseStorage) -> None:
+        self.study = study
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.trial_ids: dict[int, int] = {}  # number -> id; a trial's id never changes
+
+    def trial_id(self, number: int) -> int:
+        if number not in self.trial_ids:
+            self.trial_ids[number] = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self.trial_ids[number]
+
+    def set_trial_user_attr(self, number: int, key: str, value: Any) -> None:
+        self.storage.set_trial_user_attr(self.trial_id(number), key, value)
+
+    def trial_user_attrs(self, number: int) -> dict[str, Any]:
+        return dict(self.storage.get_trial(self.trial_id(number)).user_attrs)
+
+    def live_trial(self, number: int) -> Trial:
+        """The running trial as the objective function would see it: `report` an intermediate
+        value on its behalf, ask `should_prune`."""
+        return Trial(self.study, self.trial_id(number))
+
+
+def load_study(url: str, study_name: str) -> OpenStudy:
+    """An existing study, with Optuna's default sampler and pruner (to read it and tell its trials)."""
+    storage = open_storage(url)
+    return OpenStudy(optuna.load_study(study_name=study_name, storage=storage), storage)

@@ -37,17 +37,30 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from awm_platform.runner.proc import fault_point, process_start_time
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from awm_platform.config import REDACTED, ExperimentConfig, config_from_dict, config_hash, resolved_config
+from awm_platform.dotted import set_dotted
+from awm_platform.paths import awm_home, validate_run_name
+from awm_platform.redaction import redact_url
+from awm_platform.runner import cancel_run, refresh_states, submit_run
+from awm_platform.runner.proc import fault_point, is_alive, process_start_time
+from awm_platform.store import Store
+from awm_platform.sweeps.optuna_bridge import (
+    OpenStudy,
+    distributions,
+    grid_size,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    study_exists,
+    trial_seed,
+)
 from awm_platform.sweeps.spec import SweepSpec
-
-if TYPE_CHECKING:
-    import optuna
-    from optuna.trial import FrozenTrial
-
-    from awm_platform.config import ExperimentConfig
-    from awm_platform.store import Store
+from awm_platform.sweeps.tracking import log_study_summary, start_parent_run, summarize_study
 
 ACTIVE_RUN = ("PENDING", "RUNNING", "PREEMPTED")
 SWEEP_RUNNING, SWEEP_STOPPING, SWEEP_STOPPED = "RUNNING", "STOPPING", "STOPPED"
@@ -74,27 +87,19 @@ class Backend(Protocol):
 class RunnerBackend:
     def submit(self, cfg: ExperimentConfig, *, cluster: str, store: Store, sweep_name: str, trial_number: int,
                mlflow_parent_run_id: str | None, extra_tags: dict[str, str]) -> tuple[str, str | None]:
-        from awm_platform.runner import submit_run
-
         sub = submit_run(cfg, cluster=cluster, store=store, sweep_name=sweep_name, trial_number=trial_number,
                          mlflow_parent_run_id=mlflow_parent_run_id, extra_tags=extra_tags)
         return sub.name, (None if sub.job_id is None else str(sub.job_id))
 
     def refresh(self, store: Store, names: list[str]) -> dict[str, str]:
-        from awm_platform.runner import refresh_states
-
         return refresh_states(store, names)
 
     def cancel(self, name: str, store: Store, status: str) -> None:
-        from awm_platform.runner import cancel_run
-
         cancel_run(name, store, status=status)
 
 
 # ----------------------------------------------------------------------- context ----
 def sweep_dir(study_name: str) -> Path:
-    from awm_platform.paths import awm_home, validate_run_name
-
     return awm_home() / "sweeps" / validate_run_name(study_name)
 
 
@@ -130,8 +135,6 @@ class SweepContext:
 
     @classmethod
     def load(cls, study_name: str, *, store: Store | None = None) -> SweepContext:
-        from awm_platform.config import REDACTED, ExperimentConfig
-
         path = sweep_dir(study_name) / "sweep.json"
         if path.exists():
             data = json.loads(path.read_text())
@@ -149,8 +152,6 @@ class SweepContext:
         return cls(study_name=study_name, cfg=cfg, cluster=cfg.launcher.cluster, storage_url=sw.optuna_storage)
 
     def open_store(self) -> Store:
-        from awm_platform.store import Store
-
         return Store.for_config(self.cfg)
 
 
@@ -159,9 +160,6 @@ def trial_config(cfg: ExperimentConfig, study_name: str, number: int, params: di
                  seed: int) -> ExperimentConfig:
     """The experiment config of one trial: the study's config without its `sweep:` section,
     the trial's params applied as dotted overrides, its own name and seed."""
-    from awm_platform.config import config_from_dict
-    from awm_platform.dotted import set_dotted
-
     data = cfg.model_dump(mode="json", exclude={"sweep"})
     for key, value in params.items():
         data = set_dotted(data, key, value)
@@ -181,8 +179,6 @@ def _host() -> str:
 def pid_alive(pid: int, start_time: float | None = None) -> bool:
     """`pid` runs (not a zombie: a detached daemon we spawned and never reaped is dead for our
     purposes) and, with `start_time`, is the process that started then (pids are recycled)."""
-    from awm_platform.runner.proc import is_alive
-
     return is_alive(pid, start_time)
 
 
@@ -210,11 +206,9 @@ def enqueue_retry(study: optuna.Study, failed: FrozenTrial, *, attempt: int) -> 
     `RetryFailedTrialCallback` sets (`failed_trial` = the first trial of the chain,
     `retry_history` = every trial of the chain so far), which `RetryFailedTrialCallback.retried_trial_number`
     and `.retry_history` read back."""
-    import optuna
-
     root = int(failed.user_attrs.get("root_trial", failed.number))
     study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.WAITING,
+        state=TrialState.WAITING,
         system_attrs={"fixed_params": dict(failed.params), "failed_trial": int(failed.system_attrs.get("failed_trial", root)),
                       "retry_history": [*failed.system_attrs.get("retry_history", []), failed.number]},
         user_attrs={"retry_of": failed.number, "root_trial": root, "attempt": attempt}))
@@ -270,29 +264,34 @@ class Orchestrator:
         self._budget_note = False
         self._reported: dict[int, int] = {}  # trial number -> last step reported to Optuna
         self._started = process_start_time(os.getpid())  # with the pid: this orchestrator's identity
-        self.study: optuna.Study | None = None
+        self.opened: OpenStudy | None = None  # the study and its storage, once created or loaded
+        self._search_space = distributions(self.spec)  # the Optuna distributions every ask uses
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
+    def _opened(self) -> OpenStudy:
+        assert self.opened is not None, "the study is opened by create() or run()"
+        return self.opened
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._opened().study
+
     # --------------------------------------------------------------- set-up ----
-    def _load_study(self, *, create: bool) -> optuna.Study:
-        import optuna
-
-        from awm_platform.sweeps import optuna_bridge as ob
-
-        storage = ob.open_storage(self.ctx.storage_url)
-        exists = ob.study_exists(storage, self.ctx.study_name)
+    def _open_study(self, *, create: bool) -> OpenStudy:
+        storage = open_storage(self.ctx.storage_url)
+        exists = study_exists(storage, self.ctx.study_name)
         if create and exists:
             raise SweepError(f"study {self.ctx.study_name!r} already exists in "
-                             f"{ob.redact_url(self.ctx.storage_url)}: resume it with "
+                             f"{redact_url(self.ctx.storage_url)}: resume it with "
                              f"`awm sweep resume {self.ctx.study_name}` or pick another --study")
         if not create and not exists:
-            raise SweepError(f"no study {self.ctx.study_name!r} in {ob.redact_url(self.ctx.storage_url)}")
+            raise SweepError(f"no study {self.ctx.study_name!r} in {redact_url(self.ctx.storage_url)}")
         n_existing = 0 if create else len(storage.get_all_trials(
             storage.get_study_id_from_name(self.ctx.study_name), deepcopy=False))
         kwargs: dict[str, Any] = {"study_name": self.ctx.study_name, "storage": storage,
-                                  "sampler": ob.make_sampler(self.spec, seed_offset=n_existing),
-                                  "pruner": ob.make_pruner(self.spec)}
+                                  "sampler": make_sampler(self.spec, seed_offset=n_existing),
+                                  "pruner": make_pruner(self.spec)}
         if create:
             study = optuna.create_study(directions=[o.direction for o in self.spec.objective], **kwargs)
             with warnings.catch_warnings():  # experimental since optuna 3.2; optuna-dashboard shows these names
@@ -303,15 +302,11 @@ class Orchestrator:
             study.set_user_attr("n_trials", self.spec.n_trials)
         else:
             study = optuna.load_study(**kwargs)
-        return study
+        return OpenStudy(study, storage)
 
     def create(self) -> str | None:
         """Create the study (once, before any job starts: P6), the store's sweep row and the
         MLflow parent run. Returns the parent run id."""
-        from awm_platform.config import config_hash, resolved_config
-        from awm_platform.sweeps import optuna_bridge as ob
-        from awm_platform.sweeps.tracking import start_parent_run
-
         if self.store.find_run(trial_run_name(self.ctx.study_name, 0)) is not None:
             raise SweepError(f"runs of a sweep {self.ctx.study_name!r} already exist in the store: "
                              f"pick another --study")
@@ -321,12 +316,12 @@ class Orchestrator:
                              f"`awm sweep resume {self.ctx.study_name}` or pick another --study")
         except KeyError:
             pass
-        self.study = self._load_study(create=True)
-        parent = (start_parent_run(self.ctx.cfg, self.ctx.study_name, ob.redact_url(self.ctx.storage_url))
+        self.opened = self._open_study(create=True)
+        parent = (start_parent_run(self.ctx.cfg, self.ctx.study_name, redact_url(self.ctx.storage_url))
                   if self.track else None)
         if parent:
             self.study.set_user_attr("mlflow_parent_run_id", parent)
-        self.store.create_sweep(study_name=self.ctx.study_name, optuna_storage=ob.redact_url(self.ctx.storage_url),
+        self.store.create_sweep(study_name=self.ctx.study_name, optuna_storage=redact_url(self.ctx.storage_url),
                                 mlflow_parent_run_id=parent, config_hash=config_hash(self.ctx.cfg),
                                 resolved_config=resolved_config(self.ctx.cfg))
         self.ctx.save()
@@ -339,8 +334,8 @@ class Orchestrator:
     # ----------------------------------------------------------------- loop ----
     def run(self, *, resume: bool = False) -> SweepResult:
         """Drive the study to completion (or until stopped). `resume=True` adopts an existing study."""
-        if self.study is None:
-            self.study = self._load_study(create=False)
+        if self.opened is None:
+            self.opened = self._open_study(create=False)
         study = self.study
         if resume:
             info = study.user_attrs.get(ORCH_ATTR)
@@ -379,8 +374,6 @@ class Orchestrator:
             study.set_user_attr("orchestrator_timings", self.timings.as_dict())
         except Exception:  # noqa: S110, BLE001 - bookkeeping only
             pass
-        from awm_platform.sweeps.tracking import log_study_summary, summarize_study
-
         if self.track:
             log_study_summary(self.ctx.cfg, parent, study, status="FINISHED" if status == SWEEP_COMPLETED else "KILLED")
         summary = summarize_study(study)
@@ -396,9 +389,6 @@ class Orchestrator:
     # ----------------------------------------------------------------- pass ----
     def _pass(self, parent: str | None) -> bool:
         """One poll: advance every in-flight trial, then ask for new ones. True when finished."""
-        from optuna.trial import TrialState
-
-        assert self.study is not None
         study, store = self.study, self.store
         t0 = time.perf_counter()
         trials = study.get_trials(deepcopy=False)
@@ -428,9 +418,9 @@ class Orchestrator:
             if not waiting and (consumed_trials(trials) >= n_target or self._over_budget(runs)):
                 break
             t1 = time.perf_counter()
-            trial = study.ask(self._distributions())
+            trial = study.ask(self._search_space)
             self.timings.ask += time.perf_counter() - t1
-            self._submit(trial.number, trial.params, _user_attrs(study, trial.number), parent)
+            self._submit(trial.number, trial.params, self._opened().trial_user_attrs(trial.number), parent)
             trials = study.get_trials(deepcopy=False)
         trials = study.get_trials(deepcopy=False)
         return not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials) and (
@@ -438,8 +428,6 @@ class Orchestrator:
 
     def _n_target(self) -> int:
         if self.spec.sampler.name == "grid":
-            from awm_platform.sweeps.optuna_bridge import grid_size
-
             return min(self.spec.n_trials, grid_size(self.spec))
         return self.spec.n_trials
 
@@ -455,18 +443,9 @@ class Orchestrator:
             return True
         return False
 
-    def _distributions(self) -> dict[str, Any]:
-        if not hasattr(self, "_dists"):
-            from awm_platform.sweeps.optuna_bridge import distributions
-
-            self._dists = distributions(self.spec)
-        return self._dists
-
     # --------------------------------------------------------------- submit ----
     def _submit(self, number: int, params: dict[str, Any], attrs: dict[str, Any], parent: str | None) -> None:
-        from awm_platform.sweeps.optuna_bridge import trial_seed
-
-        assert self.study is not None
+        opened = self._opened()
         t0 = time.perf_counter()
         root = int(attrs.get("root_trial", number))
         seed = trial_seed(self.spec.sampler.seed, root)
@@ -480,11 +459,8 @@ class Orchestrator:
         tags = {"awm.sweep.study": self.ctx.study_name, "awm.sweep.trial": str(number),
                 "awm.sweep.attempt": str(attrs.get("attempt", 0)),
                 **{f"awm.sweep.param.{k}": str(v) for k, v in params.items()}}
-        sid = self.study._study_id
-        storage = self.study._storage
-        tid = storage.get_trial_id_from_study_id_trial_number(sid, number)
-        storage.set_trial_user_attr(tid, "run_name", name)
-        storage.set_trial_user_attr(tid, "seed", seed)
+        opened.set_trial_user_attr(number, "run_name", name)
+        opened.set_trial_user_attr(number, "seed", seed)
         try:
             run_name, job_id = self.backend.submit(
                 cfg, cluster=self.ctx.cluster, store=self.store, sweep_name=self.ctx.study_name,
@@ -500,22 +476,19 @@ class Orchestrator:
             return
         fault_point("after_submit")
         if job_id is not None:
-            storage.set_trial_user_attr(tid, "job_id", job_id)
+            opened.set_trial_user_attr(number, "job_id", job_id)
         self.timings.submit += time.perf_counter() - t0
         retry = f" (retry {attrs['attempt']} of t{attrs['retry_of']})" if "retry_of" in attrs else ""
         self.echo(f"[t{number}] submitted {run_name} job {job_id}{retry}: {_fmt_params(params)}")
 
     # -------------------------------------------------------------- advance ----
     def _advance(self, t: FrozenTrial, run: Any, trials: list[FrozenTrial]) -> None:
-        from optuna.trial import Trial, TrialState
-
-        assert self.study is not None
         study = self.study
         status = run.status
         t0 = time.perf_counter()
         if len(self.spec.objective) == 1:
             new = self._report(t, run.name)
-            if status in ("PENDING", "RUNNING") and new and Trial(study, t._trial_id).should_prune():
+            if status in ("PENDING", "RUNNING") and new and self._opened().live_trial(t.number).should_prune():
                 step = max(self._reported.get(t.number, 0), 0)
                 self.backend.cancel(run.name, self.store, "PRUNED")
                 study.tell(t.number, state=TrialState.PRUNED)
@@ -544,9 +517,6 @@ class Orchestrator:
 
     def _report(self, t: FrozenTrial, run_name: str) -> bool:
         """Report eval values logged since the last pass; True if anything new was reported."""
-        from optuna.trial import Trial
-
-        assert self.study is not None
         metric = self.spec.objective[0].metric
         hist = self.store.get_metric_history(run_name, metric)
         known = set(t.intermediate_values)
@@ -555,7 +525,7 @@ class Orchestrator:
         for step, value in hist:
             if step in known:
                 continue
-            trial = trial or Trial(self.study, t._trial_id)
+            trial = trial or self._opened().live_trial(t.number)
             trial.report(value, step)
             known.add(step)
             new = True
@@ -578,15 +548,10 @@ class Orchestrator:
         return values, None
 
     def _tell_fail(self, number: int, reason: str) -> None:
-        from optuna.trial import TrialState
-
-        assert self.study is not None
-        tid = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        self.study._storage.set_trial_user_attr(tid, "error", reason[:2000])
+        self._opened().set_trial_user_attr(number, "error", reason[:2000])
         self.study.tell(number, state=TrialState.FAIL)
 
     def _fail_and_maybe_retry(self, t: FrozenTrial, reason: str, trials: list[FrozenTrial], *, retry: bool) -> None:
-        assert self.study is not None
         attempt = int(t.user_attrs.get("attempt", 0))
         already = any(x.user_attrs.get("retry_of") == t.number for x in trials)
         if retry and not already and attempt < self.spec.max_retries:
@@ -605,14 +570,11 @@ class Orchestrator:
         return self.store.get_sweep(self.ctx.study_name).status
 
     def _stop_in_flight(self) -> None:
-        stop_in_flight(self.study, self.store, self.backend, self.ctx.study_name, self.echo)  # type: ignore[arg-type]
+        stop_in_flight(self._opened(), self.store, self.backend, self.ctx.study_name, self.echo)
 
     def _requeue_stopped(self) -> None:
         """Trials cancelled by `awm sweep stop` are re-run (same params) when the sweep resumes;
         they do not use up a retry."""
-        from optuna.trial import TrialState
-
-        assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
         retried = {x.user_attrs.get("retry_of") for x in trials}
         for t in trials:
@@ -624,25 +586,22 @@ class Orchestrator:
     def _beat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self._last_beat >= self.spec.heartbeat_interval_s:
-            assert self.study is not None
             self.study.set_user_attr(ORCH_ATTR, {"pid": os.getpid(), "host": _host(), "heartbeat": now,
                                                  "started": self._started})
             self._last_beat = now
 
     def _release(self) -> None:
         try:
-            assert self.study is not None
             self.study.set_user_attr(ORCH_ATTR, None)
         except Exception:  # noqa: BLE001, S110 - best effort on the way out
             pass
 
 
-def stop_in_flight(study: optuna.Study, store: Store, backend: Backend, study_name: str,
+def stop_in_flight(opened: OpenStudy, store: Store, backend: Backend, study_name: str,
                    echo: Callable[[str], None] = print) -> int:
     """Cancel every in-flight trial's job, tell its trial FAIL (user attr `stopped`), mark the
     sweep STOPPED. Used by a running orchestrator on stop, and by `awm sweep stop` when none runs."""
-    from optuna.trial import TrialState
-
+    study = opened.study
     runs = {r.trial_number: r for r in store.list_runs(sweep_name=study_name)}
     n = 0
     for t in study.get_trials(deepcopy=False):
@@ -651,19 +610,13 @@ def stop_in_flight(study: optuna.Study, store: Store, backend: Backend, study_na
         run = runs.get(t.number)
         if run is not None and run.status in ACTIVE_RUN:
             backend.cancel(run.name, store, "CANCELLED")
-        tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
-        study._storage.set_trial_user_attr(tid, "stopped", True)
-        study._storage.set_trial_user_attr(tid, "error", "stopped by `awm sweep stop`")
+        opened.set_trial_user_attr(t.number, "stopped", True)
+        opened.set_trial_user_attr(t.number, "error", "stopped by `awm sweep stop`")
         study.tell(t.number, state=TrialState.FAIL)
         echo(f"[t{t.number}] stopped" + (f" (run {run.name} cancelled)" if run is not None else ""))
         n += 1
     store.update_sweep(study_name, status=SWEEP_STOPPED)
     return n
-
-
-def _user_attrs(study: optuna.Study, number: int) -> dict[str, Any]:
-    tid = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return dict(study._storage.get_trial(tid).user_attrs)
 
 
 def _fmt_params(params: dict[str, Any]) -> str:

@@ -11,28 +11,27 @@ import json
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import optuna
+import matplotlib
+import matplotlib.pyplot as plt
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ovm
 
-    from awm_platform.config import ExperimentConfig
+from awm_platform.config import ExperimentConfig
+from awm_platform.redaction import quiet_mlflow_links
+from awm_platform.runner.api import tracking_target
+from awm_platform.runner.tracking import get_or_create_experiment
 
 
 def tracking_uri(cfg: ExperimentConfig) -> str:
-    from awm_platform.runner.api import tracking_target
-
     return tracking_target(cfg)[0]
 
 
 def _client_and_experiment(cfg: ExperimentConfig) -> tuple[Any, str]:
     """Same tracking target and experiment artifact root as the trainer's runs (runner.api)."""
-    from mlflow.tracking import MlflowClient
-
-    from awm_platform.redaction import quiet_mlflow_links
-    from awm_platform.runner.api import tracking_target
-    from awm_platform.runner.tracking import get_or_create_experiment
-
     uri, artifact_root = tracking_target(cfg)
     quiet_mlflow_links(uri)  # MLflow would print the URI, credentials included, when a run ends
     client = MlflowClient(tracking_uri=uri)
@@ -66,9 +65,6 @@ def start_parent_run(cfg: ExperimentConfig, study_name: str, storage_redacted: s
 
 def summarize_study(study: optuna.Study) -> dict[str, Any]:
     """Best trial(s), importances and counts as JSON-able data (also printed by the CLI)."""
-    import optuna
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     out: dict[str, Any] = {
@@ -122,16 +118,9 @@ def log_study_summary(cfg: ExperimentConfig, parent_run_id: str | None, study: o
 def _plots(study: optuna.Study, out: Path) -> None:
     """Optimisation history and parallel coordinates (matplotlib, offline; plotly is not a
     dependency). Skipped quietly when the study has too little data to plot."""
-    from optuna.trial import TrialState
-
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
+    matplotlib.use("Agg")  # files only, never a window; set here, not at import, to leave other users' backend alone
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExperimentalWarning on every optuna matplotlib plot
         targets = [None] if len(study.directions) == 1 else [

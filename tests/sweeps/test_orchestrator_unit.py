@@ -116,7 +116,7 @@ def test_restarted_orchestrator_adopts_running_trials():
     backend = FakeBackend(steps=5)
     first = Orchestrator(ctx, backend=backend, echo=lambda m: None, track=False)
     parent = first.create()
-    first.study = first._load_study(create=False)
+    first.opened = first._open_study(create=False)
     first._pass(parent)
     first._pass(parent)  # two trials in flight, neither done; now "crash" (no cleanup)
     assert len(backend.submitted) == 2
@@ -131,7 +131,7 @@ def test_live_orchestrator_blocks_resume():
     ctx = make_ctx(n_trials=1)
     orch = Orchestrator(ctx, backend=FakeBackend(), echo=lambda m: None, track=False)
     orch.create()
-    orch.study = orch._load_study(create=False)
+    orch.opened = orch._open_study(create=False)
     orch._beat(force=True)
     with pytest.raises(SweepError, match="live orchestrator"):
         Orchestrator(ctx, backend=FakeBackend(), echo=lambda m: None, track=False).run(resume=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from awm_platform.config import ConfigError, config_from_dict, load_config
+from awm_platform.redaction import redact_url
 from awm_platform.sweeps import optuna_bridge as ob
 from tests.sweeps.helpers import sweep_section, write_config
 
@@ -93,7 +94,7 @@ def test_samplers_pruners_and_storage_urls(tmp_path, isolated_awm_home):
     study = optuna.create_study(study_name="j", storage=storage)
     study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
     assert optuna.load_study(study_name="j", storage=ob.open_storage(j)).best_value == 1.0
-    assert ob.redact_url("postgresql+psycopg://u:secret@h/db") == "postgresql+psycopg://u:***@h/db"
+    assert redact_url("postgresql+psycopg://u:secret@h/db") == "postgresql+psycopg://u:***@h/db"
 
 
 def test_trial_seed_is_reproducible_and_distinct():
