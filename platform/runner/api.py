@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
-from collections.abc import Iterator
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from awm_platform import paths
+from awm_platform.config import apply_overrides, config_from_dict, config_hash, resolved_config
 from awm_platform.runner import snapshot
-from awm_platform.runner.launch import (
-    CLUSTERS,
-    launch_command,
-    make_executor,
-    sbatch_script,
-    scheduler_rejection,
-    validate_launch,
-)
-from awm_platform.runner.proc import fault_point, scoped_environ
+from awm_platform.runner.backends import CLUSTERS, backend_for
+from awm_platform.runner.capsule import git_info, write_capsule
+from awm_platform.runner.job import TrainJob
+from awm_platform.runner.launch import launch_command
+from awm_platform.runner.lifecycle import RunEvent, apply_event, next_status
+from awm_platform.runner.proc import fault_point
+from awm_platform.runner.spec import SETUP_FILE, JobSpec
+from awm_platform.store import Store
 from awm_platform.store.store import StoreError
 
 
@@ -39,40 +39,6 @@ class SubmittedRun:
     job: Any = None  # the submitit Job (None on dry-run); not part of the contract
 
 
-def _scrubbed_environ() -> contextlib.AbstractContextManager[None]:
-    """submitit copies os.environ into the job (local: Popen env; SLURM: sbatch exports it).
-    A caller with an active MLflow run (a sweep) must not leak MLFLOW_RUN_ID into it."""
-    return scoped_environ({"MLFLOW_RUN_ID": None})
-
-
-@contextlib.contextmanager
-def _controller_stdio(log: Path) -> Iterator[None]:
-    """submitit's LocalExecutor starts the job's controller (which outlives us) with a bare Popen,
-    so it would inherit our stdin/stdout/stderr: a caller capturing `awm submit`'s output
-    (`name=$(awm submit ...)`, `subprocess.run(..., capture_output=True)`) would then wait until
-    the JOB ends, and the controller would write into a terminal it does not own. Point fds 0-2
-    elsewhere (stdin: /dev/null; stdout/stderr: `log`) while it starts."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    saved = [os.dup(fd) for fd in (0, 1, 2)]
-    null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)  # never world-readable
-    try:
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        yield
-    finally:
-        for fd, orig in zip((0, 1, 2), saved, strict=True):
-            os.dup2(orig, fd)
-            os.close(orig)
-        os.close(null)
-        os.close(out)
-
-
 def resolve_cluster(cfg: Any, cluster: str | None) -> str:
     c = cluster or cfg.launcher.cluster
     if c not in CLUSTERS:
@@ -83,15 +49,14 @@ def resolve_cluster(cfg: Any, cluster: str | None) -> str:
 def tracking_target(cfg: Any) -> tuple[str, str | None]:
     """(tracking URI, artifact root for a new experiment). None -> $MLFLOW_TRACKING_URI ->
     the embedded `sqlite:///$AWM_HOME/mlflow.db` + `$AWM_HOME/mlartifacts`."""
-    from awm_platform.paths import default_mlflow_artifact_root, default_mlflow_tracking_uri
 
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         root = None
         if uri.startswith("sqlite:"):  # a local DB: keep artifacts next to the platform state
-            root = default_mlflow_artifact_root().as_uri()
+            root = paths.default_mlflow_artifact_root().as_uri()
         return uri, root
-    return default_mlflow_tracking_uri(), default_mlflow_artifact_root().as_uri()
+    return paths.default_mlflow_tracking_uri(), paths.default_mlflow_artifact_root().as_uri()
 
 
 def submit_run(
@@ -112,19 +77,18 @@ def submit_run(
     With `dry_run` nothing is written or submitted; the sbatch script (SLURM) and the launch
     command are returned for display. The debug cluster runs the job in-process, so
     `submit_run` returns after it finished (unless `wait_debug=False`)."""
-    from awm_platform import paths
 
     cluster = resolve_cluster(cfg, cluster)
+    backend = backend_for(cluster)
     cfg.topology()  # fail before anything is written (a dry run too)
-    validate_launch(cfg, cluster)
+    backend.validate(cfg)
     # not paths.run_dir(): a dry run must not create $AWM_HOME
     run_dir = paths.awm_home(create=False) / "runs" / paths.validate_run_name(cfg.name)
     cmd = launch_command(cfg, run_dir)
-    sbatch = sbatch_script(cfg, run_dir) if cluster == "slurm" else None
+    sbatch = backend.preview(cfg, run_dir)
     if dry_run:
         return SubmittedRun(cfg.name, run_dir, None, cluster, sbatch, cmd)
 
-    from awm_platform.store import Store
 
     own_store = store is None
     store = store or Store.for_config(cfg)
@@ -135,7 +99,7 @@ def submit_run(
             job = _submit(cfg, cluster, run_dir)
         except Exception as exc:
             _unprepare_run(store, cfg.name, run_dir)  # nothing ran: the name stays free
-            rejected = scheduler_rejection(exc)
+            rejected = backend.rejection(exc)
             if rejected is not None:
                 raise SubmitError(rejected) from None
             raise
@@ -144,7 +108,7 @@ def submit_run(
         store.append_job_id(cfg.name, job_id)
         store.update_run(cfg.name, log_dir=str(run_dir / "submitit"))
         submitted = SubmittedRun(cfg.name, run_dir, job_id, cluster, sbatch, cmd, job)
-        if cluster == "debug" and wait_debug:
+        if backend.runs_in_process and wait_debug:
             job.result()  # the debug executor runs lazily, in this process
         return submitted
     finally:
@@ -160,10 +124,6 @@ def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cm
     directory, the job spec, the code snapshot (`code`, else taken now) and the reproducibility
     capsule. A failure after the row exists marks the run FAILED, so nothing is left
     half-submitted and unexplained."""
-    from awm_platform import paths
-    from awm_platform.config import config_hash, resolved_config
-    from awm_platform.runner.capsule import git_info, write_capsule
-    from awm_platform.runner.spec import JobSpec
 
     if store.find_run(cfg.name) is not None:
         raise SubmitError(
@@ -199,8 +159,7 @@ def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cm
             num_gpus=cfg.launcher.nodes * cfg.launcher.gpus_per_node,
             sweep_name=sweep_name,
             trial_number=trial_number,
-            status="PENDING",
-        )
+        )  # born PENDING; every later status comes from the run lifecycle
     except StoreError as exc:  # the unique name: a concurrent submit of the same name won the race
         raise SubmitError(str(exc)) from None
     fault_point("after_store_row")
@@ -228,7 +187,6 @@ def _unprepare_run(store: Any, name: str, run_dir: Path) -> None:
     """Take back what `_prepare_run` wrote for a job that was never submitted (its row and run
     directory, which was absent or empty before), so a failed submission leaves nothing behind
     that blocks reusing the name."""
-    import shutil
 
     with contextlib.suppress(Exception):
         store.delete_run(name)
@@ -236,27 +194,9 @@ def _unprepare_run(store: Any, name: str, run_dir: Path) -> None:
 
 
 def _submit(cfg: Any, cluster: str, run_dir: Path) -> Any:
-    from awm_platform.runner.job import TrainJob
-    from awm_platform.runner.launch import SETUP_FILE
-    from awm_platform.runner.spec import JobSpec
-    from awm_platform.runner.state import record_local_job
-
     if cfg.launcher.setup and not (run_dir / SETUP_FILE).exists():  # a run dir from before setup.sh
         JobSpec.load(run_dir).save(run_dir)
-    executor = make_executor(cfg, cluster, run_dir)
-    # the local executor starts the job's controller with a copy of os.environ (SLURM: a line
-    # of the sbatch script does it, see launch.slurm_parameters)
-    code_env = (
-        snapshot.code_environ(snapshot.code_dir(run_dir)) if cluster == "local" else contextlib.nullcontext()
-    )
-    # submitit prints a rejected sbatch's stderr itself; it is in the exception too (scheduler_rejection)
-    quiet = contextlib.redirect_stderr(io.StringIO()) if cluster == "slurm" else contextlib.nullcontext()
-    stdio = _controller_stdio(run_dir / "local_controller.log") if cluster == "local" else contextlib.nullcontext()
-    with _scrubbed_environ(), code_env, quiet, stdio:
-        job = executor.submit(TrainJob(str(run_dir)))
-    if cluster == "local":  # the job id is a pid: keep its start time (pids are recycled)
-        record_local_job(run_dir, int(job.job_id))
-    return job
+    return backend_for(cluster).submit(cfg, run_dir, TrainJob(str(run_dir)))
 
 
 _RERUN_SUFFIX = re.compile(r"^(?P<base>.+)-r(?P<n>\d+)$")
@@ -287,10 +227,6 @@ def rerun(
     original job config plus `overrides`: reruns never overwrite history. With `resume=True`
     (no overrides allowed) a FAILED/CANCELLED/PREEMPTED run is re-submitted as the SAME run:
     same run dir, MLflow run and store row; the trainer resumes from its latest checkpoint."""
-    from awm_platform import paths
-    from awm_platform.config import apply_overrides, config_from_dict
-    from awm_platform.runner.spec import JobSpec
-    from awm_platform.store import Store
 
     own_store = store is None
     store = store or Store.default()
@@ -301,19 +237,24 @@ def rerun(
         if resume:
             if overrides:
                 raise SubmitError("--resume continues the same run: overrides are not allowed")
-            if run.status in ("RUNNING", "PENDING", "COMPLETED"):
+            if next_status(run.status, RunEvent.RESUBMITTED) is None:
                 raise SubmitError(
                     f"run {name!r} is {run.status}; only FAILED, CANCELLED or PREEMPTED runs resume"
                 )
             cfg = spec.experiment_config()
             c = resolve_cluster(cfg, cluster or spec.cluster)
             # PENDING before the job exists: its controller must not see the old terminal status
-            store.update_run(name, status="PENDING", ended_at=None, error=None, cluster=c)
+            resubmitted = apply_event(store, name, RunEvent.RESUBMITTED,
+                                      fields={"ended_at": None, "error": None, "cluster": c})
+            if not resubmitted.applied:  # another process moved the run meanwhile
+                raise SubmitError(
+                    f"run {name!r} is {resubmitted.run.status}; only FAILED, CANCELLED or PREEMPTED runs resume"
+                )
             try:
                 job = _submit(cfg, c, run_dir)
             except Exception as exc:
-                store.update_run(name, status=run.status, ended_at=run.ended_at,
-                                 error=f"resubmission failed: {exc}")
+                apply_event(store, name, RunEvent.RESUBMISSION_FAILED, previous=run.status,
+                            fields={"ended_at": run.ended_at, "error": f"resubmission failed: {exc}"})
                 raise
             store.append_job_id(name, str(job.job_id))
             cmd = launch_command(cfg, run_dir)
@@ -322,7 +263,7 @@ def rerun(
                 run_dir,
                 str(job.job_id),
                 c,
-                sbatch_script(cfg, run_dir) if c == "slurm" else None,
+                backend_for(c).preview(cfg, run_dir),
                 cmd,
                 job,
             )
@@ -346,14 +287,12 @@ def submit_runs(
     (`--array=0-<N-1>%launcher.array_parallelism`); its submitit folder is shared
     (`$AWM_HOME/arrays/<first run>`) and each run's `run_dir/submitit` links to it.
     Elsewhere: one submission per run."""
-    from awm_platform import paths
-    from awm_platform.runner.job import TrainJob
-    from awm_platform.store import Store
 
     if not cfgs:
         return []
     c = resolve_cluster(cfgs[0], cluster)
-    if c != "slurm" or len(cfgs) == 1:
+    backend = backend_for(c)
+    if not backend.supports_arrays or len(cfgs) == 1:
         return [submit_run(cfg, cluster=c, store=store, sweep_name=sweep_name) for cfg in cfgs]
     launchers = {cfg.launcher.model_dump_json() for cfg in cfgs}
     if len(launchers) != 1:
@@ -363,19 +302,17 @@ def submit_runs(
     try:
         folder = paths.awm_home() / "arrays" / cfgs[0].name
         folder.mkdir(parents=True, exist_ok=True)
-        jobs_in = []
+        jobs_in, run_dirs = [], []
         code = snapshot.snapshot_code(paths.awm_home())  # one snapshot: the array's script names one
         for cfg in cfgs:
             run_dir = paths.run_dir(cfg.name)
             _prepare_run(store, cfg, run_dir, c, launch_cmd=launch_command(cfg, run_dir),
-                         sbatch=sbatch_script(cfg, run_dir, array_size=len(cfgs)), sweep_name=sweep_name,
+                         sbatch=backend.preview(cfg, run_dir, array_size=len(cfgs)), sweep_name=sweep_name,
                          code=code)
             (run_dir / "submitit").symlink_to(folder, target_is_directory=True)
             jobs_in.append(TrainJob(str(run_dir)))
-        executor = make_executor(cfgs[0], c, paths.run_dir(cfgs[0].name))
-        executor.folder = folder.resolve()
-        with _scrubbed_environ(), executor.batch():
-            jobs = [executor.submit(j) for j in jobs_in]
+            run_dirs.append(run_dir)
+        jobs = backend.submit_array(cfgs, run_dirs, jobs_in, folder)
         out = []
         for cfg, job in zip(cfgs, jobs, strict=True):
             run_dir = paths.run_dir(cfg.name)

@@ -16,7 +16,7 @@ import typer
 from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail
 
 ClusterOpt = Annotated[
-    Literal["local", "debug", "slurm"] | None,  # = launch.CLUSTERS (tests check); a choice list in --help
+    Literal["local", "debug", "slurm"] | None,  # = backends.CLUSTERS (tests check); a choice list in --help
     typer.Option(
         "--cluster",
         "-c",
@@ -268,18 +268,17 @@ def logs(
             deadline = time.monotonic() + 30.0
             while time.monotonic() < deadline:
                 time.sleep(0.5)
-                if dump() == 0 and not _local_job_alive(store.get_run(run)):
+                if dump() == 0 and not _job_alive(store.get_run(run)):
                     break
             break
         time.sleep(1.0)
         dump()
 
 
-def _local_job_alive(r: Any) -> bool:
-    from awm_platform.runner.state import local_job_alive
+def _job_alive(r: Any) -> bool:
+    from awm_platform.runner.backends import CLUSTERS, backend_for
 
-    job = r.job_ids[-1] if r.job_ids else ""
-    return r.cluster == "local" and job.isdigit() and local_job_alive(r, int(job))  # not a recycled pid
+    return r.cluster in CLUSTERS and backend_for(r.cluster).job_alive(r)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,22 +37,19 @@ import submitit
 
 from awm_platform.paths import restrict_umask
 from awm_platform.runner import snapshot
+from awm_platform.runner.backends import backend_for, submitit_compat
 from awm_platform.runner.capsule import append_line, event
 from awm_platform.runner.launch import launch_command
-from awm_platform.runner.proc import kill_tree, signal_tree
-from awm_platform.runner.spec import EXIT_INTERRUPTED, JobSpec
+from awm_platform.runner.lifecycle import RunEvent, apply_event
+from awm_platform.runner.proc import child_env, kill_tree, signal_tree
+from awm_platform.runner.spec import JobSpec
 from awm_platform.runner.worker import EXIT_DIR_ENV, read_exit_codes
+from awm_platform.store import TERMINAL_STATUSES, Run, RunStatus, Store
+from trainers.awm.process import EXIT_INTERRUPTED
 
-SCRUBBED_ENV = ("MLFLOW_RUN_ID",)  # never leak a parent's active MLflow run into a job
 # The trainer stopped (exit 3) although this controller got no preemption signal: how long to
 # let one that was sent to the whole step arrive before the controller raises it itself.
 OWN_SIGNAL_WAIT_S = 5.0
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(extra or {})
-    return env
 
 
 def worker_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -105,35 +102,23 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = self._env()
         return env is None or env.global_rank == 0
 
-    def _store(self, spec: JobSpec) -> Any:
-        from awm_platform.store import Store
-
+    def _store(self, spec: JobSpec) -> Store:
         return Store(spec.store_url, upgrade=False)  # migrated at submit time; alembic is slow
 
-    def _report(self, spec: JobSpec, **fields: Any) -> None:
-        """Best effort: a store hiccup must not kill a training job."""
+    def _report(self, spec: JobSpec, event: RunEvent, **fields: Any) -> None:
+        """Tell the run lifecycle what happened (`fields`: written with the transition). Every
+        report is an end or a preemption: where the controller accounts GPU-hours (local,
+        debug; SLURM: sacct in the poller) it adds this attempt's wall time x GPUs.
+        Best effort: a store hiccup must not kill a training job."""
         if not self._rank0():
             return
         try:
             store = self._store(spec)
             try:
-                if spec.cluster != "slurm" and fields.get("status") in (
-                    "COMPLETED",
-                    "FAILED",
-                    "PREEMPTED",
-                    "CANCELLED",
-                ):
-                    # local/debug: the controller accounts GPU-hours (SLURM: sacct in the poller)
-                    run = store.get_run(spec.name)
-                    fields["gpu_hours"] = float(run.gpu_hours or 0.0) + (
-                        (time.time() - self._t0) * spec.world_size / 3600.0
-                    )
-                if fields.get("status") in ("COMPLETED", "FAILED"):  # store + the MLflow run's status
-                    from awm_platform.runner.state import end_run
-
-                    end_run(store, spec.name, fields.pop("status"), **fields)
-                else:
-                    store.update_run(spec.name, **fields)
+                used = 0.0
+                if backend_for(spec.cluster).controller_accounts_gpu_hours:
+                    used = (time.time() - self._t0) * spec.world_size / 3600.0
+                apply_event(store, spec.name, event, fields=fields, add_gpu_hours=used)
             finally:
                 store.close()
         except Exception as exc:  # pragma: no cover - logged in the job's log
@@ -199,11 +184,22 @@ class TrainJob(submitit.helpers.Checkpointable):
                 store = self._store(spec)
                 try:
                     run = store.get_run(spec.name)
-                    abandoned = run.status == "FAILED" and not run.job_ids
-                    if run.status in ("CANCELLED", "PRUNED", "COMPLETED") or abandoned:
-                        # cancelled while requeued/pending, a requeue after the end, or a run whose
-                        # submitter died before recording this job (failed by the state poller,
-                        # a sweep retried its trial): nothing to do
+                    started = None
+                    if run.status not in TERMINAL_STATUSES:
+                        store.append_job_id(spec.name, job_id, host)
+
+                        def start_fields(row: Run, _next: RunStatus) -> dict[str, Any]:
+                            return {"hosts": sorted(set(row.hosts) | set(hosts)), "log_dir": str(run_dir / "submitit"),
+                                    "ended_at": None,
+                                    **({"started_at": datetime.now(UTC)} if row.started_at is None else {})}
+
+                        started = apply_event(store, spec.name, RunEvent.STARTED, fields=start_fields)
+                        run = started.run
+                    if started is None or not started.applied:
+                        # terminal states are final: cancelled while requeued/pending, a requeue after
+                        # the end, or a run whose submitter died before recording this job (failed by
+                        # the state poller, a sweep retried its trial): nothing to do
+                        abandoned = run.status == RunStatus.FAILED and not run.job_ids
                         print(
                             f"[awm] run {spec.name} is {run.status}: not starting"
                             + (f" ({run.error})" if abandoned else ""),
@@ -211,22 +207,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                             flush=True,
                         )
                         return {"status": run.status.lower(), "run": spec.name}
-                    store.append_job_id(spec.name, job_id, host)
-                    fields: dict[str, Any] = {
-                        "status": "RUNNING",
-                        "hosts": sorted(set(run.hosts) | set(hosts)),
-                        "log_dir": str(run_dir / "submitit"),
-                        "ended_at": None,
-                    }
-                    if run.started_at is None:
-                        fields["started_at"] = datetime.now(UTC)
-                    store.update_run(spec.name, **fields)
                 finally:
                     store.close()
             except Exception as exc:  # pragma: no cover
                 print(f"[awm] warning: could not update the store: {exc}", file=sys.stderr, flush=True)
         if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
-            self._report(spec, status="PREEMPTED")
+            self._report(spec, RunEvent.PREEMPT_SIGNAL)
             sys.exit(143)
         if self._stopping and self._rank0():  # preempted before the trainer even started
             return {"status": "interrupted"}
@@ -246,11 +232,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             exit_dir.mkdir(parents=True)
             extra[EXIT_DIR_ENV] = str(exit_dir)
         if self._terminated:  # SIGTERM before the trainer started: nothing to checkpoint
-            self._report(spec, status="PREEMPTED")
+            self._report(spec, RunEvent.PREEMPT_SIGNAL)
             sys.exit(143)
         print(f"[awm] {host}: job {job_id} starting: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        # debug runs in the caller's process: keep its stdout clean (`awm submit` prints the run name)
-        out = _stderr_fd() if spec.cluster == "debug" else None
+        # a job in the caller's process (debug): keep its stdout clean (`awm submit` prints the run name)
+        out = _stderr_fd() if backend_for(spec.cluster).runs_in_process else None
         self._proc = subprocess.Popen(
             cmd,
             env=worker_env(run_dir, extra),
@@ -270,11 +256,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         try:
             try:
                 rc = self._wait_child()
-            except submitit.core.utils.UncompletedJobError as exc:
+            except submitit_compat.UncompletedJobError as exc:
                 # raised by submitit's USR2 handler: out of requeues (launcher.max_requeues)
                 self._report(
                     spec,
-                    status="FAILED",
+                    RunEvent.TIMED_OUT,
                     ended_at=datetime.now(UTC),
                     error=f"{exc} (launcher.max_requeues; resume with `awm rerun {spec.name} --resume`)",
                 )
@@ -285,12 +271,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                 if codes and all(c == EXIT_INTERRUPTED for c in codes):
                     rc = EXIT_INTERRUPTED  # every rank of this node checkpointed and stopped
             if rc == 0:
-                self._report(spec, status="COMPLETED", ended_at=datetime.now(UTC), error=None)
+                self._report(spec, RunEvent.COMPLETED, ended_at=datetime.now(UTC), error=None)
                 event(run_dir, "reported", status="COMPLETED")
                 return {"status": "completed", "run": spec.name}
             if rc == EXIT_INTERRUPTED:
                 if self._terminated:
-                    self._report(spec, status="PREEMPTED")
+                    self._report(spec, RunEvent.PREEMPT_SIGNAL)
                     sys.exit(143)
                 if not self._rank0():  # other nodes: the rank-0 controller requeues the job
                     return {"status": "interrupted"}
@@ -307,13 +293,13 @@ class TrainJob(submitit.helpers.Checkpointable):
                           file=sys.stderr, flush=True)
                     try:
                         signal.raise_signal(_preemption_signal())  # submitit requeues and exits
-                    except submitit.core.utils.UncompletedJobError as exc:
-                        self._report(spec, status="FAILED", ended_at=datetime.now(UTC),
+                    except submitit_compat.UncompletedJobError as exc:
+                        self._report(spec, RunEvent.TIMED_OUT, ended_at=datetime.now(UTC),
                                      error=f"{exc} (launcher.max_requeues; resume with `awm rerun "
                                            f"{spec.name} --resume`)")
                         raise
                 msg = "trainer stopped (exit 3) but no preemption signal reached the controller"
-                self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=msg)
+                self._report(spec, RunEvent.FAILED, ended_at=datetime.now(UTC), error=msg)
                 raise RuntimeError(msg)
             if rc == -signal.SIGTERM and not self._terminated:
                 # SLURM signals every process of the step: the trainer (still importing, no
@@ -322,10 +308,10 @@ class TrainJob(submitit.helpers.Checkpointable):
                 while not self._terminated and time.monotonic() < deadline:
                     time.sleep(0.05)
             if self._terminated:  # preempted/requeued (scontrol requeue, scancel): not a failure
-                self._report(spec, status="PREEMPTED")
+                self._report(spec, RunEvent.PREEMPT_SIGNAL)
                 sys.exit(143)
             err = _error_tail(run_dir) or f"trainer exited with code {rc}"
-            self._report(spec, status="FAILED", ended_at=datetime.now(UTC), error=err)
+            self._report(spec, RunEvent.FAILED, ended_at=datetime.now(UTC), error=err)
             raise RuntimeError(f"run {spec.name}: trainer exited with code {rc}\n{err}")
         finally:
             kill_tree(proc.pid, grace_s=2.0)  # no orphans, whatever happened
@@ -357,7 +343,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         if rc == 0:
             # the trainer finished its last step before it saw the stop: the run is complete,
             # requeueing would only start a job with nothing to do
-            self._report(spec, status="COMPLETED", ended_at=datetime.now(UTC), error=None)
+            self._report(spec, RunEvent.COMPLETED, ended_at=datetime.now(UTC), error=None)
             _write_success_result({"status": "completed", "run": spec.name})
             print(
                 "[awm] the run completed before the signal took effect: not requeued",
@@ -365,7 +351,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 flush=True,
             )
             sys.exit(0)
-        self._report(spec, status="PREEMPTED")
+        self._report(spec, RunEvent.PREEMPT_SIGNAL)
         return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir))
 
 
@@ -384,11 +370,7 @@ def _stderr_fd() -> int:
 def _write_success_result(result: Any) -> None:
     """What submitit's process_job writes after a normal return (we exit from its handler)."""
     try:
-        from submitit.core import utils
-
-        paths = submitit.JobEnvironment().paths
-        with utils.temporary_save_path(paths.result_pickle) as tmp:
-            utils.cloudpickle_dump(("success", result), tmp)
+        submitit_compat.write_success_result(result)
     except Exception as exc:  # pragma: no cover
         print(f"[awm] warning: could not write the result pickle: {exc}", file=sys.stderr, flush=True)
 

@@ -144,3 +144,27 @@ def scoped_environ(changes: Mapping[str, str | None]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# ------------------------------------------------------------------ job environment ----
+# Never leak a parent's active MLflow run into a job: a sweep's orchestrator holds one, and
+# submitit copies os.environ into the job (local: Popen env; SLURM: sbatch exports it).
+SCRUBBED_ENV = ("MLFLOW_RUN_ID",)
+
+
+def scrubbed_environ() -> contextlib.AbstractContextManager[None]:
+    """os.environ without `SCRUBBED_ENV` for the duration of a submission."""
+    return scoped_environ(dict.fromkeys(SCRUBBED_ENV))
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without `SCRUBBED_ENV`, plus `extra`: the environment of a process we start."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(extra or {})
+    return env
+
+
+def scrub_environ() -> None:
+    """Drop `SCRUBBED_ENV` from this process's environment (a job's entry point, first thing)."""
+    for key in SCRUBBED_ENV:
+        os.environ.pop(key, None)

@@ -229,9 +229,9 @@ def test_sbatch_rejection_of_a_gres_request_names_the_gpu_key(tmp_path: Path, is
 
 
 def test_scheduler_rejection_names_the_key_for_each_kind_of_sbatch_error() -> None:
-    from submitit.core.utils import FailedJobError
+    from awm_platform.runner.backends.submitit_compat import FailedJobError
 
-    from awm_platform.runner.launch import scheduler_rejection
+    from awm_platform.runner.backends.slurm import scheduler_rejection
 
     cases = {
         "sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification":

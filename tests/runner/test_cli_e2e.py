@@ -127,11 +127,10 @@ def test_submit_status_logs_rerun_over_http(
 def test_child_env_scrubs_mlflow_run_id(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from awm_platform.runner.api import _scrubbed_environ
-    from awm_platform.runner.job import child_env
+    from awm_platform.runner.proc import child_env, scrubbed_environ
 
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc")
     assert "MLFLOW_RUN_ID" not in child_env({"X": "1"})
-    with _scrubbed_environ():
+    with scrubbed_environ():
         assert "MLFLOW_RUN_ID" not in os.environ
     assert os.environ["MLFLOW_RUN_ID"] == "abc"

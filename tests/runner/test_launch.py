@@ -84,7 +84,8 @@ def test_sbatch_golden(layout: str, tmp_path: Path) -> None:
 def test_layout_semantics() -> None:
     """What the goldens must contain, stated independently of their exact text."""
     from awm_platform.config import config_from_dict
-    from awm_platform.runner.launch import launch_command, sbatch_script
+    from awm_platform.runner.backends.slurm import sbatch_script
+    from awm_platform.runner.launch import launch_command
 
     for layout, (nodes, gpus) in LAYOUTS.items():
         cfg = config_from_dict(
@@ -125,7 +126,7 @@ def test_layout_semantics() -> None:
 
 def test_extra_sbatch_and_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     from awm_platform.config import config_from_dict
-    from awm_platform.runner.launch import slurm_parameters
+    from awm_platform.runner.backends.slurm import slurm_parameters
 
     cfg = config_from_dict(
         {"launcher": {"extra_sbatch": ["--exclusive", "#SBATCH --mail-type=END", "nice 10"]}}

@@ -30,7 +30,8 @@ def test_recycled_pid_is_not_taken_for_a_live_job(tmp_path: Path, monkeypatch: p
     like): the poller fails the run, `cancel_run` does not signal the stranger, and a sweep
     orchestrator recorded with that pid is not alive. With its true start time it is live."""
     from awm_platform.runner.proc import is_alive, process_start_time
-    from awm_platform.runner.state import LOCAL_JOBS_FILE, cancel_run, record_local_job, refresh_states
+    from awm_platform.runner.backends.local import LOCAL_JOBS_FILE, record_local_job
+    from awm_platform.runner.state import cancel_run, refresh_states
     from awm_platform.store import Store
     from awm_platform.sweeps.orchestrator import _host, orchestrator_alive
 

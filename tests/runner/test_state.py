@@ -21,7 +21,7 @@ SACCT = """\
 
 
 def test_parse_sacct_sums_requeued_instances() -> None:
-    from awm_platform.runner.state import parse_sacct
+    from awm_platform.runner.backends.slurm import parse_sacct
 
     info = parse_sacct(SACCT)
     assert set(info) == {"41", "42", "43_1", "44"}
@@ -44,10 +44,19 @@ def _run(store, name: str, cluster: str, job_ids: list[str], status: str = "RUNN
 
 
 def test_apply_slurm_states(tmp_path: Path) -> None:
-    from awm_platform.runner.state import _apply_slurm, parse_sacct
+    from awm_platform.runner.backends.slurm import observe, parse_sacct
+    from awm_platform.runner.lifecycle import apply_observation
     from awm_platform.store import Store
 
     info = parse_sacct(SACCT)
+
+    def _apply_slurm(store, run, info):  # what refresh_states does with the SLURM backend's poll
+        observation = observe(run, info)
+        if observation is None:
+            return None
+        outcome = apply_observation(store, run.name, observation)
+        return outcome.status if outcome.changed else None
+
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
         _run(store, "a", "slurm", ["41"], status="PREEMPTED")
         _run(store, "b", "slurm", ["42"])
@@ -91,15 +100,15 @@ def test_one_sacct_call_for_all_runs(slurm_cluster, tmp_path: Path, monkeypatch)
     from awm_platform.store import Store
 
     calls = []
-    from awm_platform.runner import state
+    from awm_platform.runner.backends import slurm
 
-    real = state._run_sacct
+    real = slurm.run_sacct
 
     def counting(ids):
         calls.append(list(ids))
         return real(ids)
 
-    monkeypatch.setattr(state, "_run_sacct", counting)
+    monkeypatch.setattr(slurm, "run_sacct", counting)
     # the test node may have a single CPU: the short job goes first, then the long one runs
     j2 = slurm_cluster.sbatch("--time=1", "--cpus-per-task=1", wrap="true")
     j1 = slurm_cluster.sbatch("--time=1", "--cpus-per-task=1", wrap="sleep 60")

@@ -164,7 +164,7 @@ def test_slurm_job_gets_the_setup_lines_only_from_the_0600_file(tmp_path: Path, 
     """A real SLURM job through the runner's executor: the lines run (raw values exported) while
     the submitted script (kept in SLURM's spool) holds only `. run_dir/setup.sh`."""
     from awm_platform.config import config_from_dict
-    from awm_platform.runner.launch import make_executor
+    from awm_platform.runner.backends import backend_for
     from awm_platform.runner.spec import JobSpec
 
     monkeypatch.setenv("AWM_SLURM_NO_GPUS", "1")
@@ -179,7 +179,7 @@ def test_slurm_job_gets_the_setup_lines_only_from_the_0600_file(tmp_path: Path, 
     from submitit.helpers import CommandFunction  # importable in the job (no `tests` package there)
 
     show_env = CommandFunction(["sh", "-c", 'printf "%s|%s" "$HF_TOKEN" "$MY_PASS"'])
-    job = make_executor(cfg, "slurm", run_dir).submit(show_env)
+    job = backend_for("slurm").submit(cfg, run_dir, show_env)
     assert job.result() == f"{tok} b|{tok}x"
     script = next((run_dir / "submitit").glob("*_submission.sh")).read_text()
     assert f". {run_dir}/setup.sh" in script and tok not in script

@@ -10,7 +10,7 @@ Contract (docs/runner.md, "Executor backends"):
   (SLURM: the sbatch file submitit writes), or None where there is no script. Pure: no scheduler call.
 * `submit(cfg, run_dir, job)` starts the callable `job` (a `TrainJob`) for the run in `run_dir` and
   returns the submitit Job; `str(job.job_id)` is what the store records. A scheduler refusal is
-  raised as is (`launch.scheduler_rejection` turns sbatch's into one line).
+  raised as is; `rejection(exc)` turns a scheduler's refusal into one line (or None).
 * `submit_array(cfgs, run_dirs, jobs, folder)` starts several runs with identical launcher sections
   in one submission with at most `launcher.array_parallelism` in flight (`supports_arrays`); a
   backend without arrays submits them one by one.
@@ -83,6 +83,10 @@ class ExecutorBackend(ABC):
         """The launch script a submission of `cfg` in `run_dir` would use, or None."""
         return None
 
+    def rejection(self, exc: BaseException) -> str | None:
+        """One line naming the launcher key to change if `exc` is the scheduler refusing a job."""
+        return None
+
     @abstractmethod
     def submit(self, cfg: Any, run_dir: Path, job: Any) -> Any:
         """Start `job` for the run in `run_dir`; return the submitit Job."""
@@ -104,3 +108,15 @@ class ExecutorBackend(ABC):
     def job_alive(self, run: Any) -> bool:
         """Is the run's latest job still running a process on this machine? (False: unknown/remote.)"""
         return False
+
+
+class OneMachineBackend(ExecutorBackend):
+    """An executor that runs every job on this machine (local, debug)."""
+
+    def validate(self, cfg: Any) -> None:
+        nodes = cfg.launcher.nodes
+        if nodes != 1:
+            raise ValueError(
+                f"launcher.nodes={nodes}: the {self.name} executor runs on one machine; set launcher.nodes=1 "
+                "or use --cluster slurm"
+            )
