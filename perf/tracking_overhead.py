@@ -63,20 +63,16 @@ def _config(model: Path, name: str, epochs: int, uri: str | None) -> Any:
 def _run(model: Path, home: Path, name: str, epochs: int, mode: str, uri: str | None) -> dict[str, float]:
     from awm_platform.runner.api import tracking_target
     from awm_platform.runner.spec import JobSpec
-    from awm_platform.runner.tracking import JsonlLogger, build_logger
+    from awm_platform.runner.tracking import build_logger
     from awm_platform.store import Store
+    from trainers.awm.logging import JsonlMetricLogger
     from trainers.awm.recipe import train
 
     cfg = _config(model, name, epochs, uri)
     run_dir = home / "runs" / name
     run_dir.mkdir(parents=True)
     if mode == "jsonl":
-        try:
-            from trainers.awm.logging import JsonlMetricLogger
-
-            logger: Any = JsonlMetricLogger(run_dir / "metrics.jsonl")
-        except ImportError:
-            logger = JsonlLogger(run_dir / "metrics.jsonl")
+        logger: Any = JsonlMetricLogger(run_dir / "metrics.jsonl")
     else:
         store = Store.default()
         store.create_run(

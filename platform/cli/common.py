@@ -7,6 +7,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from trainers.awm.process import EXIT_BAD_INPUT
+
 OverridesOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Dotted override, e.g. --set train.beta=0.003 (repeatable)."),
@@ -14,7 +16,8 @@ OverridesOpt = Annotated[
 
 # Exit codes (README "Exit codes"): 0 ok; 1 a failed operation or check; 2 bad input: an invalid
 # config or path, an unknown run, an unusable $AWM_HOME or storage.url, a job the scheduler rejects.
-EXIT_BAD_INPUT = 2
+# EXIT_BAD_INPUT is defined once, with the trainer's exit codes (trainers.awm.process): `awm train`
+# exits 2 for an invalid config as every other command does.
 
 # Errors that mean "the input or the environment is wrong", by module and class name: the
 # last-resort handler of `awm` (cli.main.main) prints them as one line instead of a traceback.

@@ -187,8 +187,9 @@ def _mount_parts() -> None:
     """Mount the commands owned by the other parts (trainer, runner, sweeps, benchmarks).
     A part exposes `register(app)` (top-level commands) or a Typer `app` mounted as a group;
     either way it keeps its own heavy imports inside the commands."""
-    parts = {"trainers.awm.cli": None, "awm_platform.runner.cli": None, "awm_platform.sweeps.cli": "sweep",
-             "benchmarks.cli": "bench", "awm_platform.evals.cli": None, "awm_platform.ui.cli": None}
+    parts = {"awm_platform.runner.train_cli": None, "trainers.awm.cli": None, "awm_platform.runner.cli": None,
+             "awm_platform.sweeps.cli": "sweep", "benchmarks.cli": "bench", "awm_platform.evals.cli": None,
+             "awm_platform.ui.cli": None}
     for module, group in parts.items():
         try:
             mod = import_module(module)

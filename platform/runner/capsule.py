@@ -22,9 +22,16 @@ import json
 import os
 import socket
 import subprocess
+import time
 from datetime import UTC, datetime
+from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from awm_platform.config import config_hash, resolved_config
+from awm_platform.redaction import scrub, secret_values
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,8 +66,6 @@ def append_line(path: Path, line: str) -> None:
 def event(run_dir: Path | str, name: str, **fields: object) -> None:
     """Timeline of a run's jobs (`run_dir/events.jsonl`): controller/worker start and end,
     used by `perf/submit_overhead.py` and handy when debugging a slow start."""
-    import time
-
     try:
         append_line(
             Path(run_dir) / "events.jsonl",
@@ -103,8 +108,6 @@ def git_diff(root: Path = REPO_ROOT) -> str:
 
 def pip_freeze() -> str:
     """`pip freeze`-equivalent from importlib.metadata (pip itself takes ~1 s to start)."""
-    from importlib.metadata import distributions
-
     seen: dict[str, str] = {}
     for dist in distributions():
         name = dist.metadata["Name"]
@@ -122,11 +125,6 @@ def write_capsule(
     sbatch: str | None,
     git: dict[str, Any],
 ) -> Path:
-    import yaml
-
-    from awm_platform.config import config_hash, resolved_config
-    from awm_platform.redaction import scrub, secret_values
-
     cap = Path(run_dir) / "capsule"
     cap.mkdir(parents=True, exist_ok=True)
     atomic_write(cap / "config.yaml", yaml.safe_dump(resolved_config(cfg), sort_keys=False))
@@ -144,7 +142,7 @@ def write_capsule(
         "seeds": {"seed": cfg.seed, "eval.seed": cfg.eval.seed},
         "world_size": cfg.launcher.nodes * cfg.launcher.gpus_per_node,
         "submit_host": socket.gethostname(),
-        "user": _user(),
+        "user": user_name(),
         "submitted_at": datetime.now(UTC).isoformat(),
     }
     atomic_write(cap / "launch.json", json.dumps(launch, indent=2) + "\n")
@@ -153,7 +151,8 @@ def write_capsule(
     return cap
 
 
-def _user() -> str:
+def user_name() -> str:
+    """The submitting user (for the capsule and MLflow's `mlflow.user`)."""
     try:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers

@@ -29,6 +29,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import awm_platform.runner
+import benchmarks
+import trainers
+from awm_platform.runner.capsule import atomic_write
 from awm_platform.runner.proc import scoped_environ
 
 PACKAGES = ("awm_platform", "trainers", "benchmarks")
@@ -50,10 +54,6 @@ class CodeSnapshot:
 def package_sources() -> dict[str, Path]:
     """Where this process imports each first-party package from (a checkout, an installed
     wheel, or itself a snapshot)."""
-    import awm_platform.runner
-    import benchmarks
-    import trainers
-
     # awm_platform is a namespace package (platform/ has no __init__.py): take the directory
     # its `runner` subpackage, i.e. this very code, was imported from
     return {
@@ -127,8 +127,6 @@ def link_snapshot(run_dir: Path, snap: CodeSnapshot) -> Path:
     """`run_dir/code` -> the snapshot (a relative link: moving `$AWM_HOME` keeps it valid) and
     `run_dir/capsule/code.json`. Made once, at submission: requeues and `awm rerun --resume`
     run the same directory."""
-    from awm_platform.runner.capsule import atomic_write
-
     link = Path(run_dir) / CODE_DIR
     link.symlink_to(os.path.relpath(snap.path, Path(run_dir)), target_is_directory=True)
     atomic_write(Path(run_dir) / "capsule" / RECORD, json.dumps(asdict(snap), indent=2) + "\n")

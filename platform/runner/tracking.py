@@ -25,20 +25,32 @@ MLflow (`MlflowLogger`):
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from awm_platform.config import config_hash, flatten, redact, resolved_config
 from awm_platform.redaction import quiet_mlflow_links, redact_url
-from awm_platform.runner.capsule import FILE_MODE, atomic_write
+from awm_platform.runner.capsule import FILE_MODE, atomic_write, user_name
 from awm_platform.runner.proc import scoped_environ
+from awm_platform.runner.spec import JobSpec
+from awm_platform.store import Store
+from trainers.awm.logging import CompositeLogger, JsonlMetricLogger, NullLogger
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 MAX_PARAMS_PER_BATCH = 100
@@ -83,27 +95,6 @@ def image_key(key: str, index: int) -> str:
     return f"{safe}/{index:02d}"
 
 
-class NullLogger:
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
-    def log_images(self, images: list[Any], captions: list[str], step: int, key: str) -> None: ...
-    def log_checkpoint(self, manifest_path: Path, step: int) -> None: ...
-    def finish(self, status: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class JsonlLogger(NullLogger):
-    """Fallback when trainers.awm.logging is unavailable: one JSON line per call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        from awm_platform.runner.capsule import append_line
-
-        append_line(self.path, json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}))
-
-
 class StoreLogger(NullLogger):
     """Metrics into the platform store (sweeps prune on `eval/*`), checkpoints registered.
 
@@ -112,8 +103,6 @@ class StoreLogger(NullLogger):
     pruner may be waiting for them). `close()` drains everything."""
 
     def __init__(self, store_url: str, run_name: str, flush_interval_s: float = 2.0) -> None:
-        from awm_platform.store import Store
-
         self.store = Store(store_url, upgrade=False)
         self.run_name = run_name
         self.flush_interval_s = flush_interval_s
@@ -146,8 +135,6 @@ class StoreLogger(NullLogger):
                 _warn(f"store flush failed: {exc}")
 
     def flush(self) -> None:
-        import hashlib
-
         with self._lock:
             buf, self._buf = self._buf, {}
             ckpts, self._ckpts = self._ckpts, []
@@ -181,48 +168,6 @@ class StoreLogger(NullLogger):
             self.flush()
         finally:
             self.store.close()
-
-
-class CompositeLogger(NullLogger):
-    """Fan-out. The first sink (JSONL) is authoritative and may raise; the others are
-    best-effort: a database or tracking hiccup must never stop training."""
-
-    def __init__(self, primary: Any, *others: Any) -> None:
-        self.primary = primary
-        self.others = list(others)
-
-    def _each(self, method: str, *args: Any) -> None:
-        fn = getattr(self.primary, method, None)
-        if fn is not None:
-            fn(*args)
-        for sink in self.others:
-            fn = getattr(sink, method, None)
-            if fn is None:
-                continue
-            try:
-                fn(*args)
-            except Exception as exc:
-                _warn(f"{type(sink).__name__}.{method} failed: {exc}")
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._each("log_metrics", metrics, step)
-
-    def log_images(self, images: list[Any], captions: list[str], step: int, key: str) -> None:
-        self._each("log_images", images, captions, step, key)
-
-    def log_checkpoint(self, manifest_path: Path, step: int) -> None:
-        self._each("log_checkpoint", manifest_path, step)
-
-    def on_resume(self, step: int | None) -> None:
-        # the JSONL logger drops records past the resumed checkpoint; MLflow drops re-logged
-        # steps with its high-water marks; the store upserts on (run, key, step)
-        self._each("on_resume", step)
-
-    def finish(self, status: str) -> None:
-        self._each("finish", status)
-
-    def close(self) -> None:
-        self._each("close")
 
 
 # ---------------------------------------------------------------------- MLflow ----
@@ -259,8 +204,6 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
     if not run_id:
         return None
     if tracking_uri is None:
-        from awm_platform.runner.spec import JobSpec
-
         try:
             tracking_uri = JobSpec.load(run_dir).tracking_uri
         except (OSError, ValueError, TypeError) as exc:
@@ -268,13 +211,9 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
             return None
     ended = run.ended_at
     if ended is not None and ended.tzinfo is None:  # SQLite returns naive UTC datetimes
-        from datetime import UTC
-
         ended = ended.replace(tzinfo=UTC)
     end_ms = int(ended.timestamp() * 1000) if ended is not None else int(time.time() * 1000)
     try:
-        from mlflow.tracking import MlflowClient
-
         quiet_mlflow_links(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         with _fail_fast_http():  # a dead server costs one refused connection, not minutes of retries
@@ -291,8 +230,6 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
 
 def run_params(resolved: Mapping[str, Any]) -> dict[str, str]:
     """Flattened resolved config as MLflow params (values cut to MLflow's length limit)."""
-    from awm_platform.config import flatten
-
     out: dict[str, str] = {}
     for k, v in flatten(dict(resolved)).items():
         text = v if isinstance(v, str) else json.dumps(v)
@@ -470,15 +407,11 @@ class MlflowLogger(NullLogger):
 
     def _client_(self) -> Any:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
             quiet_mlflow_links(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
     def _ensure_run(self) -> str:
-        from mlflow.entities import Param, RunTag
-
         client = self._client_()
         if not self.run_id:
             exp_id = get_or_create_experiment(client, self.experiment, self.artifact_root)
@@ -532,8 +465,6 @@ class MlflowLogger(NullLogger):
         self.stats["spooled"] += len(rows)
 
     def _send(self, run_id: str, rows: list[tuple[str, float, int, int]]) -> None:
-        from mlflow.entities import Metric
-
         for i in range(0, len(rows), MAX_BATCH):
             self._client_().log_batch(
                 run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in rows[i : i + MAX_BATCH]]
@@ -565,8 +496,6 @@ class MlflowLogger(NullLogger):
         for bundle in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
             manifest = bundle / IMAGES_MANIFEST
             if manifest.is_file():
-                from PIL import Image
-
                 spec = json.loads(manifest.read_text())
                 for entry in spec["images"]:
                     path = bundle / entry["file"]
@@ -639,8 +568,6 @@ class MlflowLogger(NullLogger):
 
 
 def _redact_uri(uri: str) -> str:
-    from awm_platform.config import redact
-
     return str(redact(uri))
 
 
@@ -662,10 +589,6 @@ def replay_spool(run_dir: Path, tracking_uri: str | None = None) -> bool:
     Only for runs whose job has ended: a live job replays its own spool. Concurrent callers
     are serialised by a lock file; a replay redone after a crash adds no duplicates (metrics
     keep their original timestamps, artifacts are re-uploaded to the same paths)."""
-    import fcntl
-
-    from awm_platform.runner.spec import JobSpec
-
     run_dir = Path(run_dir)
     spec = JobSpec.load(run_dir)
     (run_dir / "mlflow_spool").mkdir(parents=True, exist_ok=True)
@@ -685,23 +608,14 @@ def replay_spool(run_dir: Path, tracking_uri: str | None = None) -> bool:
 
 # --------------------------------------------------------------------- factory ----
 def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
-    """The logger a job's rank 0 hands to the trainer."""
-    import socket
-
-    from awm_platform.config import config_hash, resolved_config
-    from awm_platform.runner.capsule import _user
-
+    """The logger a job's rank 0 hands to the trainer: the trainer's JSONL file (authoritative),
+    then the platform store and MLflow (best effort)."""
     run_dir = Path(run_dir)
-    try:
-        from trainers.awm.logging import JsonlMetricLogger
-
-        primary: Any = JsonlMetricLogger(run_dir / "metrics.jsonl")
-    except ImportError:
-        primary = JsonlLogger(run_dir / "metrics.jsonl")
+    primary = JsonlMetricLogger(run_dir / "metrics.jsonl")
     cfg = spec.experiment_config()
     git = MlflowLogger._load_json(run_dir / "capsule" / "git.json")
     tags = {
-        "mlflow.user": _user(),
+        "mlflow.user": user_name(),
         "mlflow.source.name": "awm_platform.runner",
         "awm.config_hash": config_hash(cfg),
         "awm.run_dir": str(run_dir),
@@ -717,8 +631,6 @@ def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
     }
 
     def on_run_created(run_id: str) -> None:
-        from awm_platform.store import Store
-
         with Store(spec.store_url, upgrade=False) as store:
             store.update_run(spec.name, mlflow_run_id=run_id)
 
@@ -738,4 +650,4 @@ def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
         flush_interval_s=float(os.environ.get("AWM_MLFLOW_FLUSH_S", "2.0")),
         retry_interval_s=float(os.environ.get("AWM_MLFLOW_RETRY_S", "3.0")),
     )
-    return CompositeLogger(primary, store_logger, mlflow_logger)
+    return CompositeLogger(primary, store_logger, mlflow_logger, warn=_warn)

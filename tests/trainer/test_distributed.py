@@ -26,7 +26,7 @@ def test_two_process_gloo_keeps_lora_identical(tiny_dir, tmp_path):
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     cmd = [accel, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "trainers.awm.cli", "train", str(cfg_path), "--run-dir", str(tmp_path / "run")]
+           "--dynamo_backend", "no", "-m", "awm_platform.runner.train_cli", str(cfg_path), "--run-dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"

@@ -52,8 +52,8 @@ def test_missing_model_gives_clear_error(tmp_path):
 def test_cli_make_tiny_dual_attention_and_attn2_targets(tmp_path):
     from typer.testing import CliRunner
 
+    from awm_platform.cli.main import app
     from trainers.awm import lora as L
-    from trainers.awm.cli import app
     from trainers.awm.model import SD3Family
 
     res = CliRunner().invoke(app, ["model", "make-tiny", str(tmp_path / "dual"), "--dual-attention"])

@@ -293,14 +293,16 @@ def test_stop_event_interrupts_with_checkpoint(make_cfg, tmp_path):
 
 
 def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
+    """`awm train`: 3 after a stop signal (USR2 too: the runner's worker and `awm train` stop on the
+    same signals), 0 when completed, 2 for a bad config; the signal handlers are restored after."""
     import os
     import signal
 
     import yaml
     from typer.testing import CliRunner
 
+    from awm_platform.cli.main import app
     from tests.trainer.conftest import small_config_dict
-    from trainers.awm.cli import app
     from trainers.awm.recipe import AWMTrainer
 
     cfg_path = tmp_path / "c.yaml"
@@ -310,14 +312,16 @@ def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
     def rollout_then_signal(self, epoch):
         out = orig(self, epoch)
         if epoch == 0:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR2)
         return out
 
     monkeypatch.setattr(AWMTrainer, "rollout", rollout_then_signal)
-    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
     try:
         res = CliRunner().invoke(app, ["train", str(cfg_path), "--run-dir", str(tmp_path / "run")])
         assert res.exit_code == 3, res.output
+        assert "received SIGUSR2: checkpointing at the next safe point" in res.output
+        assert {s: signal.getsignal(s) for s in old} == old
         monkeypatch.setattr(AWMTrainer, "rollout", orig)
         res = CliRunner().invoke(app, ["train", str(cfg_path), "--run-dir", str(tmp_path / "run"),
                                        "--set", "eval.max_prompts=1"])
@@ -347,8 +351,9 @@ def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
     cfg_path.write_text(yaml.safe_dump(small_config_dict(tiny_dir, **BASE)))
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
-    cmd = [sys.executable, "-c", "import torch; torch.set_num_threads(1); from trainers.awm.cli import app; app()",
-           "train", str(cfg_path), "--run-dir", str(run)]
+    cmd = [sys.executable, "-c",
+           "import torch; torch.set_num_threads(1); from awm_platform.runner.train_cli import app; app()",
+           str(cfg_path), "--run-dir", str(run)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300

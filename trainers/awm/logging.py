@@ -1,15 +1,20 @@
-"""Metric logging seam of the trainer + a rich progress-bar helper.
+"""The trainer's metric loggers (one stack: the platform builds its MLflow and store loggers on
+these) + a rich progress-bar helper.
 
-``MetricLogger`` is the protocol the platform implements (MLflow + store); the trainer's default
-is :class:`JsonlMetricLogger` (``<run_dir>/metrics.jsonl``).
+``MetricLogger`` is the protocol a logger implements; the trainer's default is
+:class:`JsonlMetricLogger` (``<run_dir>/metrics.jsonl``); :class:`CompositeLogger` fans out to
+several (the runner's worker: JSONL + platform store + MLflow).
 
-No duplicates across a resume (contract): every metric of optimizer step ``S`` (``train/*``,
-``time/*``, and ``eval*/*`` of an evaluation at ``S``) is logged *before* checkpoint ``S`` is
-written, and a run resumed from checkpoint ``S`` logs only steps ``> S``. Records written by a
-crashed attempt after its last checkpoint would still be present, so at start the trainer calls
-the optional hook ``logger.on_resume(S)`` (``S = None`` for a fresh start): loggers that can
-(the JSONL logger does) drop records with ``step > S`` (all records when ``S is None``); loggers
-without the hook are simply not told.
+Optional hooks, called when a logger has them:
+
+* ``on_resume(step)``: no duplicates across a resume (contract). Every metric of optimizer step
+  ``S`` (``train/*``, ``time/*``, and ``eval*/*`` of an evaluation at ``S``) is logged *before*
+  checkpoint ``S`` is written, and a run resumed from checkpoint ``S`` logs only steps ``> S``.
+  Records written by a crashed attempt after its last checkpoint would still be present, so at
+  start the trainer calls ``logger.on_resume(S)`` (``S = None`` for a fresh start): loggers that
+  can (the JSONL logger does) drop records with ``step > S`` (all records when ``S is None``).
+* ``finish(status)``: the training entry point reports how the run ended ("completed",
+  "interrupted" or "failed") before it closes the logger (MLflow records the run's status).
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from logging import getLogger
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
+
+log = getLogger("trainers.awm.logging")
 
 
 @runtime_checkable
@@ -39,17 +50,12 @@ class MetricLogger(Protocol):
 
 
 class NullLogger:
-    def log_metrics(self, metrics, step):
-        pass
+    """Logs nothing (other ranks than 0); the base of loggers that implement only some methods."""
 
-    def log_images(self, images, captions, step, key):
-        pass
-
-    def log_checkpoint(self, manifest_path, step):
-        pass
-
-    def close(self):
-        pass
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_images(self, images: list[Any], captions: list[str], step: int, key: str) -> None: ...
+    def log_checkpoint(self, manifest_path: Path, step: int) -> None: ...
+    def close(self) -> None: ...
 
 
 def _num(v: Any) -> float | None:
@@ -130,31 +136,47 @@ def read_jsonl_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-class MultiLogger:
-    def __init__(self, *loggers):
-        self.loggers = [lg for lg in loggers if lg is not None]
+class CompositeLogger:
+    """Fan-out. The first logger (JSONL) is authoritative and may raise; the others are
+    best-effort: a database or tracking hiccup must never stop training (``warn`` reports it)."""
 
-    def log_metrics(self, metrics, step):
-        for lg in self.loggers:
-            lg.log_metrics(metrics, step)
+    def __init__(self, primary: Any, *others: Any, warn: Callable[[str], None] | None = None) -> None:
+        self.primary = primary
+        self.others = [lg for lg in others if lg is not None]
+        self.warn = warn if warn is not None else log.warning
 
-    def log_images(self, images, captions, step, key):
-        for lg in self.loggers:
-            lg.log_images(images, captions, step, key)
+    def _each(self, method: str, *args: Any) -> None:
+        fn = getattr(self.primary, method, None)
+        if fn is not None:
+            fn(*args)
+        for sink in self.others:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - best effort: never stop training
+                self.warn(f"{type(sink).__name__}.{method} failed: {exc}")
 
-    def log_checkpoint(self, manifest_path, step):
-        for lg in self.loggers:
-            lg.log_checkpoint(manifest_path, step)
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._each("log_metrics", metrics, step)
 
-    def on_resume(self, step):
-        for lg in self.loggers:
-            hook = getattr(lg, "on_resume", None)
-            if hook is not None:
-                hook(step)
+    def log_images(self, images: list[Any], captions: list[str], step: int, key: str) -> None:
+        self._each("log_images", images, captions, step, key)
 
-    def close(self):
-        for lg in self.loggers:
-            lg.close()
+    def log_checkpoint(self, manifest_path: Path, step: int) -> None:
+        self._each("log_checkpoint", manifest_path, step)
+
+    def on_resume(self, step: int | None) -> None:
+        # the JSONL logger drops records past the resumed checkpoint; MLflow drops re-logged
+        # steps with its high-water marks; the store upserts on (run, key, step)
+        self._each("on_resume", step)
+
+    def finish(self, status: str) -> None:
+        self._each("finish", status)
+
+    def close(self) -> None:
+        self._each("close")
 
 
 # ------------------------------------------------------------------ progress
@@ -167,9 +189,6 @@ class Progress:
         self.enabled = enabled
         self._p = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-            from rich.progress import Progress as RichProgress
-
             self._p = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                    TimeElapsedColumn(), transient=True)
 
