@@ -1,7 +1,7 @@
 """Orchestrator overhead per trial (ask, submit, record, tell) on the local executor and SLURM.
 
 Each trial is a real submitit job that only logs its objective to the store and completes
-(`awm_platform.sweeps.noop`: the no-op worker mode), so the numbers are the orchestrator's own
+(`perf/noop_backend.py`: the no-op worker mode), so the numbers are the orchestrator's own
 cost plus the scheduler's latency; the script separates the two:
 
     orchestrator s/trial = (ask + submit + poll + tell time of the orchestrator
@@ -33,7 +33,7 @@ def measure(cluster: str, trials: int, parallelism: int, partition: str | None) 
     os.environ["AWM_HOME"] = str(home)
     from awm_platform.config import config_from_dict
     from awm_platform.store import Store
-    from awm_platform.sweeps.noop import NoopBackend
+    from noop_backend import NoopBackend  # perf/ (this script's directory)
     from awm_platform.sweeps.optuna_bridge import storage_url
     from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
 

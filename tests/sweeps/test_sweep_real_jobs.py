@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from awm_platform.store import Store
-from awm_platform.sweeps.noop import NoopBackend
+from perf.noop_backend import NoopBackend
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
 from tests.runner.conftest import segment_seconds
