@@ -10,8 +10,9 @@ Contract for every benchmark package ``benchmarks/<name>/``:
   ``engine: str | None = None`` and ``workers: int | None = None`` (they may ignore
   ``workers``; an unknown ``engine`` or option raises :class:`BenchmarkError`).
   Constructing a benchmark is cheap: models are loaded lazily on first use.
-* ``reward.py: make_reward(**kwargs) -> RewardFn`` for the trainer's reward registry.
-* ``testing.py`` (conformance suite hook, see ``tests/benchmarks/conformance.py``):
+* ``reward.py: make_reward(**kwargs) -> RewardFn``, registered as the reward of the same name (:data:`benchmarks.registry.REWARDS`).
+* ``testing.py``, the test kit (conformance suite hook, see ``tests/benchmarks/conformance.py``;
+  only tests and perf scripts import it, never a product module):
   ``make_test_benchmark(tmp_path) -> Benchmark`` (tiny / offline models),
   ``make_unavailable_benchmark(tmp_path) -> Benchmark`` (configured with missing weights at a
   path under ``tmp_path``; scoring must raise :class:`ModelUnavailableError` naming that path),
@@ -20,7 +21,7 @@ Contract for every benchmark package ``benchmarks/<name>/``:
   :class:`BenchmarkError` when scored together with ``sample_inputs(1)[0]``), and optionally
   ``sample_images(n) -> list[PIL.Image]`` (meaningful images; default: synthetic patterns).
 
-GenEval extra (CLI ``awm bench score geneval --detections FILE``): ``benchmarks.geneval``
+GenEval extra (CLI ``awm bench score geneval --detections FILE``): ``benchmarks.geneval.benchmark``
 exposes ``score_detections_file(detections, prompts=None, *, seed=0, n_boot=1000, **options)
 -> tuple[list[SampleRecord], BenchmarkSummary]``; the CLI writes the results with
 :func:`write_results` (``samples.jsonl`` + ``summary.json``, atomic).
@@ -36,16 +37,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
+from PIL import Image
 
 __all__ = [
     "Benchmark",
@@ -201,9 +202,6 @@ class BenchmarkSummary:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    import os
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -270,8 +268,6 @@ def validate_batch(
     benchmark: str, images: Sequence[Any], prompts: Sequence[Any], metadata: Sequence[Any] | None
 ) -> list[dict]:
     """Check batch shapes/types; return metadata as a list of dicts (``{}`` when None)."""
-    from PIL import Image
-
     n = len(images)
     if len(prompts) != n:
         raise BenchmarkError(f"{benchmark}: got {n} images but {len(prompts)} prompts")
@@ -295,8 +291,6 @@ def validate_batch(
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to RGB (alpha composited on white, so transparent pixels are not black)."""
-    from PIL import Image
-
     if image.mode == "RGB":
         return image
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):

@@ -156,7 +156,7 @@ def score_cmd(
                 raise BenchmarkError("--detections is only supported for the geneval benchmark")
             if images is not None:
                 raise BenchmarkError("give either --images or --detections, not both")
-            from benchmarks.geneval import score_detections_file
+            from benchmarks.geneval.benchmark import score_detections_file
 
             records, summary = score_detections_file(detections, prompts, seed=seed, n_boot=n_boot, **options)
         else:

@@ -22,9 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from benchmarks.base import Benchmark
 
 BENCHMARKS: dict[str, str] = {
-    "geneval": "benchmarks.geneval:make_benchmark",
-    "ocr": "benchmarks.ocr:make_benchmark",
-    "pickscore": "benchmarks.pickscore:make_benchmark",
+    "geneval": "benchmarks.geneval.benchmark:make_benchmark",
+    "ocr": "benchmarks.ocr.benchmark:make_benchmark",
+    "pickscore": "benchmarks.pickscore.benchmark:make_benchmark",
 }
 
 REWARDS: dict[str, str] = {

@@ -35,6 +35,8 @@ Values are replaced by `***`. `secret_values` returns what was hidden, so text t
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -256,7 +258,6 @@ def setup_hash(lines: list[str] | tuple[str, ...]) -> str | None:
     slow on purpose: a plain hash of a line holding a short password would be cheap to brute-force."""
     if not lines:
         return None
-    import hashlib
 
     raw = "\n".join(lines).encode()
     return hashlib.scrypt(raw, salt=b"awm-platform/launcher.setup", n=2**14, r=8, p=1, dklen=16).hex()
@@ -266,6 +267,4 @@ def quiet_mlflow_links(tracking_uri: str | None) -> None:
     """MLflow prints "View run ... at: <tracking URI>/#/..." when a run ends over HTTP, credentials
     included: switch that off (for this process) when the URI holds any. Call before MlflowClient()."""
     if tracking_uri and redact_url(tracking_uri) != tracking_uri:
-        import os
-
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

@@ -1,13 +1,12 @@
 """GenEval benchmark (official metric) and the Flow-GRPO / AWM GenEval reward.
 
-Import-light: torch / transformers load lazily inside the detector / colour classifier.
-See ``benchmarks/geneval/README.md`` for semantics, variants and options.
+The package holds the versions only, so importing it (or its prompt module) loads no model code;
+the scorer is ``benchmarks.geneval.benchmark`` (``make_benchmark``, ``score_detections_file``),
+the training-prompt grammar ``benchmarks.geneval.prompts``. See ``benchmarks/geneval/README.md``
+for semantics, variants and options.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 #: Bump whenever the OFFICIAL metric's semantics change (rules, thresholds, aggregation,
 #: colour crops/prompts, detector pre/post-processing). Non-default scoring options are
@@ -20,30 +19,3 @@ REWARD_VERSIONS: dict[str, str] = {
     "strict": "geneval-reward-strict-1.0",
 }
 
-
-def make_benchmark(**options: Any):
-    """Registry factory. Options: ``detector_path``, ``clip_path``, ``device``, ``dtype``,
-    ``batch_size``, scoring options (``threshold``, ``counting_threshold``, ``max_objects``,
-    ``max_overlap``, ``position_threshold``, ``bgcolor``, ``crop``), ``engine`` ("hf"), ``workers``."""
-    from benchmarks.geneval.benchmark import GenEvalBenchmark
-
-    return GenEvalBenchmark(**options)
-
-
-def score_detections_file(
-    detections_jsonl: str | Path, metadata_jsonl: str | Path | None = None, **kwargs: Any
-):
-    """Score precomputed detections without any model -> ``(records, summary)``.
-
-    See :func:`benchmarks.geneval.benchmark.score_detections_file`.
-    """
-    from benchmarks.geneval.benchmark import score_detections_file as _impl
-
-    return _impl(detections_jsonl, metadata_jsonl, **kwargs)
-
-
-def generate_train_prompts(n: int = 50_000, seed: int = 0, out_path: str | Path | None = None, **kwargs: Any):
-    """GenEval-grammar training prompts (Flow-GRPO task mix, de-duplicated against the test sets)."""
-    from benchmarks.geneval.prompts import generate_train_prompts as _impl
-
-    return _impl(n, seed, out_path, **kwargs)

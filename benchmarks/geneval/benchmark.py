@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 from pydantic import ValidationError
 
 from benchmarks.base import (
@@ -27,6 +28,14 @@ from benchmarks.base import (
     validate_batch,
 )
 from benchmarks.geneval import REWARD_VERSIONS, VERSION
+from benchmarks.geneval.color import (
+    CLIP_ENV,
+    DEFAULT_CLIP,
+    ClipColorClassifier,
+    make_color_crop,
+    model_status,
+)
+from benchmarks.geneval.detector import DEFAULT_DETECTOR, DETECTOR_ENV, Mask2FormerDetector
 from benchmarks.geneval.prompts import (
     COLORS,
     DATA_DIR,
@@ -50,8 +59,6 @@ from benchmarks.geneval.rules import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
-
     from benchmarks.geneval.color import ColorClassifier
     from benchmarks.geneval.detector import Detector
 
@@ -88,8 +95,6 @@ def _scoring_options(kwargs: Mapping[str, Any], where: str) -> ScoringOptions:
 
 def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
     """Encode + decode as JPEG with PIL (Flow-GRPO's ``img.save(buffer, format="JPEG")``, q=75)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality)
     buf.seek(0)
@@ -99,8 +104,6 @@ def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
 
 
 def swap_channels(image: Image.Image) -> Image.Image:
-    from PIL import Image
-
     return Image.fromarray(np.ascontiguousarray(np.asarray(image.convert("RGB"))[..., ::-1]))
 
 
@@ -284,9 +287,6 @@ class GenEvalBenchmark(Benchmark):
         record_reward: bool = True,
         **scoring: Any,
     ) -> None:
-        from benchmarks.geneval.color import ClipColorClassifier
-        from benchmarks.geneval.detector import Mask2FormerDetector
-
         if engine not in (None, *ENGINES):
             raise BenchmarkError(f"geneval: unknown engine {engine!r}; available: {', '.join(ENGINES)}")
         del workers  # GPU-bound; a single process
@@ -327,9 +327,6 @@ class GenEvalBenchmark(Benchmark):
         }
 
     def check_models(self) -> ModelStatus:
-        from benchmarks.geneval.color import CLIP_ENV, DEFAULT_CLIP, model_status
-        from benchmarks.geneval.detector import DEFAULT_DETECTOR, DETECTOR_ENV
-
         parts, ok = [], True
         for obj, kind, env, default in (
             (self.detector, "Mask2Former detector", DETECTOR_ENV, DEFAULT_DETECTOR),
@@ -372,8 +369,6 @@ class GenEvalBenchmark(Benchmark):
         quirks: RewardQuirks | None = None,
     ) -> list[ImageResult]:
         """Detect, filter, classify colours (batched over the whole batch) and apply the rules."""
-        from benchmarks.geneval.color import make_color_crop
-
         rgb = [to_rgb(im) for im in images]
         if jpeg_quality is not None:
             rgb = [jpeg_roundtrip(im, jpeg_quality) for im in rgb]
@@ -625,3 +620,10 @@ def score_detections_file(
     )
     summary.extra.update(detections=str(path), metadata=str(metadata_path))
     return records, summary
+
+
+def make_benchmark(**options: Any) -> GenEvalBenchmark:
+    """Registry factory. Options: ``detector_path``, ``clip_path``, ``device``, ``dtype``,
+    ``batch_size``, scoring options (``threshold``, ``counting_threshold``, ``max_objects``,
+    ``max_overlap``, ``position_threshold``, ``bgcolor``, ``crop``), ``engine`` ("hf"), ``workers``."""
+    return GenEvalBenchmark(**options)

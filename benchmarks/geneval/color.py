@@ -18,19 +18,23 @@ exactly as open_clip's torchvision transform does it, not taken from a processor
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from PIL import Image
+from transformers import AutoTokenizer, CLIPModel
 
 from benchmarks.base import BenchmarkError, ModelUnavailableError
 from benchmarks.geneval.prompts import COLORS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
-
     from benchmarks.geneval.rules import Detection
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -57,8 +61,6 @@ def make_color_crop(
     image: Image.Image, det: Detection, bgcolor: str = "#999", crop: bool = True
 ) -> Image.Image:
     """The object pasted onto a ``bgcolor`` canvas through its mask, then cropped to its box."""
-    from PIL import Image
-
     rgb = image.convert("RGB")
     if det.mask is not None:
         mask = np.asarray(det.mask, dtype=bool)
@@ -85,8 +87,6 @@ def make_color_crop(
 def openai_clip_preprocess(image: Image.Image, size: int = 224) -> np.ndarray:
     """open_clip's OpenAI eval transform: Resize(size, bicubic) on the short side,
     CenterCrop(size), RGB, ToTensor, Normalize(OpenAI mean/std) -> float32 [3, size, size]."""
-    from PIL import Image
-
     image = image.convert("RGB")
     w, h = image.size
     # torchvision _compute_resized_output_size: short side -> size, long side -> int(size*long/short)
@@ -107,8 +107,6 @@ def openai_clip_preprocess(image: Image.Image, size: int = 224) -> np.ndarray:
 
 def resolve_device(device: str | None) -> str:
     if device in (None, "auto"):
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
 
@@ -132,8 +130,6 @@ def model_status(path: str, kind: str, env: str, default: str) -> tuple[bool, st
     if os.sep in path or path.startswith(".") or p.suffix:
         return False, _missing_model_message(kind, path, env, default, None)
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         hit = try_to_load_from_cache(path, "config.json")
     except Exception:  # noqa: BLE001 - an odd id is simply "not available"; status never raises
         hit = None
@@ -166,8 +162,6 @@ class ClipColorClassifier:
         if self._model is not None:
             return
         try:
-            from transformers import AutoTokenizer, CLIPModel
-
             model = CLIPModel.from_pretrained(self.model_path)
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         except (OSError, ValueError) as exc:
@@ -184,10 +178,6 @@ class ClipColorClassifier:
         return int(self._model.config.vision_config.image_size)
 
     def _autocast(self) -> Any:
-        import contextlib
-
-        import torch
-
         if self.amp and str(self.device).startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -200,9 +190,6 @@ class ClipColorClassifier:
 
     def text_classifier(self, classname: str) -> Any:
         """``[dim, 10]`` zero-shot weights for one object class (cached)."""
-        import torch
-        import torch.nn.functional as F
-
         if classname in self._classifiers:
             return self._classifiers[classname]
         self.load()
@@ -223,9 +210,6 @@ class ClipColorClassifier:
         return w
 
     def classify(self, crops: Sequence[Image.Image], class_names: Sequence[str]) -> list[str]:
-        import torch
-        import torch.nn.functional as F
-
         if len(crops) != len(class_names):
             raise BenchmarkError(
                 f"geneval colour classifier: {len(crops)} crops but {len(class_names)} class names"

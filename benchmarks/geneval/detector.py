@@ -34,17 +34,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
 from benchmarks.base import BenchmarkError, ModelUnavailableError
 from benchmarks.geneval.color import _missing_model_message, resolve_device
 from benchmarks.geneval.prompts import object_names
 from benchmarks.geneval.rules import Detection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DETECTOR_ENV = "AWM_GENEVAL_DETECTOR"
@@ -135,9 +136,6 @@ def mmdet_instance_postprocess(
     the final score (class prob x mask score, mask score < 1) can then never exceed it, so
     with ``min_score`` <= the GenEval threshold the kept set is unchanged; it only saves memory.
     """
-    import torch
-    import torch.nn.functional as F
-
     scores = F.softmax(class_logits.float(), dim=-1)[:, :-1]  # [Q, C] without no-object
     n_q, n_c = scores.shape
     k = min(max_per_image, n_q * n_c)
@@ -200,9 +198,6 @@ class Mask2FormerDetector:
         if self._model is not None:
             return
         try:
-            import torch
-            from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
-
             model = Mask2FormerForUniversalSegmentation.from_pretrained(self.model_path)
             processor = AutoImageProcessor.from_pretrained(self.model_path)
         except (OSError, ValueError) as exc:
@@ -217,9 +212,6 @@ class Mask2FormerDetector:
         self._processor = processor
 
     def _prepare(self, images: Sequence[Image.Image]) -> tuple[Any, list[tuple[int, int]]]:
-        import torch
-        import torch.nn.functional as F
-
         inputs = self._processor(
             images=list(images),
             size={"shortest_edge": self.shortest_edge, "longest_edge": self.longest_edge},
@@ -237,8 +229,6 @@ class Mask2FormerDetector:
         return pix.to(self.device, dtype=getattr(torch, self.dtype)), valid
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        import torch
-
         self.load()
         out: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):

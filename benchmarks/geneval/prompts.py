@@ -22,6 +22,7 @@ all removed. No single_object prompts (weight 0, as upstream).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -30,6 +31,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -267,8 +270,6 @@ def generate_suite(
 
     With the defaults this returns the official 553 records in file order.
     """
-    import numpy as np
-
     classnames = list(classnames or object_names())
     rng = np.random.default_rng(seed)
     samples = _single_object_samples(rng, classnames, len(classnames))
@@ -382,8 +383,6 @@ def generate_train_prompts(
     entirely (e.g. the 20 unseen-object classes for an OOD split). Deterministic for a given
     (n, seed, options) and independent of ``PYTHONHASHSEED``.
     """
-    import numpy as np
-
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if len(tasks) != len(weights):
@@ -445,8 +444,6 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str])
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.geneval.prompts OUT.jsonl --n 50000 --seed 0``"""
-    import argparse
-
     p = argparse.ArgumentParser(description="Generate GenEval-grammar training prompts (Flow-GRPO task mix).")
     p.add_argument("out_path")
     p.add_argument("--n", type=int, default=50_000)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.base import RewardFn
+from benchmarks.geneval.benchmark import GenEvalBenchmark
 
 _REWARD_KEYS = (
     "variant",
@@ -33,7 +34,5 @@ _REWARD_KEYS = (
 
 
 def make_reward(**kwargs: Any) -> RewardFn:
-    from benchmarks.geneval.benchmark import GenEvalBenchmark
-
     reward_opts = {k: kwargs.pop(k) for k in _REWARD_KEYS if k in kwargs}
     return GenEvalBenchmark(**kwargs).as_reward(**reward_opts)

@@ -13,16 +13,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTokenizer,
+    Mask2FormerConfig,
+    Mask2FormerForUniversalSegmentation,
+    SwinConfig,
+)
+from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+
+from benchmarks.clip_tokenizer import bytes_to_unicode
+from benchmarks.geneval.benchmark import GenEvalBenchmark
+from benchmarks.geneval.detector import LABEL_ALIASES
+from benchmarks.geneval.prompts import load_prompt_set, object_names
+
 TINY_IMAGE_SIZE = 32  # CLIP vision input of the tiny model
 
 
 def build_tiny_clip(path: str | Path, *, seed: int = 0) -> Path:
     """A ~50k-parameter CLIP + a character-level CLIP tokenizer, saved in HF format."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    from trainers.awm.tiny import bytes_to_unicode
-
     path = Path(path)
     chars = sorted(set(bytes_to_unicode().values()))
     vocab: dict[str, int] = {}
@@ -64,13 +75,6 @@ def build_tiny_clip(path: str | Path, *, seed: int = 0) -> Path:
 
 def build_tiny_detector(path: str | Path, *, seed: int = 0, boost_class: str | None = "dog") -> Path:
     """A ~120k-parameter Mask2Former (tiny Swin backbone) with COCO id2label, saved in HF format."""
-    import torch
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
-    from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
-
-    from benchmarks.geneval.detector import LABEL_ALIASES
-    from benchmarks.geneval.prompts import object_names
-
     path = Path(path)
     # HF / COCO spellings for three classes (exercises the label mapping)
     hf_names = {v: k for k, v in LABEL_ALIASES.items() if k in ("mouse", "remote", "keyboard")}
@@ -113,8 +117,6 @@ def build_tiny_detector(path: str | Path, *, seed: int = 0, boost_class: str | N
 
 def make_test_benchmark(tmp_path: str | Path, **options: Any):
     """GenEval with tiny random Mask2Former + CLIP, loaded through the real from_pretrained path."""
-    from benchmarks.geneval.benchmark import GenEvalBenchmark
-
     tmp_path = Path(tmp_path)
     det = tmp_path / "tiny-mask2former"
     clip = tmp_path / "tiny-clip"
@@ -128,8 +130,6 @@ def make_test_benchmark(tmp_path: str | Path, **options: Any):
 
 
 def make_unavailable_benchmark(tmp_path: str | Path):
-    from benchmarks.geneval.benchmark import GenEvalBenchmark
-
     tmp_path = Path(tmp_path)
     return GenEvalBenchmark(
         detector_path=str(tmp_path / "missing-mask2former"),
@@ -140,8 +140,6 @@ def make_unavailable_benchmark(tmp_path: str | Path):
 
 def sample_inputs(n: int) -> tuple[list[str], list[dict]]:
     """The first ``n`` official GenEval records (cycled), prompts and metadata aligned."""
-    from benchmarks.geneval.prompts import load_prompt_set
-
     recs = load_prompt_set("official")
     # one of each tag first, so small n still covers colour / position / counting rules
     order: list[dict] = []

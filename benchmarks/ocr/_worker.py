@@ -15,7 +15,7 @@ def init_worker(spec) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_THREAD_LIMIT"):
         os.environ[var] = n
     try:
-        import cv2
+        import cv2  # deferred: thread pools are sized when their libraries load; pinned just above
 
         cv2.setNumThreads(int(n))
     except ImportError:  # pragma: no cover - cv2 comes with rapidocr
@@ -28,12 +28,13 @@ def recognize(arr):
     global _ENGINE
     try:
         if _ENGINE is None:
+            # deferred: loads numpy/onnxruntime/cv2, which must come after init_worker's pinning
             from benchmarks.ocr.engines import build_engine
 
             _ENGINE = build_engine(_SPEC)
         return ("ok", _ENGINE.recognize(arr))
     except Exception as e:  # noqa: BLE001 - reported back with the sample index by the parent
-        from benchmarks.base import ModelUnavailableError
+        from benchmarks.base import ModelUnavailableError  # deferred: benchmarks.base loads numpy (see above)
 
         kind = "unavailable" if isinstance(e, ModelUnavailableError) else "error"
         return (kind, f"{type(e).__name__}: {e}")

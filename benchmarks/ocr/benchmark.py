@@ -12,6 +12,7 @@ import os
 import threading
 import weakref
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from benchmarks.base import (
     to_rgb,
     validate_batch,
 )
-from benchmarks.ocr import VERSION
+from benchmarks.ocr import VERSION, _worker
 from benchmarks.ocr.engines import DEFAULT_ENGINE, EngineSpec, build_engine, engine_label, engine_status
 from benchmarks.ocr.prompts import TRAIN_FILE, TRAIN_SHA256
 from benchmarks.ocr.scoring import SCORE_THRESHOLD, concat_recognitions, extract_target, ocr_reward
@@ -146,9 +147,7 @@ class OcrBenchmark(Benchmark):
             return out
         pool = self._get_pool()
         chunk = max(1, len(arrays) // (self.workers * 4))
-        from concurrent.futures.process import BrokenProcessPool
 
-        from benchmarks.ocr import _worker
 
         try:
             results = list(pool.map(_worker.recognize, arrays, chunksize=chunk))
@@ -174,7 +173,6 @@ class OcrBenchmark(Benchmark):
     def _get_pool_locked(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._ensure_available()
-            from benchmarks.ocr import _worker
 
             pool = ProcessPoolExecutor(
                 max_workers=self.workers,

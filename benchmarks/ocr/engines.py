@@ -21,13 +21,30 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from benchmarks.base import BenchmarkError, ModelStatus, ModelUnavailableError
+
+# every engine is an optional extra (ocr, ocr-paddle, ocr-tesseract); each says how to install it
+# when it is missing (RapidOCR: through its missing model files, see _missing_rapidocr_msg)
+try:
+    from rapidocr_onnxruntime import RapidOCR
+except ImportError:
+    RapidOCR = None
+try:
+    from paddleocr import PaddleOCR
+except ImportError:
+    PaddleOCR = None
+try:
+    import pytesseract
+except ImportError:
+    pytesseract = None
 
 ENGINES = ("rapidocr", "paddleocr", "tesseract")
 DEFAULT_ENGINE = "rapidocr"
@@ -136,8 +153,6 @@ class RapidOcrEngine(OcrEngine):
         missing = [f"{k}={p}" for k, p in paths.items() if not p.is_file()]
         if missing:
             raise ModelUnavailableError(_missing_rapidocr_msg(missing))
-        from rapidocr_onnxruntime import RapidOCR
-
         kwargs: dict[str, Any] = {
             "use_cls": False,  # no angle classifier (upstream use_angle_cls=False)
             "text_score": 0.5,
@@ -174,14 +189,12 @@ class PaddleOcrEngine(OcrEngine):
 
     def __init__(self, options: dict | None = None, threads: int = 1):
         options = dict(options or {})
-        if importlib.util.find_spec("paddleocr") is None:
+        if PaddleOCR is None:
             raise ModelUnavailableError(
                 "ocr engine 'paddleocr' is not installed: pip install 'paddleocr>=2.7' paddlepaddle "
                 "(the [ocr-paddle] extra), with its en det/rec models downloaded or cached; "
                 "or use the default engine 'rapidocr'"
             )
-        from paddleocr import PaddleOCR
-
         self._version = _pkg_version("paddleocr")
         lang = options.get("lang", "en")
         self._major = int(self._version.split(".")[0]) if self._version[:1].isdigit() else 2
@@ -234,13 +247,11 @@ class TesseractEngine(OcrEngine):
 
     def __init__(self, options: dict | None = None, threads: int = 1):
         options = dict(options or {})
-        if importlib.util.find_spec("pytesseract") is None:
+        if pytesseract is None:
             raise ModelUnavailableError(
                 "ocr engine 'tesseract' needs pytesseract: pip install 'pytesseract>=0.3' "
                 "and apt-get install tesseract-ocr tesseract-ocr-eng; or use engine 'rapidocr'"
             )
-        import pytesseract
-
         cmd = options.get("tesseract_cmd") or shutil.which("tesseract")
         if not cmd or not Path(cmd).exists():
             raise ModelUnavailableError(
@@ -259,8 +270,6 @@ class TesseractEngine(OcrEngine):
         return self._label
 
     def recognize(self, rgb: np.ndarray) -> list[tuple[str, float]]:  # pragma: no cover - optional
-        from PIL import Image
-
         data = self._pt.image_to_data(
             Image.fromarray(rgb), lang=self._lang, config=f"--psm {self._psm}", output_type=self._pt.Output.DICT
         )
@@ -298,8 +307,6 @@ def engine_label(spec: EngineSpec) -> str:
 
 
 def _tesseract_version(options: dict) -> str:
-    import subprocess
-
     cmd = options.get("tesseract_cmd") or shutil.which("tesseract")
     if not cmd:
         return "unknown"

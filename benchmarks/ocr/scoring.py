@@ -12,6 +12,11 @@ from collections.abc import Iterable
 
 from benchmarks.base import BenchmarkError
 
+try:  # the C implementation (a dependency); the pure-Python fallback below gives the same result
+    import Levenshtein
+except ImportError:  # pragma: no cover
+    Levenshtein = None
+
 #: recognitions with confidence below this are dropped (PaddleOCR drop_score / RapidOCR text_score)
 SCORE_THRESHOLD = 0.5
 
@@ -34,18 +39,15 @@ def normalize(text: str) -> str:
 
 
 def levenshtein(a: str, b: str) -> int:
-    try:
-        import Levenshtein  # python-Levenshtein / levenshtein (C implementation)
-
+    if Levenshtein is not None:
         return int(Levenshtein.distance(a, b))
-    except ImportError:  # pragma: no cover - fallback, same result
-        prev = list(range(len(b) + 1))
-        for i, ca in enumerate(a, 1):
-            cur = [i]
-            for j, cb in enumerate(b, 1):
-                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-            prev = cur
-        return prev[-1]
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 def ocr_reward(recognized: str, target: str) -> tuple[float, int]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.ocr.benchmark import OcrBenchmark
+
 
 def make_test_benchmark(tmp_path):
-    from benchmarks.ocr.benchmark import OcrBenchmark
-
     return OcrBenchmark(workers=1)
 
 
 def make_unavailable_benchmark(tmp_path):
-    from benchmarks.ocr.benchmark import OcrBenchmark
-
     return OcrBenchmark(det_model_path=str(Path(tmp_path) / "missing" / "det_model.onnx"))
 
 
@@ -29,8 +29,6 @@ def malformed_metadata() -> list:
 
 def font(size: int):
     """DejaVu Sans if installed (fonts-dejavu-core), else Pillow's scalable default font."""
-    from PIL import ImageFont
-
     for p in ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf"):
         try:
             return ImageFont.truetype(p, size)
@@ -41,8 +39,6 @@ def font(size: int):
 
 def render_text(text: str, size=(512, 512), font_size: int = 48, fg="black", bg="white"):
     """Render ``text`` centred on a plain canvas (test images for the real engine)."""
-    from PIL import Image, ImageDraw
-
     im = Image.new("RGB", size, bg)
     d = ImageDraw.Draw(im)
     f = font(font_size)

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from huggingface_hub import try_to_load_from_cache
+from transformers import AutoProcessor, CLIPModel
 
 from benchmarks.base import (
     Benchmark,
@@ -64,8 +67,6 @@ def _status_of(ident: str, key: str, files: tuple[str, ...]) -> ModelStatus:
             return ModelStatus(False, f"{key}={ident}: missing {missing}; {_how_to_provide(key, ident)}")
         return ModelStatus(True, f"{key}={p}")
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         hit = try_to_load_from_cache(ident, files[0].split("|")[0])
     except Exception as e:  # noqa: BLE001  # pragma: no cover - odd ids
         return ModelStatus(False, f"{key}={ident}: cannot check HF cache ({e}); {_how_to_provide(key, ident)}")
@@ -155,8 +156,6 @@ class PickScoreBenchmark(Benchmark):
                         problems.append(st.detail)
             if problems:
                 raise ModelUnavailableError("pickscore: " + " | ".join(problems))
-            import torch
-            from transformers import AutoProcessor, CLIPModel
 
             processor = self._from_pretrained(AutoProcessor, self.processor_path, "processor_path")
             model = self._from_pretrained(CLIPModel, self.model_path, "model_path",
@@ -184,8 +183,6 @@ class PickScoreBenchmark(Benchmark):
 
     def raw_scores(self, images, prompts) -> np.ndarray:
         """``logit_scale.exp() * cos(text_i, image_i)`` for each pair, float64 array."""
-        import torch
-
         processor, model = self._load()
         out = []
         with torch.no_grad():
@@ -213,8 +210,6 @@ class PickScoreBenchmark(Benchmark):
 
 def _features(out):
     """transformers 4.x returns a tensor, 5.x a BaseModelOutputWithPooling (projected pooler_output)."""
-    import torch
-
     if isinstance(out, torch.Tensor):
         return out
     return out.pooler_output

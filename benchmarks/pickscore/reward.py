@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.base import RewardFn
+from benchmarks.pickscore.benchmark import PickScoreBenchmark
 
 
 def make_reward(**kwargs: Any) -> RewardFn:
     """Options: ``model_path``, ``processor_path``, ``device``, ``dtype``, ``batch_size``."""
-    from benchmarks.pickscore.benchmark import PickScoreBenchmark
-
     return PickScoreBenchmark(**kwargs).as_reward()

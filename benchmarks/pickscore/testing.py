@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+from benchmarks.clip_tokenizer import make_clip_tokenizer
+from benchmarks.pickscore.benchmark import PickScoreBenchmark
+
 
 def build_tiny_pickscore(root: str | Path, seed: int = 0, logit_scale: float = 4.6052) -> tuple[Path, Path]:
     """Save a tiny random CLIPModel and a CLIPProcessor under ``root``; return (model_dir, processor_dir)."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from trainers.awm.tiny import make_clip_tokenizer  # the in-memory CLIP tokenizer (no downloads)
-
     root = Path(root)
     model_dir, proc_dir = root / "tiny-pickscore-model", root / "tiny-pickscore-processor"
     if (model_dir / "config.json").exists() and proc_dir.exists():
@@ -43,15 +44,11 @@ def build_tiny_pickscore(root: str | Path, seed: int = 0, logit_scale: float = 4
 
 # ------------------------------------------------------------------ conformance hooks
 def make_test_benchmark(tmp_path):
-    from benchmarks.pickscore.benchmark import PickScoreBenchmark
-
     model_dir, proc_dir = build_tiny_pickscore(Path(tmp_path))
     return PickScoreBenchmark(model_path=str(model_dir), processor_path=str(proc_dir), device="cpu", batch_size=3)
 
 
 def make_unavailable_benchmark(tmp_path):
-    from benchmarks.pickscore.benchmark import PickScoreBenchmark
-
     _, proc_dir = build_tiny_pickscore(Path(tmp_path))
     return PickScoreBenchmark(model_path=str(Path(tmp_path) / "no-such-pickscore-model"),
                               processor_path=str(proc_dir), device="cpu")

@@ -1,19 +1,6 @@
 """Advantage Weighted Matching (AWM) trainer for SD3/SD3.5 with LoRA.
 
-Entry point: :func:`trainers.awm.recipe.train` (see ``README.md`` in this folder). Importing the
-package is cheap: torch / diffusers are imported inside the functions that need them.
+Entry point: :func:`trainers.awm.recipe.train` (see ``README.md`` in this folder); what it reads:
+:class:`trainers.awm.config.TrainerConfig`. Importing the package itself loads nothing: the
+recipe (torch, diffusers) is imported only by who trains.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["TrainResult", "train"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: keep `import trainers.awm` free of torch
-    if name in ("train", "TrainResult"):
-        from trainers.awm import recipe
-
-        return getattr(recipe, name)
-    raise AttributeError(name)

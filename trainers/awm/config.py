@@ -10,7 +10,7 @@ Design rules (see docs/contracts.md, "Config"):
   and gradient accumulation follow from the world size at launch (`derive_topology`).
   Upstream's per-GPU keys may be pinned only when they agree with the science quantities.
 
-The platform's experiment config (`awm_platform.config.ExperimentConfig`) is a `TrainerConfig`
+The platform's experiment config (`ExperimentConfig`, platform/config.py) is a `TrainerConfig`
 with the `launcher`, `tracking`, `storage` and `sweep` sections added; it also redacts secrets
 in what the trainer records (`resolved`, `fingerprint`).
 """

@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from accelerate.utils import gather_object
+
+from trainers.awm.samplers import euler_sample, randn_per_sample
 
 
 def _finite_mean(vals: list[float]) -> float:
@@ -55,11 +59,6 @@ def run_eval(
 
     Returns (metrics on the main process, all gathered records, images for logging).
     """
-    import torch
-    from accelerate.utils import gather_object
-
-    from trainers.awm.samplers import euler_sample, randn_per_sample
-
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = [i for i in indices if i % world == rank]
     records: list[dict] = []

@@ -15,15 +15,21 @@ reference predictions with adapters disabled, and export in diffusers and PEFT f
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch
+from diffusers import StableDiffusion3Pipeline
+from peft import LoraConfig, get_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +44,6 @@ _INIT = {"gaussian": "gaussian", "default": True}
 
 
 def make_lora_config(*, rank: int, alpha: float, init: str, target_modules: list[str]):
-    from peft import LoraConfig
-
     try:
         init_w = _INIT[init]
     except KeyError:
@@ -52,15 +56,11 @@ def add_policy_adapters(transformer, lora_config, *, with_ema: bool = True) -> N
 
     PEFT's Gaussian init sets B = 0, so the initial LoRA delta is exactly zero.
     """
-    import copy
-
     transformer.requires_grad_(False)
     transformer.add_adapter(copy.deepcopy(lora_config), adapter_name=POLICY)
     if not _matched_any(transformer):
         raise ValueError(f"LoRA target_modules {sorted(lora_config.target_modules)} matched no module of the transformer")
     if with_ema:
-        import warnings
-
         with warnings.catch_warnings():  # PEFT warns about a second adapter; two are intended here
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
             transformer.add_adapter(copy.deepcopy(lora_config), adapter_name=EMA)
@@ -69,8 +69,6 @@ def add_policy_adapters(transformer, lora_config, *, with_ema: bool = True) -> N
 
 
 def _matched_any(transformer) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     return any(isinstance(m, BaseTunerLayer) for m in transformer.modules())
 
 
@@ -89,8 +87,6 @@ def _pair_names(name: str, src: str, dst: str) -> str:
 
 @contextlib.contextmanager
 def _no_grad():
-    import torch
-
     with torch.no_grad():
         yield
 
@@ -132,8 +128,6 @@ def using_adapter(transformer, adapter: str, *, restore: str = POLICY) -> Iterat
 
 def peft_state_dict(transformer, adapter: str = POLICY) -> dict[str, torch.Tensor]:
     """Adapter weights with the adapter name stripped (``...to_q.lora_A.weight``), cloned to CPU."""
-    from peft import get_peft_model_state_dict
-
     sd = get_peft_model_state_dict(transformer, adapter_name=adapter)
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in sd.items()}
 
@@ -148,7 +142,7 @@ def save_diffusers(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], 
     """``pytorch_lora_weights.safetensors`` in diffusers' SD3 format (``transformer.`` prefix) with
     the adapter metadata; loadable by ``pipe.load_lora_weights(out_dir)``."""
     if pipeline_cls is None:
-        from diffusers import StableDiffusion3Pipeline as pipeline_cls
+        pipeline_cls = StableDiffusion3Pipeline
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline_cls.save_lora_weights(
@@ -161,10 +155,6 @@ def save_diffusers(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], 
 def save_peft(out_dir: str | Path, state_dict: Mapping[str, torch.Tensor], lora_config,
               *, base_model_name_or_path: str | None = None) -> Path:
     """PEFT ``save_pretrained`` layout: ``adapter_config.json`` + ``adapter_model.safetensors``."""
-    import copy
-
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conf = copy.deepcopy(lora_config)
@@ -192,9 +182,6 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
 
     Returns (state dict with keys ``<module>.lora_A.weight``, LoRA config dict or None).
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path).expanduser()
     if p.is_dir():
         for cand in (p / "lora" / DIFFUSERS_WEIGHT_NAME, p / DIFFUSERS_WEIGHT_NAME, p / PEFT_WEIGHT_NAME,

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from diffusers import StableDiffusion3Pipeline
+from diffusers.utils import logging as dlogging
+from transformers.utils import logging as tlogging
+
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,6 @@ class ModelLoadError(RuntimeError):
 
 
 def torch_dtype(name: str):
-    import torch
-
     try:
         return getattr(torch, DTYPES[name])
     except KeyError:
@@ -72,8 +74,6 @@ class Cond:
 
     @staticmethod
     def cat(conds: list[Cond]) -> Cond:
-        import torch
-
         return Cond(torch.cat([c.prompt_embeds for c in conds]), torch.cat([c.pooled for c in conds]))
 
 
@@ -136,8 +136,6 @@ class SD3Family(ModelFamily):
     name = "sd3"
 
     def __init__(self, pipe, *, device="cpu", inference_dtype: str = "fp32") -> None:
-        import torch
-
         self.pipe = pipe
         self.device = torch.device(device)
         self.inference_dtype = torch_dtype(inference_dtype)
@@ -162,13 +160,8 @@ class SD3Family(ModelFamily):
     def load(cls, model: str, *, revision: str | None = "main", device="cpu", inference_dtype: str = "fp32",
              ) -> SD3Family:
         """Load from a local diffusers folder or a hub id (from the local HF cache when offline)."""
-        from diffusers import StableDiffusion3Pipeline
-        from diffusers.utils import logging as dlogging
-
         dlogging.disable_progress_bar()
         try:
-            from transformers.utils import logging as tlogging
-
             tlogging.disable_progress_bar()
         except ImportError:  # pragma: no cover
             pass
@@ -205,8 +198,6 @@ class SD3Family(ModelFamily):
 
     # ---------------------------------------------------------------- prompts
     def encode_prompts(self, prompts: list[str], *, max_sequence_length: int) -> Cond:
-        import torch
-
         with torch.no_grad():
             pe, _, pooled, _ = self.pipe.encode_prompt(
                 prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device,
@@ -218,8 +209,6 @@ class SD3Family(ModelFamily):
     def velocity(self, module, x, sigma, cond: Cond):
         """``v_theta(x, sigma)``; ``module`` is the (possibly DDP-wrapped) transformer.
         ``sigma`` is (B,) in [0, 1]; the MMDiT takes ``1000 * sigma`` as timestep."""
-        import torch
-
         b = x.shape[0]
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
         if sigma.ndim == 0:
@@ -235,8 +224,6 @@ class SD3Family(ModelFamily):
 
     # ----------------------------------------------------------------- decode
     def decode(self, latents) -> list[Image.Image]:
-        import torch
-
         cfg = self.vae.config
         with torch.no_grad():
             z = latents.to(self.device, dtype=self.inference_dtype) / cfg.scaling_factor + cfg.shift_factor
@@ -259,6 +246,4 @@ class SD3Family(ModelFamily):
         return bool(getattr(self.transformer.config, "dual_attention_layers", ()) or ())
 
     def lora_pipeline_class(self):
-        from diffusers import StableDiffusion3Pipeline
-
         return StableDiffusion3Pipeline

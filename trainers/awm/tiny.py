@@ -29,6 +29,23 @@ import string
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+from benchmarks.clip_tokenizer import make_clip_tokenizer
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"width": 32, "heads": 2, "layers": 2},
     "small": {"width": 64, "heads": 4, "layers": 4},
@@ -36,35 +53,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """The GPT-2 / CLIP byte -> printable unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def make_clip_tokenizer(model_max_length: int = 77):
-    """Character-level byte BPE with CLIP's special tokens (514 ids, no UNK possible)."""
-    from transformers import CLIPTokenizer
-
-    byte_chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(byte_chars)}
-    vocab.update({c + "</w>": 256 + i for i, c in enumerate(byte_chars)})
-    vocab["<|startoftext|>"] = 512
-    vocab["<|endoftext|>"] = 513
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
 def make_t5_tokenizer(model_max_length: int = 512):
     """Small Unigram vocabulary in T5's layout (pad=0, eos=1, unk=2)."""
-    from transformers import T5TokenizerFast
-
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
     vocab += [("▁" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
@@ -92,15 +82,6 @@ def make_tiny_pipeline(
     seed: int = 0,
 ):
     """Build a random-weight ``StableDiffusion3Pipeline`` (all modules in eval mode)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
     if preset not in PRESETS:
         raise ValueError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
     p = dict(PRESETS[preset])
