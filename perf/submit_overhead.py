@@ -41,7 +41,7 @@ def _metric_times(run_dir: Path) -> tuple[float, float]:
 
 def measure(cluster: str, model: Path, partition: str | None) -> dict[str, float]:
     from awm_platform.config import config_from_dict
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
     from trainers.awm.tiny import tiny_experiment_dict
 

@@ -31,9 +31,10 @@ from pathlib import Path
 def measure(cluster: str, trials: int, parallelism: int, partition: str | None) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix=f"awm-perf-{cluster}-", dir=os.environ.get("AWM_PERF_TMP")))
     os.environ["AWM_HOME"] = str(home)
+    from noop_backend import NoopBackend  # perf/ (this script's directory)
+
     from awm_platform.config import config_from_dict
     from awm_platform.store import Store
-    from noop_backend import NoopBackend  # perf/ (this script's directory)
     from awm_platform.sweeps.optuna_bridge import storage_url
     from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
 

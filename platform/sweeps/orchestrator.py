@@ -46,8 +46,9 @@ from awm_platform.config import REDACTED, ExperimentConfig, config_from_dict, co
 from awm_platform.dotted import set_dotted
 from awm_platform.paths import awm_home, validate_run_name
 from awm_platform.redaction import redact_url
-from awm_platform.runner import cancel_run, refresh_states, submit_run
+from awm_platform.runner.api import submit_run
 from awm_platform.runner.proc import fault_point, is_alive, process_start_time
+from awm_platform.runner.state import cancel_run, refresh_states
 from awm_platform.store import Store
 from awm_platform.sweeps.optuna_bridge import (
     OpenStudy,

@@ -58,7 +58,7 @@ def jsonl_steps(run_dir: Path, key: str) -> list[int]:
 def wait_terminal(store: Any, name: str, timeout: float, on_tick: Any = None, poll: float = 0.5) -> str:
     """Refresh `name`'s state until it is COMPLETED, FAILED or CANCELLED (returned); `on_tick` runs
     between polls (e.g. to release a held job)."""
-    from awm_platform.runner import refresh_states
+    from awm_platform.runner.state import refresh_states
 
     deadline = time.monotonic() + timeout
     status = ""

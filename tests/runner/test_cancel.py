@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_cancel_local_run_checkpoints_and_leaves_no_process(tiny_model: Path) -> None:
-    from awm_platform.runner import cancel_run, submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.runner.proc import is_alive
+    from awm_platform.runner.state import cancel_run
     from awm_platform.store import Store
 
     store = Store.default()
@@ -78,7 +79,7 @@ def test_follow_cancel_and_resume_the_same_run(tiny_model: Path, tmp_path: Path)
     written and exits by itself when the run ends; `cancel` checkpoints; `rerun --resume`
     continues the SAME run from that checkpoint to the end (no duplicated or missing step);
     GPU-hours = the sum of both segments' elapsed time x GPUs; job.json is 0600."""
-    from awm_platform.runner import cancel_run
+    from awm_platform.runner.state import cancel_run
     from awm_platform.store import Store
 
     epochs = 60

@@ -26,7 +26,8 @@ def _sacct_tasks(array_job: str) -> dict[str, dict[str, str]]:
 
 
 def test_job_array_runs_every_config_under_the_concurrency_limit(tiny_model: Path, slurm_cluster: Any) -> None:
-    from awm_platform.runner import refresh_states, submit_runs
+    from awm_platform.runner.api import submit_runs
+    from awm_platform.runner.state import refresh_states
     from awm_platform.store import Store
 
     launcher = {"partition": slurm_cluster.partition, "cpus_per_task": 1, "gpus_per_node": 1, "time_min": 10,

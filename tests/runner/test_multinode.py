@@ -105,7 +105,7 @@ def test_two_nodes_stay_identical_and_requeue_together(
     import torch
     from safetensors.torch import load_file
 
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
     from trainers.awm import checkpoint as C
 

@@ -74,7 +74,7 @@ def _check_resumed_run(store: Any, name: str, baseline: dict[str, Any], min_jobs
 
 
 def test_local_timeout_requeue_resumes_same_run(tiny_model: Path, baseline: dict[str, Any]) -> None:
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
 
     # time limit 2 min, signal 114 s before it: USR2 ~6 s into every job segment, i.e. during start-up:
@@ -102,7 +102,7 @@ def test_slurm_scontrol_requeue_and_time_limit(
     """Real SLURM: an admin `scontrol requeue` (SIGTERM, which submitit ignores: our
     controller checkpoints) in the first segment, then time-limit signals (USR2, ~1 min limit)
     in the next ones. Requeued jobs wait ~120 s for their BeginTime; the test releases them."""
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
 
     cfg = tiny_config(

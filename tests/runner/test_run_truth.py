@@ -29,8 +29,8 @@ def test_recycled_pid_is_not_taken_for_a_live_job(tmp_path: Path, monkeypatch: p
     """A real process whose pid is recorded with another start time (what a recycled pid looks
     like): the poller fails the run, `cancel_run` does not signal the stranger, and a sweep
     orchestrator recorded with that pid is not alive. With its true start time it is live."""
-    from awm_platform.runner.proc import is_alive, process_start_time
     from awm_platform.runner.backends.local import LOCAL_JOBS_FILE, record_local_job
+    from awm_platform.runner.proc import is_alive, process_start_time
     from awm_platform.runner.state import cancel_run, refresh_states
     from awm_platform.store import Store
     from awm_platform.sweeps.orchestrator import _host, orchestrator_alive
@@ -84,7 +84,7 @@ def test_failing_setup_line_is_reported(tiny_model: Path, monkeypatch: pytest.Mo
     """A real local submit whose second setup line fails: the run is FAILED with the line's
     number, exit code and stderr, and `awm status` / `awm logs` say so."""
     from awm_platform.config import config_from_dict
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.runner.state import refresh_states
     from awm_platform.store import Store
     from trainers.awm.tiny import tiny_experiment_dict
@@ -116,7 +116,7 @@ def test_failing_setup_line_is_reported_on_slurm(tiny_model: Path, slurm_cluster
     """The same on SLURM: the sbatch script sources setup.sh, whose failing line ends the job;
     the poller reads setup/failed.json instead of saying only 'SLURM state FAILED'."""
     from awm_platform.config import config_from_dict
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
     from trainers.awm.tiny import tiny_experiment_dict
 
@@ -143,7 +143,7 @@ def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None
     import signal
 
     from awm_platform.config import config_from_dict
-    from awm_platform.runner import submit_run
+    from awm_platform.runner.api import submit_run
     from awm_platform.store import Store
     from trainers.awm.tiny import tiny_experiment_dict
 
