@@ -24,7 +24,7 @@ from awm_platform.runner.backends import backend_for
 from awm_platform.runner.backends.slurm import NO_GPUS_ENV
 from awm_platform.runner.lifecycle import RunEvent, apply_event, apply_observation
 from awm_platform.runner.proc import scoped_environ
-from awm_platform.store import Store
+from awm_platform.store import ACTIVE_STATUSES, Store
 
 # The job unpickles `noop_trial` where this file is not importable (submitit's task runs from
 # the installed package): ship the function's code with the job.
@@ -80,7 +80,7 @@ class NoopBackend:
 
     def refresh(self, store: Store, names: list[str]) -> dict[str, str]:
         runs = [store.get_run(name) for name in names]
-        active = [r for r in runs if r.status in ("PENDING", "RUNNING") and r.job_ids]
+        active = [r for r in runs if r.status in ACTIVE_STATUSES and r.job_ids]
         if active:
             t0 = time.perf_counter()
             observations = self.executor.poll(active)  # one batch (SLURM: one sacct)

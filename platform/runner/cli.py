@@ -152,9 +152,10 @@ def _replay_spools(runs: list[Any]) -> None:
     """A job that ended while MLflow was unreachable left its metrics/artifacts in
     `run_dir/mlflow_spool`; send them now (a live job replays its own spool)."""
     from awm_platform.runner.tracking import replay_spool, spool_pending
+    from awm_platform.store import TERMINAL_STATUSES
 
     for r in runs:
-        if r.status in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED") and spool_pending(Path(r.output_dir)):
+        if r.status in TERMINAL_STATUSES and spool_pending(Path(r.output_dir)):
             try:
                 ok = replay_spool(Path(r.output_dir))
             except Exception as exc:  # noqa: BLE001 - status must still print; the spool is kept
@@ -168,10 +169,11 @@ def _replay_spools(runs: list[Any]) -> None:
 def cancel(run: Annotated[str, typer.Argument(help="Run name.")]) -> None:
     """Cancel a run's job (it checkpoints first) and wait until it is gone."""
     from awm_platform.runner.state import cancel_run
+    from awm_platform.store import TERMINAL_STATUSES
 
     store = _store()
     r = _get_run(store, run)
-    if r.status in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED"):
+    if r.status in TERMINAL_STATUSES:
         fail(f"run {run!r} is already {r.status}", code=1)
     cancel_run(run, store)
     typer.echo(f"cancelled {run}")
@@ -225,6 +227,7 @@ def logs(
 ) -> None:
     """Print the run's job logs (submitit's `<job>_<task>_log.{out,err}` in run_dir/submitit)."""
     from awm_platform.runner.state import refresh_states
+    from awm_platform.store import TERMINAL_STATUSES
 
     store = _store()
     r = _get_run(store, run)
@@ -262,7 +265,7 @@ def logs(
     if not offsets and not follow and not failure:
         fail(f"no log files for run {run!r} in {folder} yet", code=1)
     while follow:
-        if refresh_states(store, [run]).get(run) in ("COMPLETED", "FAILED", "CANCELLED", "PRUNED"):
+        if refresh_states(store, [run]).get(run) in TERMINAL_STATUSES:
             # the job writes its last lines after reporting the status: drain until its files stay
             # quiet and (local) its process is gone, at most 30 s; then exit 0
             deadline = time.monotonic() + 30.0
