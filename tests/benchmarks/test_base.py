@@ -176,6 +176,21 @@ def test_registry():
     assert b.name == "ocr" and b.workers == 1
 
 
+def test_one_registry_for_benchmarks_and_rewards():
+    """Every benchmark's reward is registered from its BENCHMARKS line; the JPEG rewards are the
+    only others; every target names a callable factory."""
+    import importlib
+
+    from benchmarks.registry import REWARDS
+
+    assert set(REWARDS) == {"jpeg_compressibility", "jpeg_incompressibility", *BENCHMARKS}
+    for name in BENCHMARKS:
+        assert REWARDS[name] == f"{benchmark_package(name)}.reward:make_reward"
+    for target in [*REWARDS.values(), *BENCHMARKS.values()]:
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), target
+
+
 def test_registry_import_is_lazy():
     import subprocess
     import sys
