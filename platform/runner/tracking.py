@@ -40,8 +40,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from awm_platform.config import config_hash, flatten, redact, resolved_config
@@ -214,6 +212,8 @@ def end_mlflow_run(run: Any, *, tracking_uri: str | None = None) -> str | None:
         ended = ended.replace(tzinfo=UTC)
     end_ms = int(ended.timestamp() * 1000) if ended is not None else int(time.time() * 1000)
     try:
+        from mlflow.tracking import MlflowClient  # deferred: see MlflowLogger._client_
+
         quiet_mlflow_links(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri)
         with _fail_fast_http():  # a dead server costs one refused connection, not minutes of retries
@@ -407,11 +407,18 @@ class MlflowLogger(NullLogger):
 
     def _client_(self) -> Any:
         if self._client is None:
+            # deferred: mlflow takes 1-3 s to import; the job controller imports this module (the
+            # run lifecycle closes MLflow runs) and must install its preemption-signal handlers
+            # within seconds of starting, so mlflow loads only when a run is actually tracked.
+            from mlflow.tracking import MlflowClient
+
             quiet_mlflow_links(self.tracking_uri)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
     def _ensure_run(self) -> str:
+        from mlflow.entities import Param, RunTag  # deferred: see _client_
+
         client = self._client_()
         if not self.run_id:
             exp_id = get_or_create_experiment(client, self.experiment, self.artifact_root)
@@ -465,6 +472,8 @@ class MlflowLogger(NullLogger):
         self.stats["spooled"] += len(rows)
 
     def _send(self, run_id: str, rows: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric  # deferred: see _client_
+
         for i in range(0, len(rows), MAX_BATCH):
             self._client_().log_batch(
                 run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in rows[i : i + MAX_BATCH]]

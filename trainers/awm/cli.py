@@ -1,6 +1,6 @@
 """Trainer-only commands, mounted by the platform CLI as `awm model ...` (`register(root_app)`).
 
-`awm train` is the platform's (awm_platform.runner.train_cli): it reads the platform's experiment
+`awm train` is the platform's (platform/runner/train_cli.py): it reads the platform's experiment
 config. torch/diffusers are imported inside the command functions only.
 """
 

@@ -25,7 +25,7 @@ from typing import Any
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_BAD_INPUT = 2  # also the platform CLI's "bad input" code (awm_platform.cli.common.fail)
+EXIT_BAD_INPUT = 2  # also the "bad input" code of every platform command (platform/cli/common.py)
 EXIT_INTERRUPTED = 3
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
