@@ -18,6 +18,7 @@ settings and compares it with what the trainer logged.
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,21 +83,22 @@ def _detach(v: Any) -> Any:
 
 
 def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
-    """Wrap the real functions where the trainer looks them up (the math modules; also the recipe's
-    namespace should it ever import them at module level)."""
+    """Wrap the real functions where the trainer looks them up: the math modules and every trainer
+    module that imported the function at its top (recipe, evaluation)."""
     import trainers.awm.advantages as adv_mod
     import trainers.awm.ema as ema_mod
     import trainers.awm.loss as loss_mod
-    import trainers.awm.recipe as recipe_mod
     import trainers.awm.samplers as samplers_mod
     import trainers.awm.timesteps as time_mod
     from trainers.awm.model import SD3Family
     from trainers.awm.recipe import AWMTrainer
 
     def patch(module, name: str, spy) -> None:
+        original = getattr(module, name)
         monkeypatch.setattr(module, name, spy)
-        if module is not recipe_mod and hasattr(recipe_mod, name):
-            monkeypatch.setattr(recipe_mod, name, spy)
+        for user in [m for n, m in sys.modules.items() if n.startswith("trainers.awm.") and m is not module]:
+            if getattr(user, name, None) is original:
+                monkeypatch.setattr(user, name, spy)
 
     def phase_of(method: str, phase: str) -> None:
         real = getattr(AWMTrainer, method)
