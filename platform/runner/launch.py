@@ -1,4 +1,6 @@
-"""How a run is launched: the trainer command line, SLURM parameters, the sbatch script.
+"""How a run is launched: the trainer command line one job controller runs, the line that sources
+`launcher.setup`, and what a failed setup line reported. (Executor parameters and the sbatch
+script: `backends/`.)
 
 Layout of one job (see docs/runner.md):
 
