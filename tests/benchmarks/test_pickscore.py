@@ -8,8 +8,8 @@ import torch
 
 from benchmarks.base import BenchmarkError, ModelUnavailableError
 from benchmarks.pickscore import VERSION
-from benchmarks.pickscore.nsfw import is_nsfw
 from benchmarks.pickscore.benchmark import DEFAULT_MODEL, DEFAULT_PROCESSOR, PickScoreBenchmark
+from benchmarks.pickscore.nsfw import is_nsfw
 from benchmarks.pickscore.testing import build_tiny_pickscore
 from tests.benchmarks.conformance import pattern_image
 
