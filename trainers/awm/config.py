@@ -22,14 +22,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from benchmarks.registry import REWARDS
 
@@ -39,6 +32,8 @@ class ConfigError(ValueError):
 
 
 class ConfigSection(BaseModel):
+    """Base of every config section, the trainer's and the platform's: unknown keys are errors."""
+
     # allow_inf_nan=False: `.nan` / `.inf` pass range checks vacuously; say "must be a finite number"
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
