@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +37,9 @@ app.add_typer(services_app, name="services")
 
 # ----------------------------------------------------------------------- version ----
 def _platform_version() -> str:
+    from importlib.metadata import PackageNotFoundError  # ~30 ms: only `awm version` pays it
+    from importlib.metadata import version as pkg_version
+
     try:
         return pkg_version("awm-platform")
     except PackageNotFoundError:  # running from a checkout without install
