@@ -26,11 +26,11 @@ from awm_platform.sweeps.orchestrator import (
     SweepContext,
     SweepError,
     SweepResult,
-    _host,
     orchestrator_alive,
     pid_alive,
     stop_in_flight,
     sweep_dir,
+    this_host,
 )
 from awm_platform.sweeps.tracking import tracking_uri
 
@@ -95,7 +95,7 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
     store.update_sweep(study_name, status=SWEEP_STOPPING)
     info = opened.study.user_attrs.get(ORCH_ATTR)
     if orchestrator_alive(info, ctx.spec.grace_period_s):
-        if info.get("host") == _host():
+        if info.get("host") == this_host():
             try:
                 os.kill(int(info["pid"]), signal.SIGTERM)
             except ProcessLookupError:
@@ -106,7 +106,7 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
         while time.monotonic() < deadline:
             if store.get_sweep(study_name).status == SWEEP_STOPPED:
                 return 0
-            if info.get("host") == _host() and not pid_alive(int(info["pid"]), started):
+            if info.get("host") == this_host() and not pid_alive(int(info["pid"]), started):
                 break  # died without finishing the stop: do it ourselves
             time.sleep(0.5)
         else:

@@ -173,7 +173,7 @@ def trial_run_name(study_name: str, number: int) -> str:
     return f"{study_name}-t{number}"
 
 
-def _host() -> str:
+def this_host() -> str:
     return socket.gethostname()
 
 
@@ -190,7 +190,7 @@ def orchestrator_alive(info: dict[str, Any] | None, grace_period_s: float) -> bo
         return False
     if time.time() - float(info.get("heartbeat", 0)) > grace_period_s:
         return False
-    if info.get("host") == _host():
+    if info.get("host") == this_host():
         started = info.get("started")
         return pid_alive(int(info.get("pid", -1)), None if started is None else float(started))
     return True
@@ -587,7 +587,7 @@ class Orchestrator:
     def _beat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self._last_beat >= self.spec.heartbeat_interval_s:
-            self.study.set_user_attr(ORCH_ATTR, {"pid": os.getpid(), "host": _host(), "heartbeat": now,
+            self.study.set_user_attr(ORCH_ATTR, {"pid": os.getpid(), "host": this_host(), "heartbeat": now,
                                                  "started": self._started})
             self._last_beat = now
 

@@ -33,7 +33,7 @@ def test_recycled_pid_is_not_taken_for_a_live_job(tmp_path: Path, monkeypatch: p
     from awm_platform.runner.proc import is_alive, process_start_time
     from awm_platform.runner.state import cancel_run, refresh_states
     from awm_platform.store import Store
-    from awm_platform.sweeps.orchestrator import _host, orchestrator_alive
+    from awm_platform.sweeps.orchestrator import orchestrator_alive, this_host
 
     monkeypatch.setenv("AWM_POLL_INTERVAL_S", "0")
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -56,7 +56,7 @@ def test_recycled_pid_is_not_taken_for_a_live_job(tmp_path: Path, monkeypatch: p
             assert store.get_run("recycled").status == "CANCELLED"
             assert stranger.poll() is None, "cancel_run signalled a process that is not its job"
 
-        beat = {"pid": stranger.pid, "host": _host(), "heartbeat": time.time()}
+        beat = {"pid": stranger.pid, "host": this_host(), "heartbeat": time.time()}
         assert orchestrator_alive({**beat, "started": started}, 60)
         assert not orchestrator_alive({**beat, "started": started - 3.0}, 60)
     finally:
