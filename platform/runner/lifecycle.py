@@ -70,8 +70,8 @@ EVENT_SOURCES: dict[RunEvent, str] = {
     RunEvent.COMPLETED: "job controller: the trainer exited 0",
     RunEvent.FAILED: "job controller: the trainer failed (exit code, stop without a signal)",
     RunEvent.TIMED_OUT: "job controller: timed out with no requeue left (launcher.max_requeues)",
-    RunEvent.CANCELLED: "`awm cancel`, a stopped sweep: after the job is gone (state.cancel_run)",
-    RunEvent.PRUNED: "sweep pruner: after the job is gone (state.cancel_run)",
+    RunEvent.CANCELLED: "`awm cancel`, a stopped sweep: recorded, then the job is stopped (state.cancel_run)",
+    RunEvent.PRUNED: "sweep pruner: recorded, then the job is stopped (state.cancel_run)",
     RunEvent.NEVER_SUBMITTED: "poll: PENDING without a job id past AWM_JOB_ID_GRACE_S (the submitter died)",
     RunEvent.OBSERVED_PENDING: "poll: the scheduler says the job is pending (a requeued job waits too)",
     RunEvent.OBSERVED_RUNNING: "poll: the scheduler says the job runs",
@@ -204,6 +204,24 @@ def apply_event(store: Store, name: str, event: RunEvent | None, *, fields: Mapp
                 end_mlflow_run(run)
             return Outcome(run, applied=event is not None, changed=target != current)
     raise LifecycleError(f"run {name!r}: {event} lost {MAX_RACES} compare-and-set races in a row")
+
+
+def stop_run(store: Store, name: str, event: RunEvent, stop: Callable[[Run], None]) -> Outcome:
+    """Cancel or prune an active run (`event`: CANCELLED or PRUNED) and `stop` its job.
+
+    The decision is recorded FIRST, so what the job reports while it checkpoints and exits (a
+    preemption, even a completion of its last step) cannot overwrite it: terminal states are
+    final. Once `stop` returns (the job is gone) the end time is that moment, and the MLflow run
+    is closed again with the decided status (a trainer that finished during the stop closed it
+    as FINISHED). A run that ended on its own before the decision is left as it is."""
+    decided = apply_event(store, name, event)
+    if not decided.changed:
+        return decided
+    stop(decided.run)
+    store.compare_and_set_run(name, decided.run.status, ended_at=datetime.now(UTC))
+    run = store.get_run(name)
+    end_mlflow_run(run)
+    return Outcome(run, applied=True, changed=True)
 
 
 def apply_observation(store: Store, name: str, observation: JobObservation) -> Outcome:

@@ -32,7 +32,7 @@ from typing import Any
 
 from awm_platform.paths import awm_home
 from awm_platform.runner.backends import CLUSTERS, backend_for
-from awm_platform.runner.lifecycle import RunEvent, apply_event, apply_observation
+from awm_platform.runner.lifecycle import RunEvent, apply_event, apply_observation, stop_run
 from awm_platform.store import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunStatus, as_utc
 
 MIN_POLL_INTERVAL_ENV = "AWM_POLL_INTERVAL_S"
@@ -116,11 +116,16 @@ def cancel_run(name: str, store: Any, *, status: str = "CANCELLED", timeout_s: f
 
     The job gets SIGTERM (SLURM `scancel`; local: the submitit controller forwards it), the
     controller asks the trainer to checkpoint, so a cancelled run can be rerun from where it
-    stopped (`ExecutorBackend.cancel`). Then the status is set (CANCELLED, or PRUNED for sweeps)."""
+    stopped (`ExecutorBackend.cancel`). The status (CANCELLED, or PRUNED for sweeps) is recorded
+    before the job is stopped, so nothing the job reports meanwhile overrides it
+    (`lifecycle.stop_run`); the end time is when the job is gone."""
     event = {RunStatus.CANCELLED: RunEvent.CANCELLED, RunStatus.PRUNED: RunEvent.PRUNED}[RunStatus(status)]
     run = store.get_run(name)
     if run.status in TERMINAL_STATUSES:
         return
-    if run.cluster in CLUSTERS:
-        backend_for(run.cluster).cancel(run, timeout_s)
-    apply_event(store, name, event)
+
+    def stop(decided: Run) -> None:
+        if decided.cluster in CLUSTERS:
+            backend_for(decided.cluster).cancel(decided, timeout_s)
+
+    stop_run(store, name, event, stop)

@@ -27,6 +27,7 @@ from awm_platform.runner.lifecycle import (
     apply_event,
     apply_observation,
     next_status,
+    stop_run,
     transitions_markdown,
 )
 from awm_platform.runner.spec import JobSpec
@@ -130,6 +131,29 @@ def test_a_late_report_after_the_end_changes_nothing(world: World) -> None:
     assert (late.applied, late.changed, late.status) == (False, False, RunStatus.CANCELLED)
     assert late.run.gpu_hours == pytest.approx(0.5)  # the GPUs were used all the same
     assert world.mlflow_status_of(name)[0] == "KILLED"
+
+
+def test_a_cancel_decision_is_not_overwritten_by_what_the_job_reports_while_it_stops(world: World) -> None:
+    """`stop_run` (awm cancel, sweep prune): the decision is recorded first; the trainer that
+    finishes its last step during the stop reports COMPLETED and closes its MLflow run FINISHED
+    (as the worker does); the run stays PRUNED, MLflow says KILLED, the end is when the job is gone."""
+    name = world.new_run()
+    apply_event(world.store, name, RunEvent.STARTED)
+    seen_during_stop = []
+
+    def stop(decided) -> None:
+        seen_during_stop.append(decided.status)
+        late = apply_event(world.store, name, RunEvent.COMPLETED, add_gpu_hours=0.1)
+        assert not late.applied
+        world.mlflow.set_terminated(world.store.get_run(name).mlflow_run_id, status="FINISHED")
+
+    out = stop_run(world.store, name, RunEvent.PRUNED, stop)
+    assert seen_during_stop == ["PRUNED"]
+    run = world.store.get_run(name)
+    assert out.changed and run.status == "PRUNED" and run.gpu_hours == pytest.approx(0.1)
+    assert world.mlflow_status_of(name)[0] == "KILLED"
+    again = stop_run(world.store, name, RunEvent.CANCELLED, stop)  # already ended: nothing stops
+    assert not again.changed and again.status == RunStatus.PRUNED and seen_during_stop == ["PRUNED"]
 
 
 def test_resubmission_and_its_failure_restore_the_previous_state(world: World) -> None:
