@@ -180,6 +180,15 @@ def test_an_observation_fills_in_hosts_times_gpu_hours_and_the_reason(world: Wor
     assert world.mlflow_status_of(name) [0] == "FAILED"
 
 
+def test_a_lagging_pending_poll_does_not_undo_the_jobs_own_preemption(world: World) -> None:
+    name = world.new_run()
+    apply_event(world.store, name, RunEvent.STARTED)
+    apply_event(world.store, name, RunEvent.PREEMPT_SIGNAL, add_gpu_hours=0.5)
+    out = apply_observation(world.store, name, JobObservation(status="PENDING", gpu_hours=0.75))
+    assert (out.applied, out.changed, out.status) == (True, False, RunStatus.PREEMPTED)
+    assert out.run.gpu_hours == pytest.approx(0.75)
+
+
 def test_never_submitted_fails_only_a_run_without_a_job(world: World) -> None:
     name = world.new_run()
     world.store.append_job_id(name, "7")
