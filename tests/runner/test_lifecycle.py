@@ -99,8 +99,9 @@ def test_every_event_has_rows_and_the_docs_hold_the_table() -> None:
     table = transitions_markdown()
     for event in RunEvent:
         assert f"| `{event}` |" in table
-    docs = (REPO / "docs" / "runner.md").read_text()
-    assert table in docs, "docs/runner.md must hold `python -m awm_platform.runner.lifecycle`'s table"
+    for doc in ("runner.md", "architecture.md"):
+        assert table in (REPO / "docs" / doc).read_text(), (
+            f"docs/{doc} must hold `python -m awm_platform.runner.lifecycle`'s table")
 
 
 def test_only_the_lifecycle_writes_a_run_status() -> None:
