@@ -32,25 +32,9 @@ import yaml
 
 from awm_platform.config import config_hash, resolved_config
 from awm_platform.redaction import scrub, secret_values
+from trainers.awm.files import FILE_MODE, atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-# Files under a run directory may hold configuration: never world-readable (0640 by default;
-# job.json and setup.sh, which hold secrets, 0600).
-FILE_MODE = 0o640
-
-
-def atomic_write(path: Path, text: str, mode: int = FILE_MODE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with open(fd, "w") as fh:
-        os.fchmod(fh.fileno(), mode)  # an existing tmp file keeps its old mode under O_CREAT
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def append_line(path: Path, line: str) -> None:

@@ -32,8 +32,8 @@ from pathlib import Path
 import awm_platform.runner
 import benchmarks
 import trainers
-from awm_platform.runner.capsule import atomic_write
 from awm_platform.runner.proc import scoped_environ
+from trainers.awm.files import atomic_write
 
 PACKAGES = ("awm_platform", "trainers", "benchmarks")
 CODE_DIR = "code"  # run_dir/code -> $AWM_HOME/code/<hash>

@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
-# run-dir files may hold configuration: never world-readable, whatever the process umask
-PRIVATE_FILE_MODE = 0o640
 
 
 class CheckpointError(RuntimeError):
@@ -86,20 +84,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write(path: Path, text: str, mode: int = PRIVATE_FILE_MODE) -> None:
-    """Write `text` to `path` through a temp file and a rename: readers see the old or the new
-    content, never a part; the file gets `mode` (0640 by default)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with open(fd, "w") as fh:
-        os.fchmod(fh.fileno(), mode)  # an existing tmp file keeps its old mode under O_CREAT
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def prepare_tmp(run_dir: str | Path, step: int) -> Path:

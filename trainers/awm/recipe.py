@@ -50,6 +50,7 @@ from trainers.awm.advantages import compute_advantages
 from trainers.awm.config import TrainerConfig, derive_topology
 from trainers.awm.ema import WeightEMA, kl_ema_mixing, update_ema_adapter_
 from trainers.awm.evaluation import run_eval, write_samples
+from trainers.awm.files import atomic_write
 from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
 from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
 from trainers.awm.model import Cond, get_family
@@ -176,7 +177,7 @@ class AWMTrainer:
         self.cfg_hash = cfg.fingerprint()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            C.atomic_write(self.run_dir / "config.resolved.json", json.dumps(cfg.resolved(self.world), indent=2))
+            atomic_write(self.run_dir / "config.resolved.json", json.dumps(cfg.resolved(self.world), indent=2))
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
