@@ -21,7 +21,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
-
 class RunStatus(StrEnum):
     """The vocabulary of `runs.status`. Which status may follow which, and who writes it, is
     the run lifecycle's (awm_platform.runner.lifecycle: the only writer of a run's status)."""

@@ -14,6 +14,7 @@ from typing import Any
 from awm_platform.config import load_config
 from awm_platform.paths import validate_run_name
 from awm_platform.redaction import redact_url
+from awm_platform.runner.proc import is_alive
 from awm_platform.store import Store
 from awm_platform.sweeps.optuna_bridge import load_study, storage_url
 from awm_platform.sweeps.orchestrator import (
@@ -27,7 +28,6 @@ from awm_platform.sweeps.orchestrator import (
     SweepError,
     SweepResult,
     orchestrator_alive,
-    pid_alive,
     stop_in_flight,
     sweep_dir,
     this_host,
@@ -106,7 +106,7 @@ def stop(study_name: str, *, backend: Backend | None = None, echo: Callable[[str
         while time.monotonic() < deadline:
             if store.get_sweep(study_name).status == SWEEP_STOPPED:
                 return 0
-            if info.get("host") == this_host() and not pid_alive(int(info["pid"]), started):
+            if info.get("host") == this_host() and not is_alive(int(info["pid"]), started):
                 break  # died without finishing the stop: do it ourselves
             time.sleep(0.5)
         else:

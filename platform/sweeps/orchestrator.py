@@ -49,7 +49,7 @@ from awm_platform.redaction import redact_url
 from awm_platform.runner.api import submit_run
 from awm_platform.runner.proc import fault_point, is_alive, process_start_time
 from awm_platform.runner.state import cancel_run, refresh_states
-from awm_platform.store import Store
+from awm_platform.store import ACTIVE_STATUSES, Store
 from awm_platform.sweeps.optuna_bridge import (
     OpenStudy,
     distributions,
@@ -63,7 +63,6 @@ from awm_platform.sweeps.optuna_bridge import (
 from awm_platform.sweeps.spec import SweepSpec
 from awm_platform.sweeps.tracking import log_study_summary, start_parent_run, summarize_study
 
-ACTIVE_RUN = ("PENDING", "RUNNING", "PREEMPTED")
 SWEEP_RUNNING, SWEEP_STOPPING, SWEEP_STOPPED = "RUNNING", "STOPPING", "STOPPED"
 SWEEP_COMPLETED, SWEEP_INTERRUPTED = "COMPLETED", "INTERRUPTED"
 ORCH_ATTR = "awm_orchestrator"
@@ -177,12 +176,6 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def pid_alive(pid: int, start_time: float | None = None) -> bool:
-    """`pid` runs (not a zombie: a detached daemon we spawned and never reaped is dead for our
-    purposes) and, with `start_time`, is the process that started then (pids are recycled)."""
-    return is_alive(pid, start_time)
-
-
 def orchestrator_alive(info: dict[str, Any] | None, grace_period_s: float) -> bool:
     """Another orchestrator holds the study if it beat recently (and, on this host, its pid
     still runs the process that started at `info["started"]`)."""
@@ -192,7 +185,7 @@ def orchestrator_alive(info: dict[str, Any] | None, grace_period_s: float) -> bo
         return False
     if info.get("host") == this_host():
         started = info.get("started")
-        return pid_alive(int(info.get("pid", -1)), None if started is None else float(started))
+        return is_alive(int(info.get("pid", -1)), None if started is None else float(started))
     return True
 
 
@@ -395,7 +388,7 @@ class Orchestrator:
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
         runs = {r.trial_number: r for r in store.list_runs(sweep_name=self.ctx.study_name)}
-        active = [runs[t.number].name for t in running if t.number in runs and runs[t.number].status in ACTIVE_RUN]
+        active = [runs[t.number].name for t in running if t.number in runs and runs[t.number].status in ACTIVE_STATUSES]
         if active:
             self.backend.refresh(store, active)
             runs = {r.trial_number: r for r in store.list_runs(sweep_name=self.ctx.study_name)}
@@ -609,7 +602,7 @@ def stop_in_flight(opened: OpenStudy, store: Store, backend: Backend, study_name
         if t.state != TrialState.RUNNING:
             continue
         run = runs.get(t.number)
-        if run is not None and run.status in ACTIVE_RUN:
+        if run is not None and run.status in ACTIVE_STATUSES:
             backend.cancel(run.name, store, "CANCELLED")
         opened.set_trial_user_attr(t.number, "stopped", True)
         opened.set_trial_user_attr(t.number, "error", "stopped by `awm sweep stop`")

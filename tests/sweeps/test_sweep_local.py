@@ -146,7 +146,7 @@ def test_cli_resume_of_a_killed_orchestrator_runs_the_sweep_to_completion(trial_
     import subprocess
     import sys
 
-    from awm_platform.sweeps.orchestrator import pid_alive
+    from awm_platform.runner.proc import is_alive
     from tests.sweeps.helpers import write_config
 
     cfg = write_config(tmp_path / "s.yaml", {**trial_base, "name": "cliresume",
@@ -161,7 +161,7 @@ def test_cli_resume_of_a_killed_orchestrator_runs_the_sweep_to_completion(trial_
     store = Store.default()
     wait_for(lambda: len([r for r in store.list_runs(sweep_name="cliresume") if r.job_ids]) == 2, 180, "2 jobs")
     os.kill(pid, signal.SIGKILL)  # not our child (the CLI started it): wait for it to vanish
-    wait_for(lambda: not pid_alive(pid), 30, "orchestrator gone")
+    wait_for(lambda: not is_alive(pid), 30, "orchestrator gone")
     jobs = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="cliresume")}
 
     res = subprocess.run([*awm, "resume", "cliresume"], capture_output=True, text=True, timeout=600, check=False)
