@@ -21,9 +21,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from awm_platform import redaction as _redaction
 from awm_platform.dotted import NotASectionError, set_dotted
 from awm_platform.paths import validate_run_name
+from awm_platform.redaction import redact, setup_hash
 from awm_platform.sweeps.spec import SweepSpec
 from trainers.awm.config import ConfigError, ConfigSection, Topology, TrainerConfig, derive_topology
 
@@ -292,9 +292,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
 
 # --------------------------------------------------------------- resolve and hash ----
-# Secret rules live in awm_platform.redaction (docs/runner.md, "Secrets"); re-exported here.
-REDACTED = _redaction.REDACTED
-redact = _redaction.redact
+# Secret rules live in awm_platform.redaction (docs/runner.md, "Secrets").
 
 
 def resolved_config(cfg: ExperimentConfig, world_size: int | None = None) -> dict[str, Any]:
@@ -302,7 +300,7 @@ def resolved_config(cfg: ExperimentConfig, world_size: int | None = None) -> dic
     data = redact(cfg.model_dump(mode="json"))
     data["derived"] = cfg.topology(world_size).model_dump()
     # the raw setup lines stay in the 0600 job files; a hash tells runs with different ones apart
-    data["derived"]["setup_hash"] = _redaction.setup_hash(cfg.launcher.setup)
+    data["derived"]["setup_hash"] = setup_hash(cfg.launcher.setup)
     return data
 
 

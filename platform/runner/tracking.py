@@ -42,8 +42,8 @@ from typing import Any
 
 from PIL import Image
 
-from awm_platform.config import config_hash, flatten, redact, resolved_config
-from awm_platform.redaction import quiet_mlflow_links, redact_url
+from awm_platform.config import config_hash, flatten, resolved_config
+from awm_platform.redaction import quiet_mlflow_links, redact, redact_url
 from awm_platform.runner.capsule import user_name
 from awm_platform.runner.proc import scoped_environ
 from awm_platform.runner.spec import JobSpec

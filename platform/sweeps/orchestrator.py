@@ -42,10 +42,10 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from awm_platform.config import REDACTED, ExperimentConfig, config_from_dict, config_hash, resolved_config
+from awm_platform.config import ExperimentConfig, config_from_dict, config_hash, resolved_config
 from awm_platform.dotted import set_dotted
 from awm_platform.paths import awm_home, validate_run_name
-from awm_platform.redaction import redact_url
+from awm_platform.redaction import REDACTED, redact_url
 from awm_platform.runner.api import submit_run
 from awm_platform.runner.proc import fault_point, is_alive, process_start_time
 from awm_platform.runner.state import cancel_run, refresh_states

@@ -16,9 +16,9 @@ from awm_platform.config import (
     derive_topology,
     flatten,
     load_config,
-    redact,
     resolved_config,
 )
+from awm_platform.redaction import redact
 
 
 def write(tmp_path: Path, text: str) -> Path:
