@@ -1,7 +1,7 @@
 """MLflow side of a sweep: one parent run per study, the study summary as its artifacts.
 
 Child runs (one per trial) are created by the trainer inside each job, with the parent run
-id the orchestrator passes to `runner.submit_run(mlflow_parent_run_id=...)`.
+id the orchestrator passes to `runner.api.submit_run(mlflow_parent_run_id=...)`.
 Tracking must never kill a sweep: every MLflow failure here is reported and skipped.
 """
 
