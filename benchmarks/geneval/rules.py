@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarks.geneval import REWARD_VERSIONS, VERSION  # noqa: F401  (re-exported)
 from benchmarks.geneval.prompts import COLORS, TAGS
 
 #: ``(objects, class_name) -> one colour name per object`` (in the objects' order).
