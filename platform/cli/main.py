@@ -16,8 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from awm_platform import services
-from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail, is_user_error
+from awm_platform.cli.common import OverridesOpt, fail, is_user_error
 from awm_platform.paths import restrict_umask
+from trainers.awm.process import EXIT_BAD_INPUT
 
 app = typer.Typer(
     name="awm",

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from awm_platform.cli.common import EXIT_BAD_INPUT, OverridesOpt, fail
+from awm_platform.cli.common import OverridesOpt, fail
 
 ClusterOpt = Annotated[
     Literal["local", "debug", "slurm"] | None,  # = backends.CLUSTERS (tests check); a choice list in --help
@@ -292,4 +292,4 @@ def register(app: typer.Typer) -> None:
     app.command("logs")(logs)
 
 
-__all__ = ["EXIT_BAD_INPUT", "register"]
+__all__ = ["register"]
