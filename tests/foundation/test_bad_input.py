@@ -229,9 +229,10 @@ def test_sbatch_rejection_of_a_gres_request_names_the_gpu_key(tmp_path: Path, is
 
 
 def test_scheduler_rejection_names_the_key_for_each_kind_of_sbatch_error() -> None:
+    from awm_platform.runner.backends import backend_for
     from awm_platform.runner.backends.submitit_compat import FailedJobError
 
-    from awm_platform.runner.backends.slurm import scheduler_rejection
+    rejection = backend_for("slurm").rejection
 
     cases = {
         "sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification":
@@ -243,8 +244,8 @@ def test_scheduler_rejection_names_the_key_for_each_kind_of_sbatch_error() -> No
             "launcher.time_min",
     }
     for stderr, key in cases.items():
-        line = scheduler_rejection(FailedJobError(stderr))
+        line = rejection(FailedJobError(stderr))
         assert line is not None and "\n" not in line
         assert line.startswith("sbatch rejected the job: ") and stderr.split("error: ", 1)[1] in line
         assert f"(change {key}" in line, line
-    assert scheduler_rejection(RuntimeError("not sbatch")) is None
+    assert rejection(RuntimeError("not sbatch")) is None

@@ -142,18 +142,6 @@ def sbatch_script(
     return submitit_compat.sbatch_string(submitit_compat.submitit_command(folder, python), folder, params)
 
 
-def scheduler_rejection(exc: BaseException) -> str | None:
-    """One line for a job the scheduler refused (submitit's FailedJobError around sbatch's stderr):
-    sbatch's own message and the launcher key to change. None for any other error."""
-    if not isinstance(exc, submitit_compat.FailedJobError):
-        return None
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    message = " ".join(ln.removeprefix("sbatch: error: ") for ln in lines) or "no message"
-    low = message.lower()
-    key = next((k for words, k in _SBATCH_HINTS if any(w in low for w in words)), "the launcher section")
-    return f"sbatch rejected the job: {message} (change {key})"
-
-
 def parse_sacct(text: str) -> dict[str, dict[str, Any]]:
     """`sacct -n -P -X -D -o JobID,State,NodeList,ElapsedRaw,Start,End` -> per job id: the
     latest instance's state/nodes/times and the summed elapsed seconds of all instances."""
@@ -236,7 +224,15 @@ class SlurmBackend(ExecutorBackend):
         return sbatch_script(cfg, run_dir, array_size=array_size)
 
     def rejection(self, exc: BaseException) -> str | None:
-        return scheduler_rejection(exc)
+        """One line for a job the scheduler refused (submitit's FailedJobError around sbatch's stderr):
+        sbatch's own message and the launcher key to change. None for any other error."""
+        if not isinstance(exc, submitit_compat.FailedJobError):
+            return None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        message = " ".join(ln.removeprefix("sbatch: error: ") for ln in lines) or "no message"
+        low = message.lower()
+        key = next((k for words, k in _SBATCH_HINTS if any(w in low for w in words)), "the launcher section")
+        return f"sbatch rejected the job: {message} (change {key})"
 
     def _executor(self, cfg: Any, run_dir: Path) -> submitit.SlurmExecutor:
         ex = submitit.SlurmExecutor(folder=submitit_folder(run_dir), max_num_timeout=cfg.launcher.max_requeues)
