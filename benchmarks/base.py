@@ -37,8 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +45,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.files import atomic_write
 
 __all__ = [
     "Benchmark",
@@ -200,33 +200,15 @@ class BenchmarkSummary:
         return d
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_results(out_dir: str | Path, records: Sequence[SampleRecord], summary: BenchmarkSummary) -> tuple[Path, Path]:
     """Write ``out_dir/samples.jsonl`` (one record per image) and ``out_dir/summary.json`` atomically."""
     out_dir = Path(out_dir)
     recs = sorted(records, key=lambda r: (r.prompt_index, r.sample_index))
     lines = "".join(json.dumps(r.to_dict(), ensure_ascii=False, sort_keys=False) + "\n" for r in recs)
     samples, summ = out_dir / "samples.jsonl", out_dir / "summary.json"
-    atomic_write_text(samples, lines)
-    atomic_write_text(summ, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    # private to their owner (0600), as results have always been written
+    atomic_write(samples, lines, mode=0o600)
+    atomic_write(summ, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n", mode=0o600)
     return samples, summ
 
 

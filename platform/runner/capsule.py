@@ -32,7 +32,7 @@ import yaml
 
 from awm_platform.config import config_hash, resolved_config
 from awm_platform.redaction import scrub, secret_values
-from trainers.awm.files import FILE_MODE, atomic_write
+from benchmarks.files import FILE_MODE, atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

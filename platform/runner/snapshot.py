@@ -33,7 +33,7 @@ import awm_platform.runner
 import benchmarks
 import trainers
 from awm_platform.runner.proc import scoped_environ
-from trainers.awm.files import atomic_write
+from benchmarks.files import atomic_write
 
 PACKAGES = ("awm_platform", "trainers", "benchmarks")
 CODE_DIR = "code"  # run_dir/code -> $AWM_HOME/code/<hash>

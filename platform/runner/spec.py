@@ -13,7 +13,7 @@ from typing import Any
 
 from awm_platform.config import ExperimentConfig
 from awm_platform.redaction import scrub, secret_values
-from trainers.awm.files import atomic_write
+from benchmarks.files import atomic_write
 
 # The user's `launcher.setup` lines may hold secrets (`export HF_TOKEN=...`): they are never copied
 # into the sbatch script (SLURM keeps it in its spool; `scontrol write batch_script`) nor into a

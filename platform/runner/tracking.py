@@ -48,7 +48,7 @@ from awm_platform.runner.capsule import user_name
 from awm_platform.runner.proc import scoped_environ
 from awm_platform.runner.spec import JobSpec
 from awm_platform.store import Store
-from trainers.awm.files import FILE_MODE, atomic_write
+from benchmarks.files import FILE_MODE, atomic_write
 from trainers.awm.logging import CompositeLogger, JsonlMetricLogger, NullLogger
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch

@@ -43,6 +43,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
+from benchmarks.files import atomic_write
 from trainers.awm import checkpoint as C
 from trainers.awm import lora as L
 from trainers.awm.accelerate_compat import reset_accelerate_state
@@ -50,7 +51,6 @@ from trainers.awm.advantages import compute_advantages
 from trainers.awm.config import TrainerConfig, derive_topology
 from trainers.awm.ema import WeightEMA, kl_ema_mixing, update_ema_adapter_
 from trainers.awm.evaluation import run_eval, write_samples
-from trainers.awm.files import atomic_write
 from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
 from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
 from trainers.awm.model import Cond, get_family

@@ -24,7 +24,7 @@ from awm_platform.runner import snapshot
 from awm_platform.runner.backends.base import JobObservation, OneMachineBackend
 from awm_platform.runner.launch import setup_commands, setup_failure, submitit_folder
 from awm_platform.runner.proc import is_alive, kill_tree, process_start_time, scrubbed_environ
-from trainers.awm.files import atomic_write
+from benchmarks.files import atomic_write
 
 LOCAL_JOBS_FILE = "local_jobs.json"
 EXITED_WITHOUT_REPORTING = "the local job process exited without reporting (killed?)"
