@@ -26,13 +26,14 @@ import argparse
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.files import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -429,17 +430,7 @@ def generate_train_prompts(
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Atomic jsonl write (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), "".join(json.dumps(r) + "\n" for r in records), mode=0o600)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.base import read_prompt_lines
+from benchmarks.files import atomic_write
 from benchmarks.ocr.scoring import extract_target, normalize
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -334,16 +333,7 @@ def sha256_text(text: str) -> str:
 def write_train_file(path: str | Path | None = None, n: int = TRAIN_N, seed: int = TRAIN_SEED) -> Path:
     """Write the generated prompts atomically (temp file + rename)."""
     path = Path(path) if path is not None else DATA_DIR / TRAIN_FILE
-    data = generate_train_text(n, seed).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, generate_train_text(n, seed), mode=0o644)  # a shipped data file: readable by all
     return path
 
 

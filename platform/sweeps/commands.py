@@ -33,6 +33,7 @@ from awm_platform.sweeps.orchestrator import (
     this_host,
 )
 from awm_platform.sweeps.tracking import tracking_uri
+from benchmarks.files import atomic_write
 
 
 def prepare(config: Path | str, overrides: list[str] | None = None, *, cluster: str | None = None,
@@ -79,9 +80,7 @@ def spawn_daemon(study_name: str) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "awm_platform.sweeps.daemon", study_name],
                                 stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=os.environ.copy())
-    tmp = d / "orchestrator.pid.tmp"
-    tmp.write_text(f"{proc.pid}\n")
-    os.replace(tmp, d / "orchestrator.pid")
+    atomic_write(d / "orchestrator.pid", f"{proc.pid}\n")
     return proc.pid
 
 

@@ -62,6 +62,7 @@ from awm_platform.sweeps.optuna_bridge import (
 )
 from awm_platform.sweeps.spec import SweepSpec
 from awm_platform.sweeps.tracking import log_study_summary, start_parent_run, summarize_study
+from benchmarks.files import atomic_write
 
 SWEEP_RUNNING, SWEEP_STOPPING, SWEEP_STOPPED = "RUNNING", "STOPPING", "STOPPED"
 SWEEP_COMPLETED, SWEEP_INTERRUPTED = "COMPLETED", "INTERRUPTED"
@@ -123,15 +124,9 @@ class SweepContext:
         return sweep_dir(self.study_name)
 
     def save(self) -> None:
-        d = self.state_dir
-        d.mkdir(parents=True, exist_ok=True)
         data = {"study_name": self.study_name, "cluster": self.cluster, "storage_url": self.storage_url,
                 "config": self.cfg.model_dump(mode="json")}
-        tmp = d / "sweep.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, d / "sweep.json")
+        atomic_write(self.state_dir / "sweep.json", json.dumps(data, indent=2), mode=0o600)
 
     @classmethod
     def load(cls, study_name: str, *, store: Store | None = None) -> SweepContext:

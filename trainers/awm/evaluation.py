@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 
+from benchmarks.files import atomic_write
 from trainers.awm.samplers import euler_sample, randn_per_sample
 
 
@@ -107,11 +107,6 @@ def run_eval(
 
 
 def write_samples(run_dir: Path, step: int, records: list[dict]) -> Path:
-    d = Path(run_dir) / "evals" / f"step-{int(step)}"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / "samples.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    os.replace(tmp, path)
+    path = Path(run_dir) / "evals" / f"step-{int(step)}" / "samples.jsonl"
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     return path

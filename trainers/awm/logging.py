@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from benchmarks.files import atomic_write
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
@@ -116,9 +118,7 @@ class JsonlMetricLogger:
                     continue  # a torn last line from a crash
                 if int(rec.get("step", -1)) <= step:
                     kept.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(k + "\n" for k in kept))
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
 
     def close(self) -> None:
