@@ -94,7 +94,7 @@ def _fail_if_never_submitted(store: Any, run: Any) -> bool:
     """A PENDING run with no job id long after it was registered: the process submitting it
     died between registering the run and recording its job (e.g. a killed sweep
     orchestrator). Nothing would ever update it, so it is FAILED with the reason; a job that
-    was submitted after all refuses to start (job.py: a FAILED run without job ids)."""
+    was submitted after all refuses to start (job.py: its run is terminal)."""
     grace = float(os.environ.get(JOB_ID_GRACE_ENV, DEFAULT_JOB_ID_GRACE_S))
     created = as_utc(run.created_at)
     age = (datetime.now(UTC) - created).total_seconds() if created is not None else 0.0
