@@ -65,6 +65,10 @@ def measure(cluster: str, model: Path, partition: str | None) -> dict[str, float
         time.sleep(0.05)
     assert run.status == "COMPLETED", run.error
     ev = _events(sub.run_dir)
+    deadline = time.time() + 30  # the controller writes its `reported` event just after the store row
+    while "reported" not in ev and time.time() < deadline:
+        time.sleep(0.05)
+        ev = _events(sub.run_dir)
     first, last = _metric_times(sub.run_dir)
     return {
         "submit_call_s": t_sub - t0,  # ours

@@ -396,6 +396,10 @@ class MlflowLogger(NullLogger):
 
     # ------------------------------------------------------------------ flushing ----
     def _loop(self) -> None:
+        try:  # load mlflow now, while the trainer starts up, not in the final flush of a short run
+            self._client_()
+        except Exception as exc:  # pragma: no cover - the first flush reports it (and spools)
+            _warn(f"MLflow client not ready: {exc}")
         while not self._closed:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
