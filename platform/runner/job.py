@@ -16,6 +16,12 @@ process (its own process group/session), forwards preemption to it and requeues:
 
 The requeued job resumes the same run: same run dir and name; the trainer picks the latest
 valid checkpoint, the MLflow run id comes from `run_dir/capsule/mlflow.json`.
+
+Import-light on purpose: submitit unpickles `TrainJob` (importing this module) BEFORE it installs
+its preemption handler, and until then SIGUSR2 kills the process. So this module imports only the
+standard library, submitit and light platform modules at the top (0.2 s); the store, the run
+lifecycle, the config and the backends (1.2 s more: sqlalchemy, alembic, pydantic models, numpy)
+are imported where they are used, marked `# deferred: light controller import`.
 """
 
 from __future__ import annotations
@@ -31,21 +37,19 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 
 from awm_platform.paths import restrict_umask
 from awm_platform.runner import snapshot
-from awm_platform.runner.backends import backend_for, submitit_compat
-from awm_platform.runner.capsule import append_line, event
-from awm_platform.runner.launch import launch_command
-from awm_platform.runner.lifecycle import RunEvent, apply_event
 from awm_platform.runner.proc import child_env, kill_tree, signal_tree
-from awm_platform.runner.spec import JobSpec
-from awm_platform.runner.worker import EXIT_DIR_ENV, read_exit_codes
-from awm_platform.store import TERMINAL_STATUSES, Run, RunStatus, Store
 from trainers.awm.process import EXIT_INTERRUPTED
+
+if TYPE_CHECKING:
+    from awm_platform.runner.lifecycle import RunEvent
+    from awm_platform.runner.spec import JobSpec
+    from awm_platform.store import Run, RunStatus, Store
 
 # The trainer stopped (exit 3) although this controller got no preemption signal: how long to
 # let one that was sent to the whole step arrive before the controller raises it itself.
@@ -103,6 +107,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         return env is None or env.global_rank == 0
 
     def _store(self, spec: JobSpec) -> Store:
+        from awm_platform.store import Store  # deferred: light controller import
+
         return Store(spec.store_url, upgrade=False)  # migrated at submit time; alembic is slow
 
     def _report(self, spec: JobSpec, event: RunEvent, **fields: Any) -> None:
@@ -112,6 +118,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         Best effort: a store hiccup must not kill a training job."""
         if not self._rank0():
             return
+        from awm_platform.runner.backends import backend_for  # deferred: light controller import
+        from awm_platform.runner.lifecycle import apply_event  # deferred: light controller import
+
         try:
             store = self._store(spec)
             try:
@@ -163,6 +172,20 @@ class TrainJob(submitit.helpers.Checkpointable):
         run_dir = Path(self.run_dir)
         # first thing: submitit ignores SIGTERM, and one may arrive while we start up
         previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+        from awm_platform.runner.backends import (  # deferred: light controller import
+            backend_for,
+            submitit_compat,
+        )
+        from awm_platform.runner.capsule import append_line, event  # deferred: light controller import
+        from awm_platform.runner.launch import launch_command  # deferred: light controller import
+        from awm_platform.runner.lifecycle import RunEvent, apply_event  # deferred: light controller import
+        from awm_platform.runner.spec import JobSpec  # deferred: light controller import
+        from awm_platform.runner.worker import (  # deferred: light controller import
+            EXIT_DIR_ENV,
+            read_exit_codes,
+        )
+        from awm_platform.store import TERMINAL_STATUSES, RunStatus  # deferred: light controller import
+
         event(run_dir, "controller_start")
         spec = JobSpec.load(run_dir)
         env = self._env()
@@ -329,12 +352,17 @@ class TrainJob(submitit.helpers.Checkpointable):
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         print("[awm] caught SIGTERM: checkpointing the trainer before exiting", file=sys.stderr, flush=True)
         self._terminated = True
+        from awm_platform.runner.spec import JobSpec  # deferred: light controller import
+
         spec = JobSpec.load(Path(self.run_dir))
         self._stop_child(self._grace(spec))
         # __call__ sees exit code 3 (or the kill) and exits 143 without a result pickle.
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on USR2 (timeout/preemption), from inside `__call__`'s wait."""
+        from awm_platform.runner.lifecycle import RunEvent  # deferred: light controller import
+        from awm_platform.runner.spec import JobSpec  # deferred: light controller import
+
         spec = JobSpec.load(Path(self.run_dir))
         print(
             "[awm] preemption/timeout signal: asking the trainer to checkpoint", file=sys.stderr, flush=True
@@ -370,6 +398,8 @@ def _stderr_fd() -> int:
 def _write_success_result(result: Any) -> None:
     """What submitit's process_job writes after a normal return (we exit from its handler)."""
     try:
+        from awm_platform.runner.backends import submitit_compat  # deferred: light controller import
+
         submitit_compat.write_success_result(result)
     except Exception as exc:  # pragma: no cover
         print(f"[awm] warning: could not write the result pickle: {exc}", file=sys.stderr, flush=True)
