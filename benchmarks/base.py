@@ -46,16 +46,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from benchmarks.errors import BenchmarkError
 from benchmarks.files import atomic_write
 
 __all__ = [
     "Benchmark",
-    "BenchmarkError",
     "BenchmarkSummary",
     "ModelStatus",
-    "ModelUnavailableError",
     "PromptSet",
-    "RewardError",
     "RewardFn",
     "SampleRecord",
     "bootstrap_ci",
@@ -67,18 +65,6 @@ __all__ = [
 
 #: ``(images, prompts, metadata) -> {component name: float array of len(images)}``
 RewardFn = Callable[[Sequence["Image.Image"], Sequence[str], Sequence[dict]], dict[str, np.ndarray]]
-
-
-class BenchmarkError(Exception):
-    """Any benchmark failure (bad input, bad metadata, scoring failure). Message says what and where."""
-
-
-class ModelUnavailableError(BenchmarkError):
-    """Model weights / engine not available. Message names the missing path or id and how to provide it."""
-
-
-class RewardError(RuntimeError):
-    """A reward that cannot be built (unknown name, bad options) or returned malformed scores."""
 
 
 def sha256_file(path: str | Path) -> str:

@@ -45,7 +45,7 @@ def parse_options(opts: list[str] | None) -> dict[str, Any]:
 
 def scan_image_dir(images: Path, n_prompts: int | None) -> list[tuple[int, int, Path]]:
     """-> sorted ``(prompt_index, sample_index, path)``; bad names / out-of-range indices raise BenchmarkError."""
-    from benchmarks.base import BenchmarkError
+    from benchmarks.errors import BenchmarkError
 
     if not images.is_dir():
         raise BenchmarkError(f"image folder not found: {images}")
@@ -70,7 +70,7 @@ def scan_image_dir(images: Path, n_prompts: int | None) -> list[tuple[int, int, 
 def _load_image(path: Path):
     from PIL import Image
 
-    from benchmarks.base import BenchmarkError
+    from benchmarks.errors import BenchmarkError
 
     try:
         with Image.open(path) as im:
@@ -137,7 +137,8 @@ def score_cmd(
         "--allow-partial", help="Score even if some prompts have no image (the summary records the coverage).")] = False,
 ) -> None:
     """Score a folder of images (or GenEval detections) and write samples.jsonl + summary.json."""
-    from benchmarks.base import BenchmarkError, write_results
+    from benchmarks.base import write_results
+    from benchmarks.errors import BenchmarkError
 
     try:
         options = parse_options(opt)
@@ -178,7 +179,7 @@ def score_folder(name: str, images: Path, prompts: Path, options: dict, *, batch
     """Library form of ``awm bench score`` (images route) -> ``(records, summary)``. A folder with
     images for only some prompts raises BenchmarkError unless ``allow_partial`` (then the summary
     records ``prompts_scored`` / ``prompts_total``)."""
-    from benchmarks.base import BenchmarkError, ModelUnavailableError
+    from benchmarks.errors import BenchmarkError, ModelUnavailableError
     from benchmarks.registry import get_benchmark
 
     bench = get_benchmark(name, **options)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.base import RewardError, RewardFn
+from benchmarks.base import RewardFn
+from benchmarks.errors import RewardError
 
 
 def _jpeg_sizes_kb(images: Sequence[Image.Image]) -> np.ndarray:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.base import BenchmarkError
+from benchmarks.errors import BenchmarkError
 
 if TYPE_CHECKING:  # pragma: no cover
     from benchmarks.base import Benchmark

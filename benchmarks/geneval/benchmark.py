@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from benchmarks.base import (
     Benchmark,
-    BenchmarkError,
     BenchmarkSummary,
     ModelStatus,
     PromptSet,
@@ -27,6 +26,7 @@ from benchmarks.base import (
     to_rgb,
     validate_batch,
 )
+from benchmarks.errors import BenchmarkError
 from benchmarks.geneval import REWARD_VERSIONS, VERSION
 from benchmarks.geneval.color import (
     CLIP_ENV,

@@ -31,7 +31,7 @@ from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 from transformers import AutoTokenizer, CLIPModel
 
-from benchmarks.base import BenchmarkError, ModelUnavailableError
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.geneval.prompts import COLORS
 
 if TYPE_CHECKING:  # pragma: no cover

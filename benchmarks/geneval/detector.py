@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
-from benchmarks.base import BenchmarkError, ModelUnavailableError
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.geneval.color import _missing_model_message, resolve_device
 from benchmarks.geneval.prompts import object_names
 from benchmarks.geneval.rules import Detection

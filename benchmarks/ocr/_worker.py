@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from benchmarks.errors import ModelUnavailableError  # standard library only: no numpy before the pinning
+
 _ENGINE = None
 _SPEC = None
 
@@ -34,7 +36,5 @@ def recognize(arr):
             _ENGINE = build_engine(_SPEC)
         return ("ok", _ENGINE.recognize(arr))
     except Exception as e:  # noqa: BLE001 - reported back with the sample index by the parent
-        from benchmarks.base import ModelUnavailableError  # deferred: benchmarks.base loads numpy (see above)
-
         kind = "unavailable" if isinstance(e, ModelUnavailableError) else "error"
         return (kind, f"{type(e).__name__}: {e}")

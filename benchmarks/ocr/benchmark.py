@@ -20,13 +20,12 @@ import numpy as np
 
 from benchmarks.base import (
     Benchmark,
-    BenchmarkError,
     ModelStatus,
-    ModelUnavailableError,
     PromptSet,
     to_rgb,
     validate_batch,
 )
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.ocr import VERSION, _worker
 from benchmarks.ocr.engines import DEFAULT_ENGINE, EngineSpec, build_engine, engine_label, engine_status
 from benchmarks.ocr.prompts import TRAIN_FILE, TRAIN_SHA256

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.base import BenchmarkError, ModelStatus, ModelUnavailableError
+from benchmarks.base import ModelStatus
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 
 # every engine is an optional extra (ocr, ocr-paddle, ocr-tesseract); each says how to install it
 # when it is missing (RapidOCR: through its missing model files, see _missing_rapidocr_msg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from benchmarks.base import BenchmarkError
+from benchmarks.errors import BenchmarkError
 
 try:  # the C implementation (a dependency); the pure-Python fallback below gives the same result
     import Levenshtein

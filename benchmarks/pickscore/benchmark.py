@@ -22,13 +22,12 @@ from transformers import AutoProcessor, CLIPModel
 
 from benchmarks.base import (
     Benchmark,
-    BenchmarkError,
     ModelStatus,
-    ModelUnavailableError,
     PromptSet,
     to_rgb,
     validate_batch,
 )
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.pickscore import VERSION
 from benchmarks.pickscore.nsfw import is_nsfw
 

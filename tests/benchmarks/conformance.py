@@ -21,12 +21,11 @@ from PIL import Image
 
 from benchmarks.base import (
     Benchmark,
-    BenchmarkError,
     BenchmarkSummary,
     ModelStatus,
-    ModelUnavailableError,
     PromptSet,
 )
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.registry import benchmark_package
 
 ATOL = 1e-4  # batch composition may change float reductions slightly (tiny models, BLAS)

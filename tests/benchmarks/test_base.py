@@ -10,7 +10,6 @@ from PIL import Image
 
 from benchmarks.base import (
     Benchmark,
-    BenchmarkError,
     BenchmarkSummary,
     ModelStatus,
     PromptSet,
@@ -22,6 +21,7 @@ from benchmarks.base import (
     validate_batch,
     write_results,
 )
+from benchmarks.errors import BenchmarkError
 from benchmarks.registry import BENCHMARKS, benchmark_package, get_benchmark, list_benchmarks
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.base import BenchmarkError, ModelUnavailableError
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.ocr import VERSION
 from benchmarks.ocr.benchmark import OcrBenchmark
 from benchmarks.ocr.scoring import concat_recognitions, extract_target, normalize, ocr_reward

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.base import BenchmarkError, ModelUnavailableError
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.pickscore import VERSION
 from benchmarks.pickscore.benchmark import DEFAULT_MODEL, DEFAULT_PROCESSOR, PickScoreBenchmark
 from benchmarks.pickscore.nsfw import is_nsfw

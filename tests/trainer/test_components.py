@@ -44,7 +44,7 @@ def test_combined_reward_weights_and_components():
 
 
 def test_reward_registry_errors_and_custom_factory():
-    from benchmarks.base import RewardError
+    from benchmarks.errors import RewardError
     from benchmarks.registry import REWARDS
     from trainers.awm.rewards import build_reward_fn
 

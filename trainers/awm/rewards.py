@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.base import RewardError, RewardFn
+from benchmarks.base import RewardFn
+from benchmarks.errors import RewardError
 from benchmarks.registry import REWARDS
 
 TOTAL_KEY = "avg"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.base import BenchmarkError
+from benchmarks.errors import BenchmarkError
 from benchmarks.geneval import VERSION
 from benchmarks.geneval.benchmark import score_detections_file
 from benchmarks.geneval.prompts import write_jsonl

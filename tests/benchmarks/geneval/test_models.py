@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.base import BenchmarkError, ModelUnavailableError
+from benchmarks.errors import BenchmarkError, ModelUnavailableError
 from benchmarks.geneval.color import (
     COLOR_TEMPLATES,
     ClipColorClassifier,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.base import BenchmarkError
+from benchmarks.errors import BenchmarkError
 from benchmarks.geneval import REWARD_VERSIONS, VERSION
 from benchmarks.geneval.benchmark import GenEvalBenchmark, jpeg_roundtrip
 from benchmarks.geneval.rules import Detection
