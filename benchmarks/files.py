@@ -17,16 +17,16 @@ from pathlib import Path
 FILE_MODE = 0o640
 
 
-def atomic_write(path: Path, text: str, mode: int = FILE_MODE) -> None:
-    """Write `text` (UTF-8) to `path` through a temp file in the same folder, fsync and a rename:
-    readers see the old or the new content, never a part; the file gets `mode`. A failed write
-    leaves no temp file behind."""
+def atomic_write(path: Path, text: str | bytes, mode: int = FILE_MODE) -> None:
+    """Write `text` (a str is written as UTF-8; bytes as they are, e.g. a PNG) to `path` through a
+    temp file in the same folder, fsync and a rename: readers see the old or the new content, never
+    a part; the file gets `mode`. A failed write leaves no temp file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)  # mkstemp creates 0600
-            fh.write(text)
+            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
