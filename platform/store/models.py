@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -38,7 +41,27 @@ class RunStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED})
 # a job exists or will: the scheduler is polled for these
 ACTIVE_STATUSES = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PREEMPTED)
-EVAL_STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
+
+
+class EvalStatus(StrEnum):
+    """The vocabulary of `evaluations.status` (docs/evals.md has the transitions; the Store's
+    compare-and-set methods are the only writers)."""
+
+    PENDING = "PENDING"  # created; no shard claimed yet (or retried)
+    RUNNING = "RUNNING"  # a shard was claimed
+    COMPLETED = "COMPLETED"  # every shard done and the aggregate committed, in one transaction
+    FAILED = "FAILED"  # integrity / missing weights / a shard failed max_attempts times
+    CANCELLED = "CANCELLED"  # `awm eval cancel`
+
+
+EVAL_STATUSES = tuple(EvalStatus)
+EVAL_TERMINAL_STATUSES = frozenset({EvalStatus.COMPLETED, EvalStatus.FAILED, EvalStatus.CANCELLED})
+
+
+class ShardStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"  # claimed: `lease_holder` owns it until `lease_expires_at` (renewed while it works)
+    DONE = "DONE"  # its sample rows are committed (same transaction): never redone
 
 
 class Base(DeclarativeBase):
@@ -90,27 +113,87 @@ class Checkpoint(Base):
 
 
 class Evaluation(Base):
+    """One evaluation: a checkpoint (or the base model) x benchmark x benchmark version x spec.
+
+    The key (`checkpoint_sha256`, `benchmark`, `benchmark_version`, `spec_hash`) is unique: racing
+    schedulers get one row. `checkpoint_id` is null for targets outside the store (`base:MODEL`,
+    a checkpoint directory); `target` is the label users see (`run@step`, `base:MODEL`, `dir:PATH`)."""
+
     __tablename__ = "evaluations"
     __table_args__ = (
-        UniqueConstraint("checkpoint_id", "benchmark", "spec_hash", name="uq_evaluation_ckpt_bench_spec"),
+        UniqueConstraint("checkpoint_sha256", "benchmark", "benchmark_version", "spec_hash", name="uq_evaluation_key"),
+        Index("ix_evaluations_status", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False, index=True)
+    checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    run_name: Mapped[str | None] = mapped_column(String(128), index=True)
+    step: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
     benchmark: Mapped[str] = mapped_column(String(64), nullable=False)
     benchmark_version: Mapped[str] = mapped_column(String(64), nullable=False)
     spec_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    partial: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
     score: Mapped[float | None] = mapped_column(Float)
     sub_scores: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     ci_low: Mapped[float | None] = mapped_column(Float)
     ci_high: Mapped[float | None] = mapped_column(Float)
     num_samples: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    num_shards: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    images_dir: Mapped[str | None] = mapped_column(Text)
+    cluster: Mapped[str | None] = mapped_column(String(16))
+    job_dir: Mapped[str | None] = mapped_column(Text)
+    job_ids: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    submit_token: Mapped[str | None] = mapped_column(String(64))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    wall_s: Mapped[float | None] = mapped_column(Float)
+    gpu_hours: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mirrored: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
-    checkpoint: Mapped[Checkpoint] = relationship(back_populates="evaluations")
+    checkpoint: Mapped[Checkpoint | None] = relationship(back_populates="evaluations")
+
+    @property
+    def key(self) -> str:
+        """Short name of the evaluation key (names `$AWM_HOME/evals/<key>/`)."""
+        return eval_key(self.checkpoint_sha256, self.benchmark, self.benchmark_version, self.spec_hash)
+
+
+def eval_key(checkpoint_sha256: str, benchmark: str, benchmark_version: str, spec_hash: str) -> str:
+    """16 hex characters naming an evaluation key (its directory, its MLflow child run tag)."""
+    text = "\x1f".join((checkpoint_sha256, benchmark, benchmark_version, spec_hash))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class EvalShard(Base):
+    """A prompt shard of an evaluation, claimed with a lease (holder, expiry): a dead worker's shard
+    is re-claimed once its lease expires; a DONE shard is never redone."""
+
+    __tablename__ = "eval_shards"
+    __table_args__ = (UniqueConstraint("evaluation_id", "shard_index", name="uq_shard_eval_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False,
+                                               index=True)
+    shard_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    lease_holder: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    num_images: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    gen_s: Mapped[float | None] = mapped_column(Float)
+    score_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class SampleScore(Base):
@@ -123,7 +206,7 @@ class SampleScore(Base):
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), nullable=False, index=True)
     prompt_index: Mapped[int] = mapped_column(Integer, nullable=False)
     sample_index: Mapped[int] = mapped_column(Integer, nullable=False)
-    seed: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(BigInteger)  # 63-bit per-image seeds
     score: Mapped[float] = mapped_column(Float, nullable=False)
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
 

@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -31,14 +31,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from awm_platform.paths import default_platform_db_url
 from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
 from awm_platform.store.models import (
-    EVAL_STATUSES,
     TERMINAL_STATUSES,
     Checkpoint,
+    EvalShard,
+    EvalStatus,
     Evaluation,
     MetricPoint,
     Run,
     RunStatus,
     SampleScore,
+    ShardStatus,
     Sweep,
 )
 
@@ -385,64 +387,290 @@ class Store:
         return ckpt
 
     # ---------------------------------------------------------------- evaluations ----
-    def upsert_evaluation(self, checkpoint_id: int, *, benchmark: str, benchmark_version: str, spec_hash: str,
-                          status: str = "PENDING", score: float | None = None,
-                          sub_scores: Mapping[str, Any] | None = None, ci_low: float | None = None,
-                          ci_high: float | None = None, num_samples: int = 0, error: str | None = None) -> Evaluation:
-        """One row per (checkpoint, benchmark, eval spec): re-running an evaluation updates it."""
-        if status not in EVAL_STATUSES:
-            raise StoreError(f"unknown evaluation status {status!r}; expected one of {EVAL_STATUSES}")
+    # The evaluation service's state (docs/evals.md). Every write is a compare-and-set, so any
+    # number of schedulers and workers may race: the key is unique, a shard has one lease holder,
+    # a shard's sample rows commit with its DONE status, and the aggregate commits once.
+    def ensure_evaluation(self, *, checkpoint_sha256: str, benchmark: str, benchmark_version: str, spec_hash: str,
+                          spec: Mapping[str, Any], target: str, num_shards: int, run_name: str | None = None,
+                          step: int | None = None, checkpoint_id: int | None = None,
+                          checkpoint_path: str | None = None, partial: bool = False,
+                          images_dir: str | None = None) -> tuple[Evaluation, bool]:
+        """The evaluation of this key, created PENDING with its `num_shards` shards (one transaction)
+        if it does not exist yet. Returns (row, created): a lost race returns the winner's row."""
+        if num_shards < 1:
+            raise StoreError(f"num_shards must be >= 1, got {num_shards}")
+        key = (Evaluation.checkpoint_sha256 == checkpoint_sha256, Evaluation.benchmark == benchmark,
+               Evaluation.benchmark_version == benchmark_version, Evaluation.spec_hash == spec_hash)
 
-        def op() -> Evaluation:
+        def op() -> tuple[Evaluation, bool]:
             now = utcnow()
             with self.session() as s:
-                ev = s.scalar(select(Evaluation).where(Evaluation.checkpoint_id == checkpoint_id,
-                                                       Evaluation.benchmark == benchmark,
-                                                       Evaluation.spec_hash == spec_hash))
-                if ev is None:
-                    ev = Evaluation(checkpoint_id=checkpoint_id, benchmark=benchmark, spec_hash=spec_hash,
-                                    created_at=now)
-                    s.add(ev)
-                ev.benchmark_version, ev.status, ev.score = benchmark_version, status, score
-                ev.sub_scores, ev.ci_low, ev.ci_high = dict(sub_scores or {}), ci_low, ci_high
-                ev.num_samples, ev.error, ev.updated_at = num_samples, error, now
-            return ev
-
-        try:
-            return self._retry(op)
-        except IntegrityError:
-            # lost an insert race against another writer of the same evaluation: now it exists
-            return self._retry(op)
-
-    def list_evaluations(self, *, run_name: str | None = None, benchmark: str | None = None) -> list[Evaluation]:
-        q = select(Evaluation).join(Checkpoint).order_by(Checkpoint.step, Evaluation.benchmark)
-        with self.session() as s:
-            if run_name is not None:
-                q = q.where(Checkpoint.run_id == self._run_id(s, run_name))
-            if benchmark is not None:
-                q = q.where(Evaluation.benchmark == benchmark)
-            return list(s.scalars(q))
-
-    def add_sample_scores(self, evaluation_id: int, rows: Sequence[Mapping[str, Any]]) -> int:
-        """rows: {prompt_index, sample_index, score, seed?, extra?}. Replaces existing rows of
-        the same (evaluation, prompt, sample) so a re-scored evaluation stays consistent."""
-        if not rows:
-            return 0
-        values = [{"evaluation_id": evaluation_id, "prompt_index": int(r["prompt_index"]),
-                   "sample_index": int(r["sample_index"]), "score": float(r["score"]),
-                   "seed": None if r.get("seed") is None else int(r["seed"]), "extra": dict(r.get("extra") or {})}
-                  for r in rows]
-
-        def op() -> int:
-            with self.session() as s:
-                stmt = self._insert(SampleScore).values(values)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["evaluation_id", "prompt_index", "sample_index"],
-                    set_={"score": stmt.excluded.score, "seed": stmt.excluded.seed, "extra": stmt.excluded.extra})
-                s.execute(stmt)
-            return len(values)
+                stmt = self._insert(Evaluation).values(
+                    checkpoint_sha256=checkpoint_sha256, benchmark=benchmark, benchmark_version=benchmark_version,
+                    spec_hash=spec_hash, spec=dict(spec), target=target, run_name=run_name, step=step,
+                    checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=bool(partial),
+                    num_shards=int(num_shards), images_dir=images_dir, status=EvalStatus.PENDING.value,
+                    sub_scores={}, num_samples=0, job_ids=[], gpu_hours=0.0, mirrored=False,
+                    created_at=now, updated_at=now,
+                ).on_conflict_do_nothing(index_elements=["checkpoint_sha256", "benchmark", "benchmark_version",
+                                                         "spec_hash"]).returning(Evaluation.id)
+                # RETURNING, not rowcount: the ORM's insert path reports no rowcount on PostgreSQL
+                created = s.execute(stmt).first() is not None
+                ev = s.scalars(select(Evaluation).where(*key)).one()
+                if created:
+                    s.execute(self._insert(EvalShard).values([
+                        {"evaluation_id": ev.id, "shard_index": k, "status": ShardStatus.PENDING.value,
+                         "attempts": 0, "num_images": 0} for k in range(int(num_shards))]))
+            return ev, created
 
         return self._retry(op)
+
+    def get_evaluation(self, evaluation_id: int) -> Evaluation:
+        with self.session() as s:
+            ev = s.get(Evaluation, int(evaluation_id))
+        if ev is None:
+            raise NotFoundError(f"no evaluation with id {evaluation_id}")
+        return ev
+
+    def find_evaluation(self, checkpoint_sha256: str, benchmark: str, benchmark_version: str,
+                        spec_hash: str) -> Evaluation | None:
+        with self.session() as s:
+            return s.scalar(select(Evaluation).where(
+                Evaluation.checkpoint_sha256 == checkpoint_sha256, Evaluation.benchmark == benchmark,
+                Evaluation.benchmark_version == benchmark_version, Evaluation.spec_hash == spec_hash))
+
+    def list_evaluations(self, *, run_name: str | None = None, benchmark: str | None = None,
+                         status: str | Sequence[str] | None = None) -> list[Evaluation]:
+        q = select(Evaluation).order_by(Evaluation.run_name, Evaluation.step, Evaluation.benchmark, Evaluation.id)
+        if benchmark is not None:
+            q = q.where(Evaluation.benchmark == benchmark)
+        if status is not None:
+            q = q.where(Evaluation.status.in_([status] if isinstance(status, str) else list(status)))
+        with self.session() as s:
+            if run_name is not None:
+                self._run_id(s, run_name)  # an unknown run is an error, not an empty list
+                q = q.where(Evaluation.run_name == run_name)
+            return list(s.scalars(q))
+
+    def list_shards(self, evaluation_id: int) -> list[EvalShard]:
+        with self.session() as s:
+            return list(s.scalars(select(EvalShard).where(EvalShard.evaluation_id == evaluation_id)
+                                  .order_by(EvalShard.shard_index)))
+
+    def claim_submission(self, evaluation_id: int, token: str, *, stale_after_s: float) -> bool:
+        """Become the one scheduler that submits a job for this evaluation: succeeds when no
+        submission is recorded, or the last one is older than `stale_after_s` (its job is
+        presumed gone: the caller checked). Exactly one of racing callers wins."""
+        now = utcnow()
+        stale = now - timedelta(seconds=float(stale_after_s))
+
+        def op() -> bool:
+            with self.session() as s:
+                res = s.execute(update(Evaluation).where(
+                    Evaluation.id == evaluation_id,
+                    Evaluation.status.in_([EvalStatus.PENDING.value, EvalStatus.RUNNING.value]),
+                    (Evaluation.submitted_at.is_(None)) | (Evaluation.submitted_at < stale),
+                ).values(submit_token=token, submitted_at=now, updated_at=now))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
+    def record_eval_job(self, evaluation_ids: Sequence[int], *, cluster: str, job_dir: str | Path,
+                        job_id: str) -> None:
+        """Remember the job serving these evaluations (appended: a resubmission keeps the history)."""
+
+        def op() -> None:
+            with self.session() as s:
+                for ev in s.scalars(select(Evaluation).where(Evaluation.id.in_(list(evaluation_ids)))
+                                    .with_for_update()):
+                    ev.job_ids = [*ev.job_ids, str(job_id)]
+                    ev.cluster, ev.job_dir, ev.updated_at = cluster, str(job_dir), utcnow()
+
+        self._retry(op)
+
+    def claim_shard(self, evaluation_id: int, holder: str, *, lease_s: float,
+                    prefer_index: int | None = None) -> EvalShard | None:
+        """Claim a PENDING shard, or a RUNNING one whose lease expired (its worker died), for
+        `lease_s` seconds; the evaluation becomes RUNNING. None: nothing claimable, or the
+        evaluation is over (cancelled, failed, completed)."""
+
+        def op() -> EvalShard | None:
+            now = utcnow()
+            with self.session() as s:
+                status = s.scalar(select(Evaluation.status).where(Evaluation.id == evaluation_id))
+                if status not in (EvalStatus.PENDING, EvalStatus.RUNNING):
+                    return None
+                claimable = (EvalShard.status == ShardStatus.PENDING.value) | (
+                    (EvalShard.status == ShardStatus.RUNNING.value) & (EvalShard.lease_expires_at < now))
+                order = [EvalShard.shard_index]
+                if prefer_index is not None:
+                    order.insert(0, case((EvalShard.shard_index == int(prefer_index), 0), else_=1))
+                candidates = list(s.scalars(select(EvalShard.id).where(EvalShard.evaluation_id == evaluation_id,
+                                                                       claimable).order_by(*order)))
+                for shard_id in candidates:
+                    res = s.execute(update(EvalShard).where(EvalShard.id == shard_id, claimable).values(
+                        status=ShardStatus.RUNNING.value, lease_holder=holder,
+                        lease_expires_at=now + timedelta(seconds=float(lease_s)),
+                        attempts=EvalShard.attempts + 1))
+                    if res.rowcount == 1:
+                        s.execute(update(Evaluation).where(Evaluation.id == evaluation_id,
+                                                           Evaluation.status == EvalStatus.PENDING.value)
+                                  .values(status=EvalStatus.RUNNING.value, started_at=now, updated_at=now))
+                        return s.get(EvalShard, shard_id)
+                return None
+
+        return self._retry(op)
+
+    def renew_lease(self, shard_id: int, holder: str, *, lease_s: float) -> bool:
+        """Extend `holder`'s lease; False when the shard is no longer ours (re-claimed, done, or
+        its evaluation was cancelled): the worker must drop it and never commit it."""
+
+        def op() -> bool:
+            now = utcnow()
+            with self.session() as s:
+                res = s.execute(update(EvalShard).where(
+                    EvalShard.id == shard_id, EvalShard.lease_holder == holder,
+                    EvalShard.status == ShardStatus.RUNNING.value,
+                    EvalShard.evaluation_id.in_(select(Evaluation.id).where(
+                        Evaluation.status.in_([EvalStatus.PENDING.value, EvalStatus.RUNNING.value]))),
+                ).values(lease_expires_at=now + timedelta(seconds=float(lease_s))))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
+    def commit_shard(self, shard_id: int, holder: str, rows: Sequence[Mapping[str, Any]], *,
+                     gen_s: float | None = None, score_s: float | None = None) -> bool:
+        """ONE transaction: the shard RUNNING -> DONE (only while `holder` holds it and the
+        evaluation is running) and its sample rows. False: nothing was written (lost lease)."""
+        values = _sample_values(rows)
+
+        def op() -> bool:
+            now = utcnow()
+            with self.session() as s:
+                shard = s.get(EvalShard, shard_id)
+                if shard is None:
+                    return False
+                res = s.execute(update(EvalShard).where(
+                    EvalShard.id == shard_id, EvalShard.lease_holder == holder,
+                    EvalShard.status == ShardStatus.RUNNING.value,
+                    EvalShard.evaluation_id.in_(select(Evaluation.id).where(
+                        Evaluation.status.in_([EvalStatus.PENDING.value, EvalStatus.RUNNING.value]))),
+                ).values(status=ShardStatus.DONE.value, finished_at=now, num_images=len(values),
+                         gen_s=gen_s, score_s=score_s, error=None))
+                if res.rowcount != 1:
+                    return False
+                if values:
+                    for v in values:
+                        v["evaluation_id"] = shard.evaluation_id
+                    stmt = self._insert(SampleScore).values(values)
+                    s.execute(stmt.on_conflict_do_update(
+                        index_elements=["evaluation_id", "prompt_index", "sample_index"],
+                        set_={"score": stmt.excluded.score, "seed": stmt.excluded.seed, "extra": stmt.excluded.extra}))
+                return True
+
+        return self._retry(op)
+
+    def release_shard(self, shard_id: int, holder: str, error: str) -> bool:
+        """Give a shard back after a worker error (PENDING again; its attempts keep counting)."""
+
+        def op() -> bool:
+            with self.session() as s:
+                res = s.execute(update(EvalShard).where(
+                    EvalShard.id == shard_id, EvalShard.lease_holder == holder,
+                    EvalShard.status == ShardStatus.RUNNING.value,
+                ).values(status=ShardStatus.PENDING.value, lease_holder=None, lease_expires_at=None,
+                         error=error[:4000]))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
+    def complete_evaluation(self, evaluation_id: int, *, score: float, ci_low: float, ci_high: float,
+                            sub_scores: Mapping[str, Any], num_samples: int, wall_s: float | None = None,
+                            gpu_hours: float = 0.0) -> bool:
+        """ONE transaction: the aggregate and COMPLETED, only when every shard is DONE and the
+        evaluation is still running. True for the one caller that completed it."""
+
+        def op() -> bool:
+            now = utcnow()
+            with self.session() as s:
+                open_shards = s.scalar(select(func.count()).select_from(EvalShard).where(
+                    EvalShard.evaluation_id == evaluation_id, EvalShard.status != ShardStatus.DONE.value))
+                if open_shards:
+                    return False
+                res = s.execute(update(Evaluation).where(
+                    Evaluation.id == evaluation_id,
+                    Evaluation.status.in_([EvalStatus.PENDING.value, EvalStatus.RUNNING.value]),
+                ).values(status=EvalStatus.COMPLETED.value, score=float(score), ci_low=float(ci_low),
+                         ci_high=float(ci_high), sub_scores=dict(sub_scores), num_samples=int(num_samples),
+                         wall_s=wall_s, gpu_hours=Evaluation.gpu_hours + max(0.0, float(gpu_hours)),
+                         error=None, ended_at=now, updated_at=now))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
+    def add_eval_gpu_hours(self, evaluation_id: int, gpu_hours: float) -> None:
+        """Account a worker's time on an evaluation (GPU-hours only grow)."""
+
+        def op() -> None:
+            with self.session() as s:
+                s.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(
+                    gpu_hours=Evaluation.gpu_hours + max(0.0, float(gpu_hours))))
+
+        self._retry(op)
+
+    def _end_evaluation(self, evaluation_id: int, status: EvalStatus, error: str | None,
+                        from_statuses: Sequence[str]) -> bool:
+        def op() -> bool:
+            now = utcnow()
+            with self.session() as s:
+                res = s.execute(update(Evaluation).where(
+                    Evaluation.id == evaluation_id, Evaluation.status.in_(list(from_statuses)),
+                ).values(status=status.value, error=error, ended_at=now, updated_at=now))
+                if res.rowcount == 1:  # leases end with the evaluation: a worker still on it stops committing
+                    s.execute(update(EvalShard).where(EvalShard.evaluation_id == evaluation_id,
+                                                      EvalShard.status == ShardStatus.RUNNING.value)
+                              .values(status=ShardStatus.PENDING.value, lease_holder=None, lease_expires_at=None))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
+    def fail_evaluation(self, evaluation_id: int, error: str) -> bool:
+        return self._end_evaluation(evaluation_id, EvalStatus.FAILED, error[:4000],
+                                    [EvalStatus.PENDING.value, EvalStatus.RUNNING.value])
+
+    def cancel_evaluation(self, evaluation_id: int) -> bool:
+        return self._end_evaluation(evaluation_id, EvalStatus.CANCELLED, "cancelled by the user",
+                                    [EvalStatus.PENDING.value, EvalStatus.RUNNING.value])
+
+    def retry_evaluation(self, evaluation_id: int) -> bool:
+        """FAILED/CANCELLED -> PENDING: shards not DONE start over (attempts 0); DONE shards and
+        their rows are kept (a finished shard is never redone); the submission is forgotten."""
+
+        def op() -> bool:
+            now = utcnow()
+            with self.session() as s:
+                res = s.execute(update(Evaluation).where(
+                    Evaluation.id == evaluation_id,
+                    Evaluation.status.in_([EvalStatus.FAILED.value, EvalStatus.CANCELLED.value]),
+                ).values(status=EvalStatus.PENDING.value, error=None, ended_at=None, submit_token=None,
+                         submitted_at=None, updated_at=now))
+                if res.rowcount != 1:
+                    return False
+                s.execute(update(EvalShard).where(EvalShard.evaluation_id == evaluation_id,
+                                                  EvalShard.status != ShardStatus.DONE.value)
+                          .values(status=ShardStatus.PENDING.value, lease_holder=None, lease_expires_at=None,
+                                  attempts=0, error=None))
+                return True
+
+        return self._retry(op)
+
+    def mark_mirrored(self, evaluation_id: int, mlflow_run_id: str) -> None:
+        def op() -> None:
+            with self.session() as s:
+                s.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(
+                    mirrored=True, mlflow_run_id=mlflow_run_id, updated_at=utcnow()))
+
+        self._retry(op)
 
     def get_sample_scores(self, evaluation_id: int) -> list[SampleScore]:
         with self.session() as s:
@@ -550,6 +778,13 @@ class Store:
         if run_id is None:
             raise NotFoundError(f"no run named {run_name!r}")
         return int(run_id)
+
+
+def _sample_values(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """rows: {prompt_index, sample_index, score, seed?, extra?} -> column values."""
+    return [{"prompt_index": int(r["prompt_index"]), "sample_index": int(r["sample_index"]),
+             "score": float(r["score"]), "seed": None if r.get("seed") is None else int(r["seed"]),
+             "extra": dict(r.get("extra") or {})} for r in rows]
 
 
 def _raised_gpu_hours(total: float | None, added: float) -> Any:

@@ -90,8 +90,12 @@ def test_eval_list_reads_the_store() -> None:
     store = Store.default()
     store.create_run(name="r1", config_hash="h", resolved_config={}, output_dir="/r1")
     ckpt = store.add_checkpoint("r1", step=20, path="/r1/ckpt", sha256="0" * 64, formats=["diffusers"])
-    store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="ocr-1.0", spec_hash="s", status="COMPLETED",
-                            score=0.81, ci_low=0.78, ci_high=0.84, num_samples=1018)
+    ev, _ = store.ensure_evaluation(checkpoint_sha256=ckpt.sha256, benchmark="ocr", benchmark_version="ocr-1.0",
+                                    spec_hash="s", spec={}, target="r1@20", num_shards=1, checkpoint_id=ckpt.id,
+                                    run_name="r1", step=20)
+    shard = store.claim_shard(ev.id, "test", lease_s=60)
+    assert store.commit_shard(shard.id, "test", [{"prompt_index": 0, "sample_index": 0, "score": 0.81}])
+    assert store.complete_evaluation(ev.id, score=0.81, ci_low=0.78, ci_high=0.84, sub_scores={}, num_samples=1018)
     store.close()
     out = awm("eval", "list", "--json")
     assert out.returncode == 0, out.stderr

@@ -11,6 +11,7 @@ import pytest
 
 from awm_platform.store import (
     Checkpoint,
+    EvalShard,
     Evaluation,
     MetricPoint,
     NotFoundError,
@@ -171,36 +172,145 @@ def test_checkpoints_are_unique_per_step_and_ordered(store: Store) -> None:
         store.get_checkpoint("run-a", 30)
 
 
-def test_evaluations_unique_on_checkpoint_benchmark_spec(store: Store) -> None:
+def _eval(store: Store, *, sha: str = "a" * 64, benchmark: str = "ocr", version: str = "ocr-1", spec: str = "s1",
+          shards: int = 2, **kw) -> tuple[Evaluation, bool]:
+    return store.ensure_evaluation(checkpoint_sha256=sha, benchmark=benchmark, benchmark_version=version,
+                                   spec_hash=spec, spec={"num_steps": 40}, target=kw.pop("target", "base:m"),
+                                   num_shards=shards, **kw)
+
+
+def test_evaluation_key_is_unique_and_created_with_its_shards(store: Store) -> None:
     _run(store)
     ckpt = store.add_checkpoint("run-a", step=10, path="/c/10", sha256="a" * 64, formats=["diffusers"])
-    e1 = store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="ocr-1", spec_hash="s1")
-    e2 = store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="ocr-1", spec_hash="s1",
-                                 status="COMPLETED", score=0.75, ci_low=0.7, ci_high=0.8, num_samples=1018,
-                                 sub_scores={"exact": 0.5})
-    e3 = store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="ocr-1", spec_hash="s2")
-    assert e1.id == e2.id != e3.id
-    evs = store.list_evaluations(run_name="run-a", benchmark="ocr")
-    done = next(e for e in evs if e.spec_hash == "s1")
-    assert (done.status, done.score, done.ci_low, done.ci_high, done.num_samples) == ("COMPLETED", 0.75, 0.7, 0.8, 1018)
-    assert done.sub_scores == {"exact": 0.5}
-    with pytest.raises(StoreError, match="unknown evaluation status"):
-        store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="1", spec_hash="s1", status="OK")
+    e1, created1 = _eval(store, checkpoint_id=ckpt.id, run_name="run-a", step=10, target="run-a@10")
+    e2, created2 = _eval(store, checkpoint_id=ckpt.id, run_name="run-a", step=10, target="run-a@10")
+    e3, created3 = _eval(store, spec="s2", checkpoint_id=ckpt.id, run_name="run-a", step=10, target="run-a@10")
+    e4, _ = _eval(store, version="ocr-2", checkpoint_id=ckpt.id, run_name="run-a", step=10, target="run-a@10")
+    assert (created1, created2, created3) == (True, False, True)
+    assert e1.id == e2.id and len({e1.id, e3.id, e4.id}) == 3
+    assert [s.shard_index for s in store.list_shards(e1.id)] == [0, 1]
+    assert {s.status for s in store.list_shards(e1.id)} == {"PENDING"}
+    assert [e.id for e in store.list_evaluations(run_name="run-a", benchmark="ocr")] == [e1.id, e3.id, e4.id]
+    assert store.find_evaluation("a" * 64, "ocr", "ocr-1", "s2").id == e3.id
+    assert store.get_evaluation(e1.id).key == e1.key != e3.key
+    with pytest.raises(NotFoundError, match="no run named 'ghost'"):
+        store.list_evaluations(run_name="ghost")
+    with pytest.raises(NotFoundError, match="no evaluation with id 999"):
+        store.get_evaluation(999)
 
 
-def test_sample_scores_replace_on_rescore(store: Store) -> None:
+def test_racing_ensure_creates_one_evaluation(store: Store) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _eval(store, shards=3), range(16)))
+    assert sum(created for _, created in results) == 1
+    assert len({ev.id for ev, _ in results}) == 1
+    assert store.count(Evaluation) == 1 and len(store.list_shards(results[0][0].id)) == 3
+
+
+def test_shard_leases_commit_exactly_once(store: Store) -> None:
+    ev, _ = _eval(store, shards=2)
+    s1 = store.claim_shard(ev.id, "w1", lease_s=60, prefer_index=1)
+    assert s1 is not None and (s1.shard_index, s1.attempts, s1.lease_holder) == (1, 1, "w1")
+    assert store.get_evaluation(ev.id).status == "RUNNING" and store.get_evaluation(ev.id).started_at is not None
+    s0 = store.claim_shard(ev.id, "w2", lease_s=60)
+    assert s0 is not None and s0.shard_index == 0
+    assert store.claim_shard(ev.id, "w3", lease_s=60) is None  # both leased
+    rows = [{"prompt_index": 1, "sample_index": 0, "score": 0.5, "seed": 2**62 + 1, "extra": {"tag": "x"}}]
+    assert not store.commit_shard(s1.id, "w2", rows)  # not the holder: nothing written
+    assert store.get_sample_scores(ev.id) == []
+    assert store.commit_shard(s1.id, "w1", rows, gen_s=1.0, score_s=0.5)
+    assert not store.commit_shard(s1.id, "w1", rows)  # DONE: never again
+    assert not store.complete_evaluation(ev.id, score=0.5, ci_low=0.5, ci_high=0.5, sub_scores={}, num_samples=1)
+    # w2 dies: its lease expires and w3 re-claims shard 0; w2's late commit is refused
+    assert store.renew_lease(s0.id, "w2", lease_s=-1)
+    s0b = store.claim_shard(ev.id, "w3", lease_s=60)
+    assert s0b is not None and (s0b.id, s0b.attempts, s0b.lease_holder) == (s0.id, 2, "w3")
+    assert not store.renew_lease(s0.id, "w2", lease_s=60)
+    assert not store.commit_shard(s0.id, "w2", [{"prompt_index": 0, "sample_index": 0, "score": 9.0}])
+    assert store.commit_shard(s0.id, "w3", [{"prompt_index": 0, "sample_index": 0, "score": 0.25}])
+    got = store.get_sample_scores(ev.id)
+    assert [(r.prompt_index, r.score, r.seed, r.extra) for r in got] == [(0, 0.25, None, {}),
+                                                                        (1, 0.5, 2**62 + 1, {"tag": "x"})]
+    done = [store.complete_evaluation(ev.id, score=0.375, ci_low=0.25, ci_high=0.5, sub_scores={"n_prompts": 2},
+                                      num_samples=2, wall_s=3.0, gpu_hours=0.001) for _ in range(2)]
+    assert done == [True, False]
+    final = store.get_evaluation(ev.id)
+    assert (final.status, final.score, final.ci_low, final.ci_high, final.num_samples, final.sub_scores) == \
+        ("COMPLETED", 0.375, 0.25, 0.5, 2, {"n_prompts": 2})
+    assert final.ended_at is not None and final.gpu_hours == pytest.approx(0.001)
+    assert store.claim_shard(ev.id, "w4", lease_s=60) is None
+    assert not store.fail_evaluation(ev.id, "late") and not store.cancel_evaluation(ev.id)
+
+
+def test_release_fail_cancel_retry(store: Store) -> None:
+    ev, _ = _eval(store, shards=2)
+    s0 = store.claim_shard(ev.id, "w1", lease_s=60)
+    assert store.release_shard(s0.id, "w1", "boom")
+    again = store.claim_shard(ev.id, "w1", lease_s=60, prefer_index=0)
+    assert again is not None and again.attempts == 2 and again.shard_index == 0
+    assert store.commit_shard(again.id, "w1", [{"prompt_index": 0, "sample_index": 0, "score": 1.0}])
+    s1 = store.claim_shard(ev.id, "w1", lease_s=60)
+    assert store.cancel_evaluation(ev.id) and not store.cancel_evaluation(ev.id)
+    assert store.get_evaluation(ev.id).status == "CANCELLED"
+    assert not store.renew_lease(s1.id, "w1", lease_s=60)  # a cancelled evaluation's worker stops
+    assert not store.commit_shard(s1.id, "w1", [{"prompt_index": 1, "sample_index": 0, "score": 1.0}])
+    assert store.claim_shard(ev.id, "w2", lease_s=60) is None
+    assert store.retry_evaluation(ev.id) and not store.retry_evaluation(ev.id)
+    shards = store.list_shards(ev.id)
+    assert [(s.status, s.attempts) for s in shards] == [("DONE", 2), ("PENDING", 0)]  # a DONE shard is kept
+    assert store.get_evaluation(ev.id).status == "PENDING"
+    assert store.fail_evaluation(ev.id, "weights missing")
+    assert (store.get_evaluation(ev.id).status, store.get_evaluation(ev.id).error) == ("FAILED", "weights missing")
+
+
+def test_one_scheduler_claims_a_submission(store: Store) -> None:
+    ev, _ = _eval(store)
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: store.claim_submission(ev.id, f"t{i}", stale_after_s=600), range(8)))
+    assert won.count(True) == 1
+    assert store.claim_submission(ev.id, "late", stale_after_s=0)  # stale: the job is presumed gone
+    store.record_eval_job([ev.id], cluster="local", job_dir="/jobs/j1", job_id="123")
+    store.record_eval_job([ev.id], cluster="local", job_dir="/jobs/j2", job_id="456")
+    got = store.get_evaluation(ev.id)
+    assert (got.job_ids, got.job_dir, got.cluster, got.submit_token) == (["123", "456"], "/jobs/j2", "local", "late")
+    store.mark_mirrored(ev.id, "mlflow-run")
+    assert (store.get_evaluation(ev.id).mirrored, store.get_evaluation(ev.id).mlflow_run_id) == (True, "mlflow-run")
+
+
+def test_migration_0002_keeps_evaluations_written_before_it(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store(url, upgrade=False)
+    old.upgrade("0001")
+    now = datetime.now(UTC)
+    with old.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO runs (id, name, config_hash, resolved_config, status, job_ids, hosts, "
+                             "num_gpus, gpu_hours, output_dir, created_at, updated_at) VALUES (1, 'r', 'h', '{}', "
+                             "'COMPLETED', '[]', '[]', 1, 0, '/r', :t, :t)"), {"t": now})
+        conn.execute(sa.text("INSERT INTO checkpoints (id, run_id, step, path, sha256, formats, created_at) "
+                             "VALUES (1, 1, 20, '/r/c', :sha, '[]', :t)"), {"sha": "d" * 64, "t": now})
+        conn.execute(sa.text("INSERT INTO evaluations (id, checkpoint_id, benchmark, benchmark_version, spec_hash, "
+                             "status, score, sub_scores, num_samples, created_at, updated_at) VALUES (1, 1, 'ocr', "
+                             "'ocr-1', 's', 'COMPLETED', 0.8, '{}', 10, :t, :t)"), {"t": now})
+    old.close()
+    store = Store(url)
+    ev = store.get_evaluation(1)
+    assert (ev.checkpoint_sha256, ev.run_name, ev.step, ev.target, ev.score) == ("d" * 64, "r", 20, "r@20", 0.8)
+    assert store.find_evaluation("d" * 64, "ocr", "ocr-1", "s").id == 1
+    store.close()
+
+
+def test_deleting_a_run_cascades_to_its_evaluations(store: Store) -> None:
     _run(store)
     ckpt = store.add_checkpoint("run-a", step=1, path="/c/1", sha256="a" * 64, formats=[])
-    ev = store.upsert_evaluation(ckpt.id, benchmark="pickscore", benchmark_version="1", spec_hash="s")
-    rows = [{"prompt_index": p, "sample_index": s, "score": p + s / 10, "seed": 7, "extra": {"raw": p}}
-            for p in range(3) for s in range(2)]
-    assert store.add_sample_scores(ev.id, rows) == 6
-    store.add_sample_scores(ev.id, [{"prompt_index": 1, "sample_index": 1, "score": -1.0}])
-    got = store.get_sample_scores(ev.id)
-    assert len(got) == 6
-    assert {(r.prompt_index, r.sample_index): r.score for r in got}[(1, 1)] == -1.0
-    assert got[0].extra == {"raw": 0} and got[0].seed == 7
-    assert store.add_sample_scores(ev.id, []) == 0
+    ev, _ = _eval(store, checkpoint_id=ckpt.id, run_name="run-a", step=1, shards=1)
+    shard = store.claim_shard(ev.id, "w", lease_s=60)
+    store.commit_shard(shard.id, "w", [{"prompt_index": 0, "sample_index": 0, "score": 1.0}])
+    store.log_metrics("run-a", {"eval/r": 1.0}, step=1)
+    store.delete_run("run-a")
+    for table in (Checkpoint, Evaluation, EvalShard, SampleScore, MetricPoint):
+        assert store.count(table) == 0, table.__tablename__
 
 
 def test_metrics_history_without_duplicate_steps(store: Store) -> None:
@@ -223,17 +333,6 @@ def test_sweeps_roundtrip(store: Store) -> None:
     assert [s.study_name for s in store.list_sweeps()] == ["s1"]
     with pytest.raises(NotFoundError):
         store.get_sweep("nope")
-
-
-def test_deleting_a_run_cascades(store: Store) -> None:
-    _run(store)
-    ckpt = store.add_checkpoint("run-a", step=1, path="/c/1", sha256="a" * 64, formats=[])
-    ev = store.upsert_evaluation(ckpt.id, benchmark="ocr", benchmark_version="1", spec_hash="s")
-    store.add_sample_scores(ev.id, [{"prompt_index": 0, "sample_index": 0, "score": 1.0}])
-    store.log_metrics("run-a", {"eval/r": 1.0}, step=1)
-    store.delete_run("run-a")
-    for table in (Checkpoint, Evaluation, SampleScore, MetricPoint):
-        assert store.count(table) == 0, table.__tablename__
 
 
 def test_timestamps_are_utc(store: Store) -> None:
