@@ -51,6 +51,7 @@ from trainers.awm.advantages import compute_advantages
 from trainers.awm.config import TrainerConfig, derive_topology
 from trainers.awm.ema import WeightEMA, kl_ema_mixing, update_ema_adapter_
 from trainers.awm.evaluation import run_eval, write_samples
+from trainers.awm.generate import cfg_velocity
 from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
 from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
 from trainers.awm.model import Cond, get_family
@@ -326,20 +327,7 @@ class AWMTrainer:
         """``v(x, t)`` closure over a batch's conditioning (CFG when the guidance scale > 1;
         ``None`` = the rollouts' ``sample.guidance_scale``)."""
         g = float(self.cfg.sample.guidance_scale if guidance_scale is None else guidance_scale)
-        fam = self.family
-        if g <= 1.0:
-            return lambda x, t: fam.velocity(module, x, t, cond)
-        neg = self.neg_cond
-
-        def vfn(x, t):
-            n = x.shape[0]
-            both = Cond(torch.cat([neg.prompt_embeds.expand(n, -1, -1), cond.prompt_embeds]),
-                        torch.cat([neg.pooled.expand(n, -1), cond.pooled]))
-            v = fam.velocity(module, torch.cat([x, x]), torch.cat([t, t]), both)
-            vu, vc = v.chunk(2)
-            return vu + g * (vc - vu)
-
-        return vfn
+        return cfg_velocity(self.family, module, cond, g, self.neg_cond)
 
     # ============================================================= rollout
     def rollout(self, epoch: int) -> tuple[EpochBuffer, dict[str, float]]:
