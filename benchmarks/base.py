@@ -282,6 +282,8 @@ class Benchmark(ABC):
     name: str = ""
     version: str = ""  # bump whenever scoring semantics change, e.g. "ocr-1.0"
     default_prompt_set: str = "test"
+    #: images per prompt of an official evaluation (GenEval: 4; most benchmarks: 1)
+    default_samples_per_prompt: int = 1
     #: prompt file format for ``awm bench score``: "text" (one prompt per line) or "jsonl"
     prompt_file_format: str = "text"
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from awm_platform.dotted import NotASectionError, set_dotted
+from awm_platform.evals.spec import PlatformEvalConfig
 from awm_platform.paths import validate_run_name
 from awm_platform.redaction import redact, setup_hash
 from awm_platform.sweeps.spec import SweepSpec
@@ -77,6 +78,7 @@ class ExperimentConfig(TrainerConfig):
     """What the trainer reads (`TrainerConfig`) plus how the platform launches, tracks and stores
     the run, and the optional sweep. Field order (and so every dump) is the trainer's keys first."""
 
+    eval: PlatformEvalConfig = Field(default_factory=PlatformEvalConfig)  # + the evaluation service's keys
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -128,13 +130,19 @@ def _yaml_key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 def _valid_keys_at(loc: tuple[str | int, ...]) -> list[str]:
     model: type[BaseModel] | None = ExperimentConfig
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         if model is None:
             return []
         field = model.model_fields.get(str(part))
         if field is None:
             return []
         ann = field.annotation
+        if getattr(ann, "__origin__", None) is dict:  # dict[str, Section]: the next part is a free key
+            if parts:
+                parts.pop(0)
+            ann = ann.__args__[-1]
         model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None) \
             if not (isinstance(ann, type) and issubclass(ann, BaseModel)) else ann
     if model is None:

@@ -269,6 +269,7 @@ class GenEvalBenchmark(Benchmark):
 
     name = "geneval"
     default_prompt_set = "test"
+    default_samples_per_prompt = 4  # the official protocol: 4 images per prompt
     prompt_file_format = "jsonl"
 
     def __init__(

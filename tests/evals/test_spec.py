@@ -1,0 +1,110 @@
+"""The evaluation spec: defaults resolved from the model and the benchmark, what the spec hash,
+the benchmark version and the generation key cover (and what they must not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from awm_platform.config import ExperimentConfig, load_config
+from awm_platform.evals.spec import (
+    EvalServiceConfig,
+    ModelContext,
+    benchmark_version,
+    generation_key,
+    plan_evaluation,
+    resolve_spec,
+    shard_prompts,
+)
+from benchmarks.registry import get_benchmark
+from trainers.awm.config import ConfigError
+
+RUN = ModelContext(model="/models/sd35m", revision="main", family="sd3", resolution=512, precision="bf16",
+                   max_sequence_length=128, uses_cfg=False)
+SHA = "c" * 64
+
+
+def test_defaults_follow_the_model_and_the_benchmark() -> None:
+    service = EvalServiceConfig()
+    ocr, geneval = get_benchmark("ocr", workers=1), get_benchmark("geneval")
+    spec = resolve_spec(service, ocr, RUN)
+    assert (spec.num_steps, spec.guidance_scale, spec.resolution, spec.samples_per_prompt, spec.precision,
+            spec.weights, spec.limit, spec.partial) == (40, 1.0, 512, 1, "bf16", "policy", None, False)
+    assert resolve_spec(service, geneval, RUN).samples_per_prompt == 4  # the official protocol
+    with_cfg = ModelContext(**{**RUN.__dict__, "uses_cfg": True})
+    assert resolve_spec(service, ocr, with_cfg).guidance_scale == 4.5  # as Flow-GRPO evaluates SD3.5
+    base = ModelContext.from_config(ExperimentConfig(pretrained={"model": "/m"}), is_base=True)
+    base_spec = resolve_spec(service, ocr, base, "ema")
+    assert (base_spec.weights, base_spec.guidance_scale, base_spec.model) == ("base", 4.5, "/m")
+
+
+def test_overrides_per_benchmark_beat_service_defaults() -> None:
+    service = EvalServiceConfig(num_steps=20, guidance_scale=2.0, limit=10,
+                                per_benchmark={"ocr": {"num_steps": 8, "samples_per_prompt": 2, "limit": 5}})
+    ocr = resolve_spec(service, get_benchmark("ocr", workers=1), RUN)
+    pick = resolve_spec(service, get_benchmark("pickscore"), RUN)
+    assert (ocr.num_steps, ocr.samples_per_prompt, ocr.limit, ocr.guidance_scale) == (8, 2, 5, 2.0)
+    assert (pick.num_steps, pick.samples_per_prompt, pick.limit) == (20, 1, 10)
+    assert ocr.partial and pick.partial
+
+
+def test_spec_hash_covers_what_changes_numbers_only() -> None:
+    ocr = get_benchmark("ocr", workers=1)
+    base = resolve_spec(EvalServiceConfig(), ocr, RUN)
+    same = resolve_spec(EvalServiceConfig(batch_size=64, shards=16, lease_s=5, max_attempts=9), ocr, RUN)
+    assert base.hash == same.hash
+    for change in ({"num_steps": 39}, {"seed": 1}, {"resolution": 256}, {"guidance_scale": 4.5},
+                   {"precision": "fp32"}, {"weights": "ema"}, {"limit": 3}, {"samples_per_prompt": 2}):
+        assert resolve_spec(EvalServiceConfig(**change), ocr, RUN).hash != base.hash, change
+    other_model = ModelContext(**{**RUN.__dict__, "model": "/models/other"})
+    assert resolve_spec(EvalServiceConfig(), ocr, other_model).hash != base.hash
+
+
+def test_generation_key_ignores_limit_and_benchmark_version(tmp_path: Path) -> None:
+    ocr = get_benchmark("ocr", workers=1)
+    full = plan_evaluation(EvalServiceConfig(), ocr, RUN, SHA)
+    first8 = plan_evaluation(EvalServiceConfig(limit=8), ocr, RUN, SHA)
+    assert full.generation_key == first8.generation_key  # the first 8 prompts' images are the same images
+    assert full.spec.hash != first8.spec.hash and (full.num_prompts, first8.num_prompts) == (1018, 8)
+    assert generation_key("d" * 64, full.spec, full.prompt_sha256) != full.generation_key
+    assert plan_evaluation(EvalServiceConfig(num_steps=10), ocr, RUN, SHA).generation_key != full.generation_key
+
+
+def test_benchmark_version_covers_scorer_weights_and_prompts(tmp_path: Path) -> None:
+    pick = get_benchmark("pickscore")
+    weights = tmp_path / "pickscore"
+    weights.mkdir()
+    (weights / "config.json").write_text('{"projection_dim": 1024}')
+    (weights / "model.safetensors").write_bytes(b"0" * 10)
+    opts = {"model_path": str(weights)}
+    v1 = benchmark_version(pick, opts, "a" * 64)
+    assert v1.startswith(pick.version + "+") and len(v1) <= 64
+    assert benchmark_version(pick, opts, "a" * 64) == v1
+    assert benchmark_version(pick, opts, "b" * 64) != v1  # another prompt file
+    (weights / "model.safetensors").write_bytes(b"0" * 11)  # other weights in the same folder
+    assert benchmark_version(pick, opts, "a" * 64) != v1
+
+
+def test_shards_partition_the_prompts() -> None:
+    for n_prompts, n_shards in ((10, 3), (2, 5), (1017, 16)):
+        shards = [shard_prompts(n_prompts, k, n_shards) for k in range(n_shards)]
+        flat = sorted(i for s in shards for i in s)
+        assert flat == list(range(n_prompts))
+
+
+def test_config_rejects_unknown_benchmarks_and_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pretrained: {model: /m}\nreward_fn: {jpeg_compressibility: 1.0}\n"
+                   "eval:\n  on_checkpoint: [ocr, genevall]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:4: 'eval.on_checkpoint': unknown benchmark 'genevall'"):
+        load_config(cfg)
+    cfg.write_text("pretrained: {model: /m}\nreward_fn: {jpeg_compressibility: 1.0}\n"
+                   "eval:\n  service:\n    per_benchmark: {ocr: {num_stepz: 3}}\n")
+    with pytest.raises(ConfigError, match="did you mean 'eval.service.per_benchmark.ocr.num_steps'"):
+        load_config(cfg)
+    cfg.write_text("pretrained: {model: /m}\nreward_fn: {jpeg_compressibility: 1.0}\n"
+                   "eval:\n  on_checkpoint: [ocr]\n  service: {num_steps: 4, weights_dirs: {pickscore: {model_path: /w}}}\n")
+    loaded = load_config(cfg)
+    assert loaded.eval.on_checkpoint == ["ocr"] and loaded.eval.service.num_steps == 4
+    assert loaded.eval.max_prompts is None  # the trainer's in-loop keys are untouched
