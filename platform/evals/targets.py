@@ -17,7 +17,8 @@ Forms (docs/evals.md, "Targets"):
 A checkpoint's identity is the sha256 of its manifest bytes (what `StoreLogger` registers): the
 manifest lists the sha256 of every file, so it names the weights exactly.
 
-The model fields (model, revision, family, resolution, max_sequence_length, dtype, uses_cfg) come
+The model (`spec.ModelContext`: model, revision, family, resolution, precision, max_sequence_length,
+uses_cfg) comes
 from the checkpoint's run config (the store's resolved config, or `capsule/config.yaml` next to an
 unregistered checkpoint folder); for `base:MODEL` and folders without a run config, from the eval
 command's config (`--config` / `--set`, else the defaults).
@@ -35,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from awm_platform.evals.spec import ModelContext
 from awm_platform.store import NotFoundError, Store
 from trainers.awm.checkpoint import MANIFEST
 from trainers.awm.config import TrainerConfig
@@ -57,13 +59,9 @@ class EvalTarget:
 
     label: str                      # `run@step`, `dir:PATH` or `base:MODEL` (the evaluations' `target`)
     checkpoint_sha256: str          # sha256 of the manifest bytes; base: sha256("base:" + model + "@" + revision)
-    model: str                      # pretrained.model: hub id or local pipeline directory
-    revision: str
-    family: str
-    resolution: int
-    max_sequence_length: int
-    dtype: str                      # pretrained.dtype (fp32|fp16|bf16): the spec's default precision
-    uses_cfg: bool                  # the run samples with CFG (sample.guidance_scale > 1): spec's guidance default
+    # the model being evaluated (model, revision, family, resolution, precision = pretrained.dtype,
+    # max_sequence_length, uses_cfg): what `spec.resolve_spec` takes from it
+    ctx: ModelContext
     run_name: str | None = None
     step: int | None = None
     checkpoint_id: int | None = None
@@ -72,7 +70,7 @@ class EvalTarget:
 
     @property
     def is_base(self) -> bool:
-        return self.path is None
+        return self.ctx.is_base
 
     def lora_dir(self, weights: str) -> Path | None:
         """The diffusers-format LoRA folder for `weights` (policy | ema); None for the base model."""
@@ -105,28 +103,21 @@ def read_manifest(checkpoint_dir: Path) -> dict[str, Any]:
     return data
 
 
-def model_fields(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """EvalTarget's model fields from an experiment config dict (resolved, or a model dump): the
-    trainer's defaults fill any key the dict lacks (an older run's config)."""
+def run_context(resolved: Mapping[str, Any]) -> ModelContext:
+    """The model of a run from its resolved config (the store's, or `capsule/config.yaml`); the
+    trainer's defaults fill any section an older run's config lacks."""
     defaults = TrainerConfig().model_dump(mode="json")
-    pre = {**defaults["pretrained"], **dict(conf.get("pretrained") or {})}
-    sample = {**defaults["sample"], **dict(conf.get("sample") or {})}
-    return {
-        "model": str(pre["model"]),
-        "revision": str(pre["revision"]),
-        "family": str(pre["family"]),
-        "dtype": str(pre["dtype"]),
-        "resolution": int(conf.get("resolution") or defaults["resolution"]),
-        "max_sequence_length": int(sample["max_sequence_length"]),
-        "uses_cfg": float(sample["guidance_scale"]) > 1.0,
-    }
+    conf = {**defaults, **dict(resolved)}
+    for section in ("pretrained", "sample"):
+        conf[section] = {**defaults[section], **dict(resolved.get(section) or {})}
+    return ModelContext.from_resolved(conf)
 
 
-def resolve_targets(store: Store, text: str, *, defaults: Mapping[str, Any] | None = None,
+def resolve_targets(store: Store, text: str, *, defaults: TrainerConfig | None = None,
                     warn: Callable[[str], None] | None = None) -> list[EvalTarget]:
     """TARGET -> the checkpoints (or base model) it names, in step order.
 
-    `defaults`: the eval command's experiment config as a dict (`cfg.model_dump(mode="json")`), for
+    `defaults`: the eval command's experiment config (`--config` / `--set`; None: the defaults), for
     `base:MODEL` (revision, family, dtype, resolution, max_sequence_length) and for checkpoint
     folders whose run config is unknown. `warn` hears about skipped members of a multi-checkpoint
     target (`RUN@all`, `sweep:NAME`) whose folder is gone. Raises TargetError."""
@@ -134,7 +125,7 @@ def resolve_targets(store: Store, text: str, *, defaults: Mapping[str, Any] | No
     if not text:
         raise TargetError("empty TARGET: give a run name, RUN@STEP, RUN@all, a checkpoint directory, "
                           "sweep:NAME or base:MODEL")
-    defaults = dict(defaults or {})
+    defaults = defaults if defaults is not None else TrainerConfig()
     if text.startswith(BASE_PREFIX):
         return [_base_target(text.removeprefix(BASE_PREFIX), defaults)]
     if text.startswith(SWEEP_PREFIX):
@@ -177,9 +168,9 @@ def _run_conf(store: Store, run_name: str) -> dict[str, Any]:
 
 def _run_target(store: Store, run_name: str, ckpt: Any, conf: Mapping[str, Any] | None = None) -> EvalTarget:
     conf = _run_conf(store, run_name) if conf is None else conf
-    return EvalTarget(label=f"{run_name}@{ckpt.step}", checkpoint_sha256=ckpt.sha256, run_name=run_name,
-                      step=int(ckpt.step), checkpoint_id=int(ckpt.id), path=Path(ckpt.path),
-                      has_ema=EMA_FORMAT in list(ckpt.formats or []), **model_fields(conf))
+    return EvalTarget(label=f"{run_name}@{ckpt.step}", checkpoint_sha256=ckpt.sha256, ctx=run_context(conf),
+                      run_name=run_name, step=int(ckpt.step), checkpoint_id=int(ckpt.id), path=Path(ckpt.path),
+                      has_ema=EMA_FORMAT in list(ckpt.formats or []))
 
 
 def _newest(store: Store, run_name: str) -> EvalTarget:
@@ -209,18 +200,18 @@ def _present(targets: list[EvalTarget], what: str, warn: Callable[[str], None] |
     return out
 
 
-def _base_target(model: str, defaults: Mapping[str, Any]) -> EvalTarget:
+def _base_target(model: str, defaults: TrainerConfig) -> EvalTarget:
     model = model.strip()
     if not model:
         raise TargetError("base:MODEL needs a model: a hub id or a local pipeline directory, e.g. "
                           "base:stabilityai/stable-diffusion-3.5-medium")
-    fields = model_fields({**defaults, "pretrained": {**dict(defaults.get("pretrained") or {}), "model": model}})
-    fields["uses_cfg"] = True  # the base model is evaluated as released: with CFG (the spec's default 4.5)
-    return EvalTarget(label=f"{BASE_PREFIX}{model}", checkpoint_sha256=base_sha256(model, fields["revision"]),
-                      **fields)
+    cfg = defaults.model_copy(update={"pretrained": defaults.pretrained.model_copy(update={"model": model})})
+    # the base model is evaluated as released: with CFG (the spec's default 4.5)
+    ctx = ModelContext.from_config(cfg, is_base=True)
+    return EvalTarget(label=f"{BASE_PREFIX}{model}", checkpoint_sha256=base_sha256(model, str(ctx.revision)), ctx=ctx)
 
 
-def _dir_target(store: Store, path: Path, defaults: Mapping[str, Any]) -> EvalTarget:
+def _dir_target(store: Store, path: Path, defaults: TrainerConfig) -> EvalTarget:
     path = path.resolve()
     manifest = read_manifest(path)
     sha = manifest_sha256(path)
@@ -236,14 +227,16 @@ def _dir_target(store: Store, path: Path, defaults: Mapping[str, Any]) -> EvalTa
         if ckpt is not None and ckpt.sha256 == sha:
             return _run_target(store, run_name, ckpt, run.resolved_config or {})
     capsule = path.parent.parent / "capsule" / "config.yaml"
-    conf: Mapping[str, Any] = defaults
+    ctx = ModelContext.from_config(defaults)
     if capsule.is_file():
         try:
-            conf = yaml.safe_load(capsule.read_text()) or defaults
+            conf = yaml.safe_load(capsule.read_text())
         except (OSError, yaml.YAMLError):
-            conf = defaults
-    return EvalTarget(label=f"{DIR_PREFIX}{path}", checkpoint_sha256=sha, step=step, path=path,
-                      has_ema=EMA_FORMAT in list(manifest.get("formats") or []), **model_fields(conf))
+            conf = None
+        if isinstance(conf, dict):
+            ctx = run_context(conf)
+    return EvalTarget(label=f"{DIR_PREFIX}{path}", checkpoint_sha256=sha, ctx=ctx, step=step, path=path,
+                      has_ema=EMA_FORMAT in list(manifest.get("formats") or []))
 
 
 def _sweep_targets(store: Store, name: str, warn: Callable[[str], None] | None) -> list[EvalTarget]:

@@ -4,15 +4,18 @@ trainer's own `checkpoint.finalize`)."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from awm_platform.evals.spec import ModelContext
 from awm_platform.evals.targets import EvalTarget, TargetError, base_sha256, resolve_targets
 from awm_platform.store import Store
 from trainers.awm import checkpoint as C
+from trainers.awm.config import TrainerConfig
 
 
 def write_checkpoint(run_dir: Path, step: int, *, ema: bool = True) -> Path:
@@ -53,8 +56,9 @@ def test_run_forms(store: Store, isolated_awm_home: Path) -> None:
     assert newest.checkpoint_id == store.get_checkpoint("r1", 6).id
     assert newest.path == run_dir / "checkpoints" / "step-6"
     assert newest.lora_dir("policy") == newest.path / "lora" and newest.lora_dir("ema") == newest.path / "lora_ema"
-    assert (newest.model, newest.revision, newest.dtype, newest.resolution, newest.max_sequence_length,
-            newest.uses_cfg, newest.family, newest.has_ema) == ("/models/tiny", "r1", "fp32", 64, 32, False, "sd3", True)
+    assert newest.ctx == ModelContext(model="/models/tiny", revision="r1", family="sd3", resolution=64,
+                                      precision="fp32", max_sequence_length=32, uses_cfg=False)
+    assert newest.has_ema and not newest.is_base
     [at4] = resolve_targets(store, "r1@4")
     assert at4.label == "r1@4" and at4.step == 4
     assert [t.step for t in resolve_targets(store, "r1@all")] == [2, 4, 6]
@@ -84,8 +88,6 @@ def test_run_errors(store: Store, isolated_awm_home: Path) -> None:
 
 def test_deleted_checkpoint_dir_is_an_error_alone_and_skipped_in_all(store: Store, isolated_awm_home: Path) -> None:
     run_dir = make_run(store, isolated_awm_home, "r1", [2, 4])
-    import shutil
-
     shutil.rmtree(run_dir / "checkpoints" / "step-4")
     with pytest.raises(TargetError, match="is gone"):
         resolve_targets(store, "r1")
@@ -108,11 +110,12 @@ def test_checkpoint_directory(store: Store, isolated_awm_home: Path, tmp_path: P
     [d] = resolve_targets(store, str(path))
     assert d.label == f"dir:{path}" and d.run_name is None and d.checkpoint_id is None and d.step == 7
     assert d.checkpoint_sha256 == hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()
-    assert (d.model, d.dtype, d.resolution, d.uses_cfg, d.has_ema) == ("m2", "bf16", 128, True, False)
+    assert (d.ctx.model, d.ctx.precision, d.ctx.resolution, d.ctx.uses_cfg, d.has_ema) == ("m2", "bf16", 128, True, False)
     # no run config next to it: the command's defaults
     bare = write_checkpoint(tmp_path / "bare", 1)
-    [b] = resolve_targets(store, str(bare), defaults={"pretrained": {"model": "m3"}, "resolution": 256})
-    assert (b.model, b.resolution) == ("m3", 256)
+    [b] = resolve_targets(store, str(bare), defaults=TrainerConfig.model_validate(
+        {"pretrained": {"model": "m3"}, "resolution": 256}))
+    assert (b.ctx.model, b.ctx.resolution) == ("m3", 256)
     # a corrupt manifest is one clear error
     (bare / "manifest.json").write_text("{not json")
     with pytest.raises(TargetError, match="not a valid checkpoint manifest"):
@@ -120,11 +123,12 @@ def test_checkpoint_directory(store: Store, isolated_awm_home: Path, tmp_path: P
 
 
 def test_base_model(store: Store) -> None:
-    [t] = resolve_targets(store, "base:org/model", defaults={"pretrained": {"revision": "v2", "dtype": "bf16"},
-                                                             "resolution": 1024})
+    defaults = TrainerConfig.model_validate({"pretrained": {"revision": "v2", "dtype": "bf16"}, "resolution": 1024})
+    [t] = resolve_targets(store, "base:org/model", defaults=defaults)
     assert isinstance(t, EvalTarget) and t.is_base and t.path is None and t.lora_dir("policy") is None
-    assert (t.label, t.model, t.revision, t.dtype, t.resolution, t.uses_cfg) == (
-        "base:org/model", "org/model", "v2", "bf16", 1024, True)
+    assert t.label == "base:org/model"
+    assert (t.ctx.model, t.ctx.revision, t.ctx.precision, t.ctx.resolution, t.ctx.uses_cfg) == (
+        "org/model", "v2", "bf16", 1024, True)
     assert t.checkpoint_sha256 == base_sha256("org/model", "v2") != base_sha256("org/model", "main")
     assert t.run_name is None and t.checkpoint_id is None
 
