@@ -12,6 +12,11 @@
   family.flow_shift)`` (``trainers.awm.samplers.euler_sample``, ``noise_level=0``) from initial
   noise drawn by one ``torch.Generator`` per image (``randn_per_sample``), decoded by the family.
 
+Batch composition: the seeds and the ODE make each image a function of (prompt, seed, spec); an
+identical batch gives bit-identical pixels, a different batch composition can move a pixel by one
+uint8 level (CPU and GPU kernels choose their summation order by batch size; bound checked in
+tests/trainer/test_generate.py). Exact equality would need one image per forward.
+
 Precision: the text encoders and the VAE hold ``precision`` (the trainer's ``pretrained.dtype``);
 the transformer stays fp32 (as in training) and computes under autocast in ``precision`` on CUDA
 (bf16/fp16), in fp32 on CPU (the trainer's ``mixed_precision: "no"``).
