@@ -92,8 +92,11 @@ def service_config(**over: Any) -> Any:
 
 def create_evaluation(store: Any, run: TrainedRun, benchmark: str, *, checkpoint: Path | None = None,
                       num_shards: int = 1, options: dict[str, Any] | None = None,
-                      weights: str = "policy", **service_over: Any) -> Any:
-    """Plan and ensure the evaluation of the run's checkpoint on `benchmark`, as the scheduler does."""
+                      weights: str = "policy", model: str | None = None, **service_over: Any) -> Any:
+    """Plan and ensure the evaluation of the run's checkpoint on `benchmark`, as the scheduler does
+    (`model`: pretend the run trained on this base model folder)."""
+    import dataclasses
+
     from awm_platform.evals import images
     from awm_platform.evals.spec import ModelContext, plan_evaluation
     from awm_platform.store import eval_key
@@ -104,6 +107,8 @@ def create_evaluation(store: Any, run: TrainedRun, benchmark: str, *, checkpoint
     service = service_config(**service_over)
     bench = get_benchmark(benchmark, **(options or {}))
     ctx = ModelContext.from_resolved(run.config)
+    if model is not None:
+        ctx = dataclasses.replace(ctx, model=model)
     plan = plan_evaluation(service, bench, ctx, ckpt_row.sha256, weights=weights)  # type: ignore[arg-type]
     key = eval_key(ckpt_row.sha256, benchmark, plan.benchmark_version, plan.spec.hash)
     ev, created = store.ensure_evaluation(

@@ -3,6 +3,7 @@ RapidOCR scorer, a real SQLite store, PNGs on disk (platform/evals/worker.py, im
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.evals.conftest import OCR_OPTIONS, TrainedRun, copy_checkpoint, create_evaluation, write_job
 
@@ -107,3 +109,131 @@ def test_ocr_evaluation_stores_score_ci_rows_and_images(trained_run: TrainedRun,
     second = _run(job, [ev.id])
     assert (second["generated"], second["reused"], second["shards_done"], second["completed"]) == (0, 0, [], [])
     assert store.get_evaluation(ev.id).score == ev.score and len(store.get_sample_scores(ev.id)) == 6
+
+
+def test_results_do_not_depend_on_the_shard_count(trained_run: TrainedRun, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same evaluation in two platform homes: 1 shard (one batch of 6) vs 3 shards (batches of
+    2; one job claims them all, its preferred shard first): the same seeds, rows and scores, and the
+    same images up to the float rounding of a batched forward (a pixel value off by one, measured
+    on at most 2 of 12288 values: matrix kernels round differently for other batch sizes)."""
+    from awm_platform.store import Store
+
+    seen: dict[int, tuple[list[tuple[Any, ...]], dict[str, np.ndarray], float]] = {}
+    for shards in (1, 3):
+        home = tmp_path / f"home{shards}"
+        monkeypatch.setenv("AWM_HOME", str(home))
+        store = Store.default()
+        ev = create_evaluation(store, trained_run, "ocr", num_shards=shards, limit=6)
+        job = write_job(home / "job", store.url, batch_size=8)
+        out = _run(job, [ev.id], prefer=shards - 1)
+        assert out["shards_done"] == [[ev.id, k] for k in [shards - 1, *range(shards - 1)]], out
+        ev = store.get_evaluation(ev.id)
+        assert ev.status == "COMPLETED" and [s.status for s in store.list_shards(ev.id)] == ["DONE"] * shards
+        rows = [(r.prompt_index, r.sample_index, r.seed, r.score, r.extra) for r in store.get_sample_scores(ev.id)]
+        pixels = {name: np.asarray(Image.open(io.BytesIO(png)), dtype=np.int16) for name, png in _images_of(ev).items()}
+        seen[shards] = (rows, pixels, ev.score)
+        store.close()
+    assert seen[1][0] == seen[3][0] and len(seen[1][0]) == 6
+    assert sorted(seen[1][1]) == sorted(seen[3][1]) and len(seen[1][1]) == 6
+    for name, one in seen[1][1].items():
+        diff = np.abs(one - seen[3][1][name])
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (name, diff.max(), (diff > 0).sum())
+    assert seen[1][2] == seen[3][2]
+
+
+def test_a_new_benchmark_version_rescores_the_cached_images(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """Same checkpoint and spec, another scorer version (OCR's score threshold changes its engine
+    label): the second evaluation reads the first one's PNGs and generates nothing."""
+    store = _store()
+    first = create_evaluation(store, trained_run, "ocr", limit=4)
+    out = _run(write_job(tmp_path / "job1", store.url), [first.id])
+    assert (out["completed"], out["generated"], out["reused"]) == ([first.id], 4, 0)
+    cache = Path(first.images_dir).resolve()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.png")}
+    assert len(before) == 4
+
+    options = {**OCR_OPTIONS, "score_threshold": 0.3}
+    second = create_evaluation(store, trained_run, "ocr", limit=4, options=options)
+    assert second.benchmark_version != first.benchmark_version and second.spec_hash == first.spec_hash
+    out = _run(write_job(tmp_path / "job2", store.url, options={"ocr": options}), [second.id])
+    assert (out["completed"], out["generated"], out["reused"]) == ([second.id], 0, 4)
+    assert Path(second.images_dir).resolve() == cache
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.glob("*.png")} == before
+    second = store.get_evaluation(second.id)
+    assert second.status == "COMPLETED" and len(store.get_sample_scores(second.id)) == 4
+
+
+def test_missing_benchmark_weights_fail_the_evaluation_before_any_image(trained_run: TrainedRun,
+                                                                         tmp_path: Path) -> None:
+    store = _store()
+    missing = tmp_path / "no-pickscore-weights"
+    options = {"model_path": str(missing), "processor_path": str(missing)}
+    ev = create_evaluation(store, trained_run, "pickscore", options=options, limit=2)
+    out = _run(write_job(tmp_path / "job", store.url, options={"pickscore": options}), [ev.id])
+    assert out["failed"] == [ev.id] and out["generated"] == 0
+    ev = store.get_evaluation(ev.id)
+    assert ev.status == "FAILED" and ev.ended_at is not None
+    assert f"model_path={missing}" in ev.error and "eval.service.weights_dirs.pickscore" in ev.error, ev.error
+    assert [s.attempts for s in store.list_shards(ev.id)] == [0]  # no shard was even claimed
+    assert not list(Path(ev.images_dir).parent.parent.glob("images/*/*.png"))
+    assert store.get_sample_scores(ev.id) == []
+
+
+@pytest.mark.parametrize("damage", ["modified", "deleted", "replaced"])
+def test_a_checkpoint_that_no_longer_matches_fails_with_the_reason(trained_run: TrainedRun, tmp_path: Path,
+                                                                   damage: str) -> None:
+    import shutil
+
+    store = _store()
+    ckpt = copy_checkpoint(trained_run, tmp_path / "ckpt" / "step-2")
+    ev = create_evaluation(store, trained_run, "ocr", checkpoint=ckpt, limit=2)
+    if damage == "modified":
+        with open(ckpt / "lora" / "pytorch_lora_weights.safetensors", "ab") as fh:
+            fh.write(b"\0")
+        reason = "checkpoint no longer matches its manifest: " + str(ckpt) + \
+            ": sha256 mismatch for lora/pytorch_lora_weights.safetensors"
+    elif damage == "deleted":
+        shutil.rmtree(ckpt)
+        reason = f"checkpoint deleted: {ckpt}"
+    else:  # the folder now holds another (valid) checkpoint: its manifest differs
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        (ckpt / "manifest.json").write_text(json.dumps({**manifest, "created": manifest["created"] + 1}))
+        reason = f"checkpoint {ckpt}: its manifest's sha256 is "
+    out = _run(write_job(tmp_path / "job", store.url), [ev.id])
+    assert out["failed"] == [ev.id] and out["generated"] == 0
+    ev = store.get_evaluation(ev.id)
+    assert ev.status == "FAILED" and ev.error.startswith(reason), ev.error
+    assert [s.attempts for s in store.list_shards(ev.id)] == [0]
+
+
+def test_a_shard_that_keeps_failing_fails_the_evaluation_after_max_attempts(trained_run: TrainedRun,
+                                                                             tmp_path: Path) -> None:
+    """The base model cannot be loaded (its folder is gone): each claim fails and gives the shard
+    back; the claim after `max_attempts` fails the evaluation with the last error."""
+    store = _store()
+    model = tmp_path / "model-copy"
+    ev = create_evaluation(store, trained_run, "ocr", limit=2, model=str(model))
+    out = _run(write_job(tmp_path / "job", store.url, max_attempts=2), [ev.id])
+    assert out["failed"] == [ev.id] and out["shards_done"] == []
+    ev = store.get_evaluation(ev.id)
+    assert ev.status == "FAILED"
+    assert ev.error.startswith("shard 0/1 failed 2 times (eval.service.max_attempts=2); last error: "
+                               "ModelLoadError: "), ev.error
+    assert str(model) in ev.error
+    assert [(s.status, s.attempts) for s in store.list_shards(ev.id)] == [("PENDING", 3)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{missing}", "--evals", "1"], "error: {missing}/job.json: no such file (not an evaluation job directory)"),
+    (["{job}", "--evals", "1,x"], "error: --evals '1,x': expected comma-separated evaluation ids"),
+    (["{job}", "--evals", ","], "error: --evals: no evaluation id given"),
+])
+def test_worker_entry_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    job = write_job(tmp_path / "job", "sqlite:///" + str(tmp_path / "awm.db"))
+    (tmp_path / "bad").mkdir()
+    fill = {"missing": str(tmp_path / "bad"), "job": str(job)}
+    out = subprocess.run([sys.executable, "-m", "awm_platform.evals.worker", *(a.format(**fill) for a in args)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2 and out.stderr.strip() == message.format(**fill), out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
