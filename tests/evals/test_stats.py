@@ -5,11 +5,14 @@ scipy.stats and against GenEval's own aggregate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-from awm_platform.evals.stats import ComparisonError, paired_comparison
+from awm_platform.evals.stats import ComparisonError, compare_evaluations, paired_comparison
+from awm_platform.store import Store
 from benchmarks.base import SampleRecord
 from benchmarks.geneval.benchmark import aggregate_records
 from benchmarks.geneval.rules import overall_score, per_tag_accuracy
@@ -171,3 +174,59 @@ def test_refuses_with_one_line(a: Scores, b: Scores, kw: dict, message: str) -> 
         paired_comparison(a, b, **kw)
     assert message in str(exc.value) and "\n" not in str(exc.value)
     assert isinstance(exc.value, ValueError)
+
+
+# ------------------------------------------------------------------ from the store ----
+def _stored(store: Store, scores: Scores, *, sha: str, benchmark: str = "geneval", version: str = "1.0+abc",
+            spec_hash: str = "s" * 16, partial: bool = False, complete: bool = True,
+            tags: dict[int, str] | None = None) -> int:
+    ev, created = store.ensure_evaluation(checkpoint_sha256=sha, benchmark=benchmark, benchmark_version=version,
+                                          spec_hash=spec_hash, spec={"seed": 0}, target=f"dir:/{sha[:6]}",
+                                          num_shards=1, partial=partial)
+    assert created
+    if not complete:
+        return ev.id
+    shard = store.claim_shard(ev.id, "w", lease_s=60)
+    assert shard is not None
+    rows = [{"prompt_index": p, "sample_index": s, "score": v,
+             "extra": {"tag": tags[p], "prompt": f"text {p // 2}"} if tags else {}}
+            for (p, s), v in scores.items()]
+    assert store.commit_shard(shard.id, "w", rows)
+    assert store.complete_evaluation(ev.id, score=0.0, ci_low=0.0, ci_high=0.0, sub_scores={},
+                                     num_samples=len(rows))
+    return ev.id
+
+
+def test_compare_evaluations_from_the_store(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    rec_a, a = _geneval_like(rng, {"counting": 0.3, "colors": 0.6, "position": 0.2})
+    rec_b, b = _geneval_like(rng, {"counting": 0.6, "colors": 0.9, "position": 0.5})
+    tags = {r.prompt_index: r.extra["tag"] for r in rec_a}
+    with Store(f"sqlite:///{tmp_path / 'awm.db'}") as store:
+        ia, ib = _stored(store, a, sha="a" * 64, tags=tags), _stored(store, b, sha="b" * 64, tags=tags)
+        r = compare_evaluations(store, ia, ib, n_boot=2000, n_perm=2000)
+    # strata from the rows' tags, units from their prompt texts: the GenEval score difference
+    expected = paired_comparison(a, b, strata=tags, units={r.prompt_index: r.extra["prompt"] for r in rec_a},
+                                 n_boot=2000, n_perm=2000)
+    assert r == expected and r.n_strata == 3
+    assert r.diff == pytest.approx(_overall(rec_b, set(b)) - _overall(rec_a, set(a)))
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({"spec_hash": "t" * 16}, f"not comparable: spec hashes differ: {'s' * 16} (evaluation 1) vs {'t' * 16}"),
+        ({"version": "1.0+def"}, "not comparable: benchmark versions differ: 1.0+abc (evaluation 1) vs 1.0+def"),
+        ({"benchmark": "ocr"}, "not comparable: benchmarks differ: geneval (evaluation 1) vs ocr"),
+        ({"partial": True}, "not comparable: evaluation 2 is partial (--limit) and evaluation 1 is full"),
+        ({"complete": False}, "evaluation 2 is PENDING: only COMPLETED evaluations are compared"),
+    ],
+)
+def test_compare_evaluations_refuses_what_is_not_comparable(tmp_path: Path, other: dict, message: str) -> None:
+    scores = {(0, 0): 1.0, (1, 0): 0.0}
+    with Store(f"sqlite:///{tmp_path / 'awm.db'}") as store:
+        ia = _stored(store, scores, sha="a" * 64)
+        ib = _stored(store, scores, sha="b" * 64, **other)
+        with pytest.raises(ComparisonError) as exc:
+            compare_evaluations(store, ia, ib)
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
