@@ -96,8 +96,11 @@ class EvalJobFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     store_url: str
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or $AWM_HOME's embedded store
+    # where the worker that completes an evaluation mirrors it (`runner.api.tracking_target` of the
+    # command's config); None: not mirrored by the worker (the scheduler's catch-up does it)
+    tracking_uri: str | None = None
     tracking_experiment: str = "awm"
+    tracking_artifact_root: str | None = None  # artifact location of an experiment created by the mirror
     lease_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -520,7 +523,17 @@ class Worker:
         return won
 
     def mirror(self, eval_id: int) -> None:
-        """Hook for the MLflow mirror (wired when awm_platform.evals.mirror lands)."""
+        """Mirror the evaluation this worker completed to MLflow and mark it mirrored. MLflow being
+        down is a warning: the evaluation stays `mirrored=false` and the scheduler mirrors it later."""
+        if self.job.tracking_uri is None:
+            return
+        from awm_platform.evals.mirror import MirrorError, mirror_stored  # deferred: light job import (mlflow)
+
+        try:
+            mirror_stored(self.store, eval_id, tracking_uri=self.job.tracking_uri,
+                          experiment=self.job.tracking_experiment, artifact_location=self.job.tracking_artifact_root)
+        except MirrorError as exc:
+            _log(f"warning: evaluation {eval_id} not mirrored to MLflow ({exc}); the scheduler mirrors it later")
 
 
 def ci_method(sub_scores: dict[str, Any]) -> str:

@@ -72,13 +72,15 @@ def test_ocr_evaluation_stores_score_ci_rows_and_images(trained_run: TrainedRun,
     store = _store()
     ev = create_evaluation(store, trained_run, "ocr", limit=6)
     _render_cached(ev, [0, 2, 4])
-    job = write_job(tmp_path / "job", store.url)
+    mlflow_uri = f"sqlite:///{isolated_awm_home / 'mlflow.db'}"
+    job = write_job(tmp_path / "job", store.url, tracking_uri=mlflow_uri, tracking_experiment="evals")
     result = _run(job, [ev.id])
     assert result["completed"] == [ev.id] and result["failed"] == []
     assert (result["generated"], result["reused"]) == (3, 3)  # prompts 1, 3, 5 generated; 0, 2, 4 cached
 
     ev = store.get_evaluation(ev.id)
     assert ev.status == "COMPLETED" and ev.num_samples == 6 and ev.error is None
+    assert ev.mirrored and ev.mlflow_run_id  # the worker that completed it mirrored it
     assert ev.ci_low <= ev.score <= ev.ci_high
     assert ev.sub_scores["n_prompts"] == 6 and "bootstrap" in ev.sub_scores["ci_method"]
     assert ev.wall_s is not None and ev.wall_s > 0 and ev.gpu_hours == 0.0  # CPU: no GPU time
@@ -109,6 +111,10 @@ def test_ocr_evaluation_stores_score_ci_rows_and_images(trained_run: TrainedRun,
     second = _run(job, [ev.id])
     assert (second["generated"], second["reused"], second["shards_done"], second["completed"]) == (0, 0, [], [])
     assert store.get_evaluation(ev.id).score == ev.score and len(store.get_sample_scores(ev.id)) == 6
+    from mlflow.tracking import MlflowClient
+
+    child = MlflowClient(tracking_uri=mlflow_uri).get_run(ev.mlflow_run_id)
+    assert child.data.tags["awm.eval_key"] == ev.key and child.data.metrics["score"] == ev.score
 
 
 def test_results_do_not_depend_on_the_shard_count(trained_run: TrainedRun, tmp_path: Path,
