@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -166,7 +167,9 @@ def _log_table(client: MlflowClient, run_id: str, samples: Sequence[SampleScore]
         values = [(s.extra or {}).get(k) for s in rows]
         table[k] = [v if v is None or isinstance(v, str | int | float | bool) else json.dumps(v, sort_keys=True)
                     for v in values]
-    client.log_table(run_id, data=table, artifact_file=TABLE_FILE)
+    # object columns throughout: log_table looks for image columns with select_dtypes("object"), which
+    # warns (Pandas4Warning) on every mirror when pandas 3 infers its `str` dtype for text columns
+    client.log_table(run_id, data=pd.DataFrame(table, dtype=object), artifact_file=TABLE_FILE)
 
 
 def _log_panel(client: MlflowClient, run_id: str, samples: Sequence[SampleScore], images_dir: Path | None) -> None:
