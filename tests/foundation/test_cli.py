@@ -99,9 +99,10 @@ def test_eval_list_reads_the_store() -> None:
     store.close()
     out = awm("eval", "list", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [{"run": "r1", "step": 20, "benchmark": "ocr", "version": "ocr-1.0",
-                                       "spec_hash": "s", "status": "COMPLETED", "score": 0.81, "ci_low": 0.78,
-                                       "ci_high": 0.84, "n": 1018}]
+    assert json.loads(out.stdout) == [{"id": ev.id, "target": "r1@20", "run": "r1", "step": 20, "benchmark": "ocr",
+                                       "version": "ocr-1.0", "spec_hash": "s", "weights": None, "partial": False,
+                                       "status": "COMPLETED", "score": 0.81, "ci_low": 0.78, "ci_high": 0.84,
+                                       "n": 1018}]
     table = awm("eval", "list", "--run", "r1")
     assert table.returncode == 0 and "ocr-1.0" in table.stdout and "0.8100" in table.stdout
     missing = awm("eval", "list", "--run", "ghost")
