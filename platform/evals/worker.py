@@ -213,8 +213,11 @@ class _PreflightError(Exception):
 class Worker:
     """The shard loop of one job (module docstring). Models load lazily, once per job."""
 
-    def __init__(self, job: EvalJobFile, *, holder: str | None = None) -> None:
+    def __init__(self, job: EvalJobFile, *, holder: str | None = None, overlap_scoring: bool = True) -> None:
         self.job = job
+        # False: each batch is scored before the next one is generated (perf/eval_throughput.py's
+        # baseline for what the overlap buys)
+        self.overlap_scoring = overlap_scoring
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = Store(job.store_url, upgrade=False)  # migrated by the scheduler
         self.stats = JobStats()
@@ -425,7 +428,7 @@ class Worker:
             if n == 0 and len(batches) > 1:
                 fault_point("eval_mid_generation")
             pending.append(self._scorer.submit(self._score, work, batch, imgs, busy, n == 0 and len(batches) > 1))
-            while len(pending) > 1:
+            while len(pending) > (1 if self.overlap_scoring else 0):
                 records += pending.popleft().result()
         fault_point("eval_after_images")
         while pending:
