@@ -31,11 +31,12 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from PIL import Image
 from awm_platform.config import config_hash, flatten, resolved_config
 from awm_platform.redaction import quiet_mlflow_links, redact, redact_url
 from awm_platform.runner.capsule import user_name
-from awm_platform.runner.proc import scoped_environ
+from awm_platform.runner.proc import child_env, scoped_environ
 from awm_platform.runner.spec import JobSpec
 from awm_platform.store import Store
 from benchmarks.files import FILE_MODE, atomic_write
@@ -99,12 +100,15 @@ class StoreLogger(NullLogger):
 
     Writes happen in a background thread (a database transaction must not sit in the training
     step): train metrics every `flush_interval_s`, eval metrics and checkpoints at once (a
-    pruner may be waiting for them). `close()` drains everything."""
+    pruner may be waiting for them). `close()` drains everything. `on_checkpoint(run_dir, step)`
+    runs once per checkpoint, after its registration (`eval.on_checkpoint`); its failure only warns."""
 
-    def __init__(self, store_url: str, run_name: str, flush_interval_s: float = 2.0) -> None:
+    def __init__(self, store_url: str, run_name: str, flush_interval_s: float = 2.0,
+                 on_checkpoint: Callable[[Path, int], Any] | None = None) -> None:
         self.store = Store(store_url, upgrade=False)
         self.run_name = run_name
         self.flush_interval_s = flush_interval_s
+        self.on_checkpoint = on_checkpoint
         self._buf: dict[int, dict[str, float]] = {}
         self._ckpts: list[tuple[Path, int]] = []
         self._lock = threading.Lock()
@@ -153,6 +157,11 @@ class StoreLogger(NullLogger):
                     formats=list(data.get("formats", [])),
                 )
                 ckpts.pop(0)
+                if self.on_checkpoint is not None:
+                    try:
+                        self.on_checkpoint(manifest_path.parent.parent.parent, step)
+                    except Exception as exc:  # noqa: BLE001 - evaluations never break training
+                        _warn(f"eval.on_checkpoint for step {step} failed: {type(exc).__name__}: {exc}")
         finally:  # put back what was not written (older values never override newer ones)
             with self._lock:
                 for step, metrics in buf.items():
@@ -621,6 +630,23 @@ def replay_spool(run_dir: Path, tracking_uri: str | None = None) -> bool:
 
 
 # --------------------------------------------------------------------- factory ----
+# Set by the trainer's distributed launch: an evaluation job started from a training job must not inherit them
+_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                    "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+EVAL_HOOK_LOG = "eval_on_checkpoint.log"
+
+
+def spawn_eval_on_checkpoint(run_dir: Path, step: int) -> subprocess.Popen[bytes]:
+    """`eval.on_checkpoint`: enqueue the evaluations of the run's new checkpoint in a detached process
+    (`python -m awm_platform.evals.scheduler RUN_DIR STEP`, output appended to
+    `run_dir/eval_on_checkpoint.log`), so training never waits for it and nothing it does can break
+    training. It ensures the evaluations and submits their job with the run's own config."""
+    env = {k: v for k, v in child_env().items() if k not in _DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+    with open(Path(run_dir) / EVAL_HOOK_LOG, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "awm_platform.evals.scheduler", str(run_dir), str(int(step))],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+
+
 def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
     """The logger a job's rank 0 hands to the trainer: the trainer's JSONL file (authoritative),
     then the platform store and MLflow (best effort)."""
@@ -648,7 +674,8 @@ def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
         with Store(spec.store_url, upgrade=False) as store:
             store.update_run(spec.name, mlflow_run_id=run_id)
 
-    store_logger = StoreLogger(spec.store_url, spec.name)
+    store_logger = StoreLogger(spec.store_url, spec.name,
+                               on_checkpoint=spawn_eval_on_checkpoint if cfg.eval.on_checkpoint else None)
     mlflow_logger = MlflowLogger(
         run_dir,
         tracking_uri=spec.tracking_uri,

@@ -139,3 +139,36 @@ def test_exhausted_attempts_fail_the_evaluation(trained_run: TrainedRun, isolate
     ev = sch.store.get_evaluation(ev.id)
     assert ev.status == "FAILED" and "shard 0 failed 2 times (max_attempts 2)" in ev.error
     sch.store.close()
+
+
+def test_on_checkpoint_enqueues_the_new_checkpoints_evaluation(eval_tiny_model: Path,
+                                                               isolated_awm_home: Path) -> None:
+    """`eval.on_checkpoint: [ocr]` in a training config: the training job's store logger starts the
+    enqueueing process for its checkpoint, which ensures and runs (debug) the OCR evaluation with the
+    run's own eval.service; the training itself is not held up by it."""
+    from awm_platform.config import config_from_dict
+    from awm_platform.runner.api import submit_run
+    from awm_platform.store import Store
+    from trainers.awm.tiny import tiny_experiment_dict
+
+    data = tiny_experiment_dict(eval_tiny_model, "hooked", num_epochs=2, save_freq=2, eval_freq=1000,
+                                eval={"at_start": False, "max_prompts": 1, "on_checkpoint": ["ocr"],
+                                      "service": SERVICE},
+                                launcher={"cluster": "debug", "cpus_per_task": 1, "time_min": 10},
+                                tracking={"experiment": "eval-tests"})
+    sub = submit_run(config_from_dict(data), cluster="debug")
+    store = Store.default()
+    assert store.get_run("hooked").status == "COMPLETED"
+    deadline = time.monotonic() + 240
+    evals: list[Any] = []
+    while time.monotonic() < deadline:
+        evals = store.list_evaluations(run_name="hooked")
+        if evals and all(ev.status in ("COMPLETED", "FAILED") for ev in evals):
+            break
+        time.sleep(1.0)
+    log = (sub.run_dir / "eval_on_checkpoint.log")
+    assert [(ev.target, ev.benchmark, ev.status) for ev in evals] == [("hooked@2", "ocr", "COMPLETED")], \
+        log.read_text() if log.exists() else "no hook log"
+    assert evals[0].spec["num_steps"] == 2 and evals[0].spec["limit"] == 2  # the run's eval.service
+    assert json.loads(log.read_text().strip().splitlines()[-1])["submitted"] == 1
+    store.close()
