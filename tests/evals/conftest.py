@@ -104,6 +104,9 @@ def create_evaluation(store: Any, run: TrainedRun, benchmark: str, *, checkpoint
 
     ckpt_row = register_run(store, run, checkpoint)
     ckpt = Path(ckpt_row.path)
+    weights_dirs = {k: str(v) for k, v in (options or {}).items() if k.endswith("_path")}
+    if weights_dirs:  # the weights' identity is part of the benchmark version
+        service_over.setdefault("weights_dirs", {benchmark: weights_dirs})
     service = service_config(**service_over)
     bench = get_benchmark(benchmark, **(options or {}))
     ctx = ModelContext.from_resolved(run.config)

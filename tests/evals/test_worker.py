@@ -243,3 +243,43 @@ def test_worker_entry_bad_input(tmp_path: Path, args: list[str], message: str) -
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2 and out.stderr.strip() == message.format(**fill), out.stderr
     assert out.stdout == "" and "Traceback" not in out.stderr
+
+
+def test_geneval_evaluation_is_stratified_per_tag(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """GenEval on the tiny random detector and CLIP (its real loading and scoring code): 2 shards,
+    2 samples per prompt; per-tag accuracies and a CI stratified by tag in the aggregate."""
+    from benchmarks.base import SampleRecord
+    from benchmarks.geneval.testing import build_tiny_clip, build_tiny_detector
+    from benchmarks.registry import get_benchmark
+
+    options = {"detector_path": str(build_tiny_detector(tmp_path / "det")),
+               "clip_path": str(build_tiny_clip(tmp_path / "clip")), "device": "cpu"}
+    store = _store()
+    ev = create_evaluation(store, trained_run, "geneval", options=options, num_shards=2, limit=6,
+                           samples_per_prompt=2)
+    out = _run(write_job(tmp_path / "job", store.url, options={"geneval": options}), [ev.id])
+    assert out["completed"] == [ev.id] and out["generated"] == 12
+    ev = store.get_evaluation(ev.id)
+    rows = store.get_sample_scores(ev.id)
+    assert sorted((r.prompt_index, r.sample_index) for r in rows) == [(p, s) for p in range(6) for s in range(2)]
+    assert len({r.seed for r in rows}) == 12  # every image its own noise
+    prompts = get_benchmark("geneval", **options).prompt_sets()["test"]
+    tags = {prompts.metadata[p]["tag"] for p in range(6)}
+    assert set(ev.sub_scores["per_tag"]) == tags and all(r.extra["tag"] in tags for r in rows)
+    assert ev.sub_scores["n_prompts"] == 6 and "stratified by tag" in ev.sub_scores["ci_method"]
+    recomputed = get_benchmark("geneval", **options).aggregate(
+        [SampleRecord(r.prompt_index, r.sample_index, r.score, dict(r.extra)) for r in rows])
+    assert (ev.score, ev.ci_low, ev.ci_high) == (recomputed.score, recomputed.ci_low, recomputed.ci_high)
+    assert ev.score == pytest.approx(np.mean(list(ev.sub_scores["per_tag"].values())))
+
+
+def test_eval_job_pickles_with_its_arguments_only(tmp_path: Path) -> None:
+    """submitit pickles the job into the job folder and unpickles it in the task."""
+    import pickle
+
+    from awm_platform.evals.worker import EvalJob
+
+    job = pickle.loads(pickle.dumps(EvalJob(tmp_path, [3, 4], 1)))
+    assert (job.job_dir, job.eval_ids, job.prefer_shard) == (str(tmp_path), [3, 4], 1)
+    again = job.checkpoint().function  # preempted: the same job again
+    assert (again.job_dir, again.eval_ids, again.prefer_shard) == (str(tmp_path), [3, 4], 1)
