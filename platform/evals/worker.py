@@ -398,7 +398,10 @@ class Worker:
         except BaseException as exc:
             err = f"{type(exc).__name__}: {exc}"
             _log(f"evaluation {ev.id} shard {shard.shard_index} failed: {err}\n{traceback.format_exc()}")
-            self.store.release_shard(shard.id, self.holder, err)
+            try:
+                self.store.release_shard(shard.id, self.holder, err)
+            except Exception as release_exc:  # the lease expires instead: the shard is re-claimed then
+                _log(f"warning: could not give shard {shard.id} back: {release_exc}")
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -420,19 +423,24 @@ class Worker:
         records: list[SampleRecord] = []
         busy = [0.0]  # the scorer thread's time
         gen_s = 0.0
-        for n, batch in enumerate(batches):
-            beat.check()
-            t = time.monotonic()
-            imgs = self._images(work, batch)
-            gen_s += time.monotonic() - t
-            if n == 0 and len(batches) > 1:
-                fault_point("eval_mid_generation")
-            pending.append(self._scorer.submit(self._score, work, batch, imgs, busy, n == 0 and len(batches) > 1))
-            while len(pending) > (1 if self.overlap_scoring else 0):
+        try:
+            for n, batch in enumerate(batches):
+                beat.check()
+                t = time.monotonic()
+                imgs = self._images(work, batch)
+                gen_s += time.monotonic() - t
+                if n == 0 and len(batches) > 1:
+                    fault_point("eval_mid_generation")
+                pending.append(self._scorer.submit(self._score, work, batch, imgs, busy,
+                                                   n == 0 and len(batches) > 1))
+                while len(pending) > (1 if self.overlap_scoring else 0):
+                    records += pending.popleft().result()
+            fault_point("eval_after_images")
+            while pending:
                 records += pending.popleft().result()
-        fault_point("eval_after_images")
-        while pending:
-            records += pending.popleft().result()
+        finally:  # a failed or dropped shard: its queued batches are not scored for nothing
+            for fut in pending:
+                fut.cancel()
         rows = []
         for rec in records:
             extra = _jsonable(rec.extra)

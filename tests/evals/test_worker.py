@@ -283,3 +283,33 @@ def test_eval_job_pickles_with_its_arguments_only(tmp_path: Path) -> None:
     assert (job.job_dir, job.eval_ids, job.prefer_shard) == (str(tmp_path), [3, 4], 1)
     again = job.checkpoint().function  # preempted: the same job again
     assert (again.job_dir, again.eval_ids, again.prefer_shard) == (str(tmp_path), [3, 4], 1)
+
+
+@pytest.mark.parametrize("how", ["re-claimed", "cancelled"])
+def test_a_shard_whose_lease_is_lost_is_never_committed(trained_run: TrainedRun, tmp_path: Path, how: str) -> None:
+    """The worker's shard is taken over (its lease expired and another worker claimed it) or its
+    evaluation is cancelled while it works: it drops the shard, nothing of it is written."""
+    import time
+
+    from awm_platform.evals.worker import EvalJobFile, Worker
+
+    store = _store()
+    ev = create_evaluation(store, trained_run, "ocr", limit=2)
+    worker = Worker(EvalJobFile.read(write_job(tmp_path / "job", store.url, lease_s=0.3)))
+    try:
+        work = worker.preflight(ev)
+        shard = store.claim_shard(ev.id, worker.holder, lease_s=0.05)
+        if how == "re-claimed":
+            time.sleep(0.1)
+            assert store.claim_shard(ev.id, "another-worker", lease_s=60) is not None
+        else:
+            assert store.cancel_evaluation(ev.id)
+        assert worker.run_shard(work, shard) is False
+    finally:
+        worker.close()
+    assert worker.stats.shards_done == [] and store.get_sample_scores(ev.id) == []
+    (after,) = store.list_shards(ev.id)
+    if how == "re-claimed":
+        assert (after.status, after.lease_holder, after.attempts) == ("RUNNING", "another-worker", 2)
+    else:
+        assert after.status == "PENDING" and store.get_evaluation(ev.id).status == "CANCELLED"
