@@ -172,7 +172,7 @@ class _Heartbeat:
                 if not store.renew_lease(shard_id, holder, lease_s=lease_s):
                     self.lost.set()
                     return
-            except Exception as exc:  # a store hiccup: the next beat tries again
+            except Exception as exc:  # noqa: BLE001 - a store hiccup: the next beat tries again
                 _log(f"warning: could not renew the lease of shard {shard_id}: {exc}")
 
     def check(self) -> None:
@@ -276,7 +276,7 @@ class Worker:
         for eval_id in eval_ids:
             try:
                 rows.append(self.store.get_evaluation(eval_id))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - an id that is gone: serve the others
                 _log(f"evaluation {eval_id}: {exc}")
 
         def model_order(ev: Evaluation) -> tuple[str, ...]:
@@ -400,7 +400,7 @@ class Worker:
             _log(f"evaluation {ev.id} shard {shard.shard_index} failed: {err}\n{traceback.format_exc()}")
             try:
                 self.store.release_shard(shard.id, self.holder, err)
-            except Exception as release_exc:  # the lease expires instead: the shard is re-claimed then
+            except Exception as release_exc:  # noqa: BLE001 - the lease expires instead: re-claimed then
                 _log(f"warning: could not give shard {shard.id} back: {release_exc}")
             if not isinstance(exc, Exception):
                 raise
@@ -538,7 +538,8 @@ class Worker:
         down is a warning: the evaluation stays `mirrored=false` and the scheduler mirrors it later."""
         if self.job.tracking_uri is None:
             return
-        from awm_platform.evals.mirror import MirrorError, mirror_stored  # deferred: light job import (mlflow)
+        # deferred: light job import (mlflow)
+        from awm_platform.evals.mirror import MirrorError, mirror_stored
 
         try:
             mirror_stored(self.store, eval_id, tracking_uri=self.job.tracking_uri,
