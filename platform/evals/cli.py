@@ -111,10 +111,10 @@ def eval_run(
 ) -> None:
     """Evaluate TARGET on the benchmarks: ensure its evaluations and submit the missing work (one
     job array per base model). Already COMPLETED evaluations are not redone."""
+    extra = _pre_checks(shards, limit)  # before the heavy imports: a typo is answered at once
     from awm_platform.evals.scheduler import Scheduler, check_weights, parse_benchmarks, parse_weights
     from awm_platform.store import Store
 
-    extra = _pre_checks(shards, limit)
     try:
         names = parse_benchmarks(benchmarks or "")
         cfg = _load_config(config, [*(set_ or []), *extra])
@@ -168,6 +168,13 @@ def eval_schedule(
     """Find every checkpoint (store, and run directories with a valid manifest) lacking an
     evaluation per benchmark x spec and submit the missing work as batched jobs. --benchmarks
     defaults to the config's eval.on_checkpoint."""
+    if once and interval is not None:
+        fail("--once and --interval exclude each other: one pass, or a pass every SECONDS")
+    if interval is not None and interval <= 0:
+        fail(f"--interval must be > 0 seconds, got {interval}")
+    if wait and interval is not None:
+        fail("--wait goes with --once (a scheduler running forever has nothing to wait for)")
+    _pre_checks(None, None, max_jobs)
     from awm_platform.evals.scheduler import (
         Scheduler,
         check_weights,
@@ -177,13 +184,6 @@ def eval_schedule(
     )
     from awm_platform.store import Store
 
-    if once and interval is not None:
-        fail("--once and --interval exclude each other: one pass, or a pass every SECONDS")
-    if interval is not None and interval <= 0:
-        fail(f"--interval must be > 0 seconds, got {interval}")
-    if wait and interval is not None:
-        fail("--wait goes with --once (a scheduler running forever has nothing to wait for)")
-    _pre_checks(None, None, max_jobs)
     try:
         cfg = _load_config(config, list(set_ or []))
         names = parse_benchmarks(benchmarks or cfg.eval.on_checkpoint)

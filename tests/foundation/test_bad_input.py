@@ -52,6 +52,15 @@ def _partial_images(tmp: Path, home: Path) -> dict[str, str]:
     return {}
 
 
+def _eval_store(tmp: Path, home: Path) -> dict[str, str]:
+    """A platform store holding run r1 (no checkpoint yet): `awm eval run` resolves targets in it."""
+    from awm_platform.store import Store
+
+    with Store.default() as store:
+        store.create_run(name="r1", config_hash="h", resolved_config={}, output_dir=tmp / "r1")
+    return {}
+
+
 CASES = [
     Case("validate-not-utf8", ["config", "validate", "{tmp}/binary.yaml"], ["binary.yaml", "not UTF-8"]),
     Case("validate-directory", ["config", "validate", "{dir}"], ["is a directory"]),
@@ -84,6 +93,23 @@ CASES = [
     Case("bench-partial-images", ["bench", "score", "ocr", "--images", "{tmp}/imgs", "--prompts", "{tmp}/prompts.txt",
                                   "--out", "{tmp}/scores"],
          ["images for only 1 of 3 prompts", "prompt index 0, 2", "--allow-partial"], setup=_partial_images),
+    Case("eval-unknown-benchmark", ["eval", "run", "base:m", "--benchmarks", "ocr,nosuch"],
+         ["--benchmarks: unknown benchmark 'nosuch'", "known: geneval, ocr, pickscore"]),
+    Case("eval-unknown-run", ["eval", "run", "nosuch", "--benchmarks", "ocr"],
+         ["'nosuch': no run of that name", "RUN@STEP"], setup=_eval_store),
+    Case("eval-step-not-a-number", ["eval", "run", "r1@notanumber", "--benchmarks", "ocr"],
+         ["r1@notanumber: STEP must be an integer or 'all'"], setup=_eval_store),
+    Case("eval-not-a-checkpoint-dir", ["eval", "run", "{dir}", "--benchmarks", "ocr"],
+         ["is not a checkpoint directory (no manifest.json"], setup=_eval_store),
+    Case("eval-zero-shards", ["eval", "run", "base:m", "--benchmarks", "ocr", "--shards", "0"],
+         ["--shards must be >= 1"]),
+    Case("eval-missing-weights", ["eval", "run", "base:m", "--benchmarks", "pickscore",
+                                  "--set", "eval.service.weights_dirs.pickscore.model_path={tmp}/no-weights",
+                                  "--set", "eval.service.weights_dirs.pickscore.processor_path={tmp}/no-weights"],
+         ["pickscore: model weights missing", "no-weights", "eval.service.weights_dirs.pickscore.model_path=",
+          "docs/evals.md"]),
+    Case("eval-schedule-once-and-interval", ["eval", "schedule", "--once", "--interval", "60", "--benchmarks", "ocr"],
+         ["--once and --interval exclude each other"]),
 ]
 
 
