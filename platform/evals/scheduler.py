@@ -397,11 +397,12 @@ class Scheduler:
     def write_job_dir(self, job_dir: Path, job_cfg: ExperimentConfig, benchmarks: Sequence[str]) -> None:
         """job.json (0600), setup.sh (0600, launcher.setup), the code snapshot link."""
         job_dir.mkdir(parents=True, exist_ok=True)
-        tracking_uri, _artifact_root = tracking_target(job_cfg)
+        tracking_uri, artifact_root = tracking_target(job_cfg)
         EvalJobFile(
             store_url=self.store.url,
             tracking_uri=tracking_uri,
             tracking_experiment=job_cfg.tracking.experiment,
+            tracking_artifact_root=artifact_root,
             lease_s=self.service.lease_s,
             max_attempts=self.service.max_attempts,
             batch_size=self.service.batch_size,
