@@ -157,3 +157,26 @@ def test_local_executor_runs_the_shards_as_parallel_processes(trained_run: Train
         assert ev.job_ids == out["summary"]["jobs"]
         # task k claimed shard k first: each shard was claimed once
         assert [s.attempts for s in shards] == [1, 1]
+
+
+def test_schedule_interval_runs_passes_until_sigterm(isolated_awm_home: Path) -> None:
+    """`--interval`: a pass every S seconds (one JSON line each with --json); SIGTERM lets the pass in
+    progress finish and exits 0."""
+    import signal
+    import time
+
+    env = {**os.environ, "AWM_HOME": str(isolated_awm_home)}
+    proc = subprocess.Popen([AWM, "eval", "schedule", "--interval", "0.5", "--benchmarks", "ocr", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # two passes over an empty store
+        assert all(json.loads(line)["found"] == 0 for line in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.returncode == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
