@@ -365,15 +365,16 @@ class Worker:
             raise _PreflightError(f"evaluation of {spec.weights} weights without a checkpoint path")
         num_prompts = len(prompts) if spec.limit is None else min(spec.limit, len(prompts))
         gkey = generation_key(ev.checkpoint_sha256, spec, prompts.sha256)
-        images.link_images(ev.key, gkey)
+        root = _evals_root_of(ev)
+        images.link_images(ev.key, gkey, root)
         images.write_manifest(
             ev.key, generation_key=gkey, benchmark=ev.benchmark, benchmark_version=ev.benchmark_version,
             spec=ev.spec, spec_hash=ev.spec_hash, checkpoint_sha256=ev.checkpoint_sha256, target=ev.target,
             checkpoint_path=ev.checkpoint_path, prompt_set=spec.prompt_set, prompt_file=str(prompts.path),
             prompt_file_sha256=prompts.sha256, num_prompts=num_prompts,
-            samples_per_prompt=spec.samples_per_prompt, seeds_rule=SEEDS_RULE)
+            samples_per_prompt=spec.samples_per_prompt, seeds_rule=SEEDS_RULE, root=root)
         return _Work(ev=ev, spec=spec, bench=bench, prompts=prompts, num_prompts=num_prompts,
-                     cache=images.ImageCache(gkey), lora=lora)
+                     cache=images.ImageCache(gkey, root), lora=lora)
 
     # -------------------------------------------------------------------- shard ----
     def run_shard(self, work: _Work, shard: EvalShard) -> bool:
@@ -546,6 +547,18 @@ class Worker:
                           experiment=self.job.tracking_experiment, artifact_location=self.job.tracking_artifact_root)
         except MirrorError as exc:
             _log(f"warning: evaluation {eval_id} not mirrored to MLflow ({exc}); the scheduler mirrors it later")
+
+
+def _evals_root_of(ev: Evaluation) -> Path:
+    """The evals folder the evaluation's images go to: the one its recorded `images_dir`
+    (`<root>/<eval key>/images`, absolute, written by the scheduler) is in, so a job whose working
+    directory or $AWM_HOME differs from the scheduler's writes where the store points; else
+    `$AWM_HOME/evals`."""
+    if ev.images_dir:
+        recorded = Path(ev.images_dir)
+        if recorded.name == images.IMAGES_DIR and recorded.parent.name == ev.key and recorded.is_absolute():
+            return recorded.parent.parent
+    return images.evals_root()
 
 
 def ci_method(sub_scores: dict[str, Any]) -> str:

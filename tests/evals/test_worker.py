@@ -313,3 +313,18 @@ def test_a_shard_whose_lease_is_lost_is_never_committed(trained_run: TrainedRun,
         assert (after.status, after.lease_holder, after.attempts) == ("RUNNING", "another-worker", 2)
     else:
         assert after.status == "PENDING" and store.get_evaluation(ev.id).status == "CANCELLED"
+
+
+def test_images_go_where_the_evaluation_row_points(trained_run: TrainedRun, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, isolated_awm_home: Path) -> None:
+    """A job whose $AWM_HOME differs from the scheduler's (another working directory on a node)
+    writes the images into the evals folder of the recorded `images_dir`."""
+    store = _store()
+    ev = create_evaluation(store, trained_run, "ocr", limit=2)
+    job = write_job(tmp_path / "job", store.url)
+    elsewhere = tmp_path / "node-home"
+    monkeypatch.setenv("AWM_HOME", str(elsewhere))
+    assert _run(job, [ev.id])["completed"] == [ev.id]
+    assert Path(ev.images_dir).parent.parent == isolated_awm_home / "evals"
+    assert sorted(p.name for p in Path(ev.images_dir).glob("*.png")) == ["00000_00.png", "00001_00.png"]
+    assert not (elsewhere / "evals").exists()
