@@ -377,8 +377,8 @@ class Scheduler:
             self.store.record_eval_job([ev.id for ev in evals], cluster=self.cluster, job_dir=str(job_dir),
                                        job_id=job_id)
         labels = ", ".join(f"{ev.id} ({ev.target} {ev.benchmark})" for ev in evals)
-        self.echo(f"submitted {name} ({num_tasks} task{'s' if num_tasks > 1 else ''}, job "
-                  f"{job_ids[0].split('_')[0] if job_ids else '?'}) for evaluations {labels}")
+        self.echo(f"submitted {name} on {self.cluster} ({num_tasks} task{'s' if num_tasks > 1 else ''}: "
+                  f"{', '.join(job_ids)}) for evaluations {labels}")
         if self.backend.runs_in_process:
             for job in submitted:  # the debug executor runs each task here, when its result is asked for
                 try:

@@ -172,3 +172,38 @@ def test_on_checkpoint_enqueues_the_new_checkpoints_evaluation(eval_tiny_model: 
     assert evals[0].spec["num_steps"] == 2 and evals[0].spec["limit"] == 2  # the run's eval.service
     assert json.loads(log.read_text().strip().splitlines()[-1])["submitted"] == 1
     store.close()
+
+
+@pytest.mark.parametrize("point", ["eval_after_ensure", "eval_after_submit"])
+def test_a_scheduler_killed_at_a_step_boundary_is_finished_by_the_next_one(
+        point: str, trained_run: TrainedRun, isolated_awm_home: Path) -> None:
+    """`awm eval run` SIGKILLed after creating the evaluation, or after submitting its job (debug: the
+    job never ran) but before recording it: the next command (submission grace 0) completes it, with
+    one evaluation and each sample row once."""
+    import os
+    import subprocess
+    import sys
+
+    from awm_platform.store import Store
+
+    with Store.default() as store:
+        register_run(store, trained_run)
+    awm = str(Path(sys.executable).parent / "awm")
+    args = [awm, "eval", "run", RUN_NAME, "--benchmarks", "ocr", "--cluster", "debug", "--json",
+            "--set", "eval.service.num_steps=2", "--set", "eval.service.limit=2",
+            "--set", 'eval.service.weights_dirs.ocr.workers="1"']
+    env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1", "AWM_EVAL_SUBMIT_GRACE_S": "0"}
+    killed = subprocess.run(args, capture_output=True, text=True, env={**env, "AWM_FAULT_INJECT": point},
+                            timeout=600, check=False)
+    assert killed.returncode == -9, killed.stderr
+    with Store.default() as store:
+        [ev] = store.list_evaluations()
+        assert ev.status == "PENDING" and ev.job_ids == []
+        assert (ev.submitted_at is not None) == (point == "eval_after_submit")
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["summary"]["submitted"] == 1
+    with Store.default() as store:
+        [ev] = store.list_evaluations()
+        assert ev.status == "COMPLETED" and len(ev.job_ids) == 1, ev.error
+        assert sorted((r.prompt_index, r.sample_index) for r in store.get_sample_scores(ev.id)) == [(0, 0), (1, 0)]
