@@ -122,3 +122,47 @@ def test_worker_killed_at_each_boundary_then_rerun_completes_exactly_once(
     # the images of the dead worker were kept or made again: one PNG per sample either way
     assert sorted(p.name for p in Path(final.images_dir).glob("*.png")) == [f"{p:05d}_00.png" for p in range(4)]
     store.close()
+
+
+def _serve(job: Path, eval_id: int, out: Path) -> None:  # pragma: no cover - runs in the fork
+    import json
+
+    from awm_platform.evals.worker import EvalJob
+
+    out.write_text(json.dumps(EvalJob(job, [eval_id])()))
+    os._exit(0)
+
+
+@pytest.mark.postgres
+def test_two_workers_racing_on_postgresql_do_each_shard_once(trained_run: TrainedRun, tmp_path: Path,
+                                                              fresh_postgres_db: str) -> None:
+    """Two jobs serve the same 3-shard evaluation at once (two array tasks, or a resubmission next
+    to a live job): every shard is claimed by one of them only, one of them completes it."""
+    import json
+
+    import torch
+
+    from awm_platform.store import Store
+
+    torch.set_num_threads(1)
+    store = Store(fresh_postgres_db)
+    ev = create_evaluation(store, trained_run, "ocr", num_shards=3, limit=6)
+    job = write_job(tmp_path / "job", fresh_postgres_db, lease_s=60.0, batch_size=1)
+    outs = [tmp_path / f"worker{i}.json" for i in range(2)]
+    ctx = multiprocessing.get_context("fork")
+    children = [ctx.Process(target=_serve, args=(job, ev.id, out)) for out in outs]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=300)
+    assert [c.exitcode for c in children] == [0, 0]
+    results = [json.loads(out.read_text()) for out in outs]
+    done = sorted(tuple(x) for r in results for x in r["shards_done"])
+    assert done == [(ev.id, k) for k in range(3)]  # each shard by exactly one worker
+    assert sorted(e for r in results for e in r["completed"]) == [ev.id]
+    final = store.get_evaluation(ev.id)
+    assert final.status == "COMPLETED" and final.num_samples == 6
+    assert [(s.status, s.attempts) for s in store.list_shards(ev.id)] == [("DONE", 1)] * 3
+    assert sorted((r.prompt_index, r.sample_index) for r in store.get_sample_scores(ev.id)) == \
+        [(p, 0) for p in range(6)]
+    store.close()
