@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from awm_platform.evals import images
 from awm_platform.evals.spec import EvalSpec, benchmark_version, generation_key, shard_prompts
 from awm_platform.paths import restrict_umask
+from awm_platform.redaction import redact_text
 from awm_platform.runner.proc import fault_point, scrub_environ
 from awm_platform.store import EvalShard, EvalStatus, Evaluation, ShardStatus, Store, as_utc, utcnow
 from benchmarks.base import Benchmark, PromptSet, SampleRecord
@@ -397,8 +398,10 @@ class Worker:
         except LeaseLostError:
             _log(f"evaluation {ev.id} shard {shard.shard_index}: lease lost; dropped")
         except BaseException as exc:
-            err = f"{type(exc).__name__}: {exc}"
-            _log(f"evaluation {ev.id} shard {shard.shard_index} failed: {err}\n{traceback.format_exc()}")
+            # the shard's error is stored and shown: never with a credential (a URL's password)
+            err = redact_text(f"{type(exc).__name__}: {exc}")[0]
+            _log(f"evaluation {ev.id} shard {shard.shard_index} failed: {err}\n"
+                 f"{redact_text(traceback.format_exc())[0]}")
             try:
                 self.store.release_shard(shard.id, self.holder, err)
             except Exception as release_exc:  # noqa: BLE001 - the lease expires instead: re-claimed then
