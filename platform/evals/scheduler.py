@@ -505,12 +505,21 @@ def enqueue_checkpoint(run_dir: Path, step: int) -> ScheduleSummary | None:
     cfg = spec.experiment_config()
     if not cfg.eval.on_checkpoint:
         return None
+    benchmarks = []
+    for name in cfg.eval.on_checkpoint:
+        try:
+            check_weights(cfg.eval.service, [name])
+            benchmarks.append(name)
+        except ScheduleError as exc:  # no evaluation that could only fail: say why in the hook's log
+            print(f"[awm-eval] eval.on_checkpoint: skipping {exc}", file=sys.stderr, flush=True)
+    if not benchmarks:
+        return None
     store = Store(spec.store_url, upgrade=False)
     try:
         scheduler = Scheduler(store, cfg, cluster=spec.cluster)
         targets = scheduler.resolve(f"{spec.name}@{int(step)}")
         weights = parse_weights(None, cfg.eval.service)
-        return scheduler.schedule(benchmarks=cfg.eval.on_checkpoint, weights=weights, targets=targets)
+        return scheduler.schedule(benchmarks=benchmarks, weights=weights, targets=targets)
     finally:
         store.close()
 
