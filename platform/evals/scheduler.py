@@ -59,7 +59,7 @@ from awm_platform.evals.spec import (
     build_benchmark,
     plan_evaluation,
 )
-from awm_platform.evals.targets import EvalTarget, manifest_sha256, resolve_targets, run_context
+from awm_platform.evals.targets import EvalTarget, checkpoint_target, manifest_sha256, resolve_targets
 from awm_platform.evals.worker import EvalJob, EvalJobFile
 from awm_platform.runner import snapshot
 from awm_platform.runner.api import SubmitError, tracking_target
@@ -79,7 +79,7 @@ from awm_platform.store import (
 )
 from benchmarks.files import atomic_write
 from benchmarks.registry import BENCHMARKS, list_benchmarks
-from trainers.awm.checkpoint import CheckpointError, list_step_dirs, validate
+from trainers.awm.checkpoint import MANIFEST, CheckpointError, list_step_dirs, validate
 
 SUBMIT_GRACE_ENV = "AWM_EVAL_SUBMIT_GRACE_S"
 DEFAULT_SUBMIT_GRACE_S = 60.0
@@ -153,7 +153,11 @@ def check_weights(service: EvalServiceConfig, benchmarks: Iterable[str]) -> None
     """Every benchmark's model weights are where the config says (no model is loaded): else one
     ScheduleError naming the key, the path and how to provide them, before anything is submitted."""
     for name in benchmarks:
-        status = build_benchmark(service, name).check_models()
+        bench = build_benchmark(service, name)
+        try:
+            status = bench.check_models()
+        finally:
+            bench.close()
         if status.available:
             continue
         keys = WEIGHTS_KEYS.get(name, ())
@@ -195,14 +199,11 @@ class Scheduler:
                 summary.skipped += 1
                 continue
             self._register_checkpoints(run.name, run_dir)
-            ctx = run_context(run.resolved_config or {})
             for ckpt in self.store.list_checkpoints(run.name):
-                if not (Path(ckpt.path) / "manifest.json").is_file():
+                if not (Path(ckpt.path) / MANIFEST).is_file():
                     summary.skipped += 1  # pruned by checkpoint retention
                     continue
-                out.append(EvalTarget(label=f"{run.name}@{ckpt.step}", checkpoint_sha256=ckpt.sha256, ctx=ctx,
-                                      run_name=run.name, step=int(ckpt.step), checkpoint_id=int(ckpt.id),
-                                      path=Path(ckpt.path), has_ema="diffusers_ema" in list(ckpt.formats or [])))
+                out.append(checkpoint_target(self.store, run.name, ckpt, run.resolved_config or {}))
         return out
 
     def _register_checkpoints(self, run_name: str, run_dir: Path) -> None:

@@ -138,7 +138,7 @@ def resolve_targets(store: Store, text: str, *, defaults: TrainerConfig | None =
             ckpts = store.list_checkpoints(run)
             if not ckpts:
                 raise TargetError(f"run {run!r} has no checkpoints yet")
-            return _present([_run_target(store, run, c) for c in ckpts], f"{run}@all", warn)
+            return _present([checkpoint_target(store, run, c) for c in ckpts], f"{run}@all", warn)
         try:
             n = int(step)
         except ValueError:
@@ -149,7 +149,7 @@ def resolve_targets(store: Store, text: str, *, defaults: TrainerConfig | None =
             steps = [c.step for c in store.list_checkpoints(run)]
             raise TargetError(f"run {run!r} has no checkpoint at step {n} (its checkpoints: "
                               f"{', '.join(map(str, steps)) or 'none yet'})") from None
-        return [_require_present(_run_target(store, run, ckpt))]
+        return [_require_present(checkpoint_target(store, run, ckpt))]
     path = Path(text).expanduser()
     if path.is_dir():
         return [_dir_target(store, path, defaults)]
@@ -166,7 +166,9 @@ def _run_conf(store: Store, run_name: str) -> dict[str, Any]:
     return dict(store.get_run(run_name).resolved_config or {})
 
 
-def _run_target(store: Store, run_name: str, ckpt: Any, conf: Mapping[str, Any] | None = None) -> EvalTarget:
+def checkpoint_target(store: Store, run_name: str, ckpt: Any, conf: Mapping[str, Any] | None = None) -> EvalTarget:
+    """The target of a store checkpoint row `ckpt` of `run_name` (`conf`: the run's resolved config,
+    read from the store when not given)."""
     conf = _run_conf(store, run_name) if conf is None else conf
     return EvalTarget(label=f"{run_name}@{ckpt.step}", checkpoint_sha256=ckpt.sha256, ctx=run_context(conf),
                       run_name=run_name, step=int(ckpt.step), checkpoint_id=int(ckpt.id), path=Path(ckpt.path),
@@ -177,7 +179,7 @@ def _newest(store: Store, run_name: str) -> EvalTarget:
     ckpts = store.list_checkpoints(run_name)
     if not ckpts:
         raise TargetError(f"run {run_name!r} has no checkpoints yet")
-    return _require_present(_run_target(store, run_name, ckpts[-1]))
+    return _require_present(checkpoint_target(store, run_name, ckpts[-1]))
 
 
 def _require_present(target: EvalTarget) -> EvalTarget:
@@ -225,7 +227,7 @@ def _dir_target(store: Store, path: Path, defaults: TrainerConfig) -> EvalTarget
         except NotFoundError:
             ckpt = None
         if ckpt is not None and ckpt.sha256 == sha:
-            return _run_target(store, run_name, ckpt, run.resolved_config or {})
+            return checkpoint_target(store, run_name, ckpt, run.resolved_config or {})
     capsule = path.parent.parent / "capsule" / "config.yaml"
     ctx = ModelContext.from_config(defaults)
     if capsule.is_file():
@@ -252,7 +254,7 @@ def _sweep_targets(store: Store, name: str, warn: Callable[[str], None] | None) 
         if not ckpts:
             continue
         ckpt = best_checkpoint(store, run.name, ckpts, objective)
-        out.append(_run_target(store, run.name, ckpt, run.resolved_config or {}))
+        out.append(checkpoint_target(store, run.name, ckpt, run.resolved_config or {}))
     if not out:
         raise TargetError(f"sweep {name!r}: none of its trial runs has a checkpoint yet")
     return _present(out, f"sweep:{name}", warn)
