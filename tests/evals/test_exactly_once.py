@@ -3,10 +3,13 @@
 evaluation, every (prompt, sample) row once, an aggregate that is the aggregate of those rows, and
 never a half-written one.
 
-The dying worker is a real process: `python -m awm_platform.evals.worker` for one point, a fork of
-the test process for the others (the same code, without paying torch's and diffusers' import
-again: 10 s a process on this box); its shard's lease is short (2 s) and the rerun starts once it
-has expired, as a later job would. Smallest evaluation
+The dying worker is a real process: `python -m awm_platform.evals.worker` for one point, a child
+of a multiprocessing fork server for the others (the same code; the server imports torch,
+diffusers and the worker once, instead of 10 s per process on this box, and forks from a clean
+single-threaded interpreter, not from the test process and its threads); its shard's lease is
+short (2 s) and the rerun starts once it has expired, as a later job would. The worker takes the
+store from job.json and the images folder from the evaluation row, not from the environment the
+fork server was started with. Smallest evaluation
 that has every boundary: OCR (in-process engine), 2 shards x 2 prompts, 1 sample, 2 Euler steps,
 batches of 1 image (so there is a "mid" in generation and in scoring)."""
 
@@ -39,13 +42,21 @@ def _die_at(point: str, job: Path, eval_id: int) -> None:
                               env=env, capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
         return
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(point, job, eval_id))
+    child = _processes().Process(target=_child, args=(point, job, eval_id))
     child.start()
     child.join(timeout=300)
     assert child.exitcode == -signal.SIGKILL, child.exitcode
 
 
-def _child(point: str, job: Path, eval_id: int) -> None:  # pragma: no cover - runs in the fork
+def _processes() -> Any:
+    """The fork-server context, its server preloading what a worker imports."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "awm_platform.evals.worker", "trainers.awm.generate",
+                                "benchmarks.ocr.benchmark", "tests.evals.test_exactly_once"])
+    return ctx
+
+
+def _child(point: str, job: Path, eval_id: int) -> None:  # pragma: no cover - runs in the child
     from awm_platform.evals.worker import EvalJob
 
     os.environ["AWM_FAULT_INJECT"] = point
@@ -124,7 +135,7 @@ def test_worker_killed_at_each_boundary_then_rerun_completes_exactly_once(
     store.close()
 
 
-def _serve(job: Path, eval_id: int, out: Path) -> None:  # pragma: no cover - runs in the fork
+def _serve(job: Path, eval_id: int, out: Path) -> None:  # pragma: no cover - runs in the child
     import json
 
     from awm_platform.evals.worker import EvalJob
@@ -149,7 +160,7 @@ def test_two_workers_racing_on_postgresql_do_each_shard_once(trained_run: Traine
     ev = create_evaluation(store, trained_run, "ocr", num_shards=3, limit=6)
     job = write_job(tmp_path / "job", fresh_postgres_db, lease_s=60.0, batch_size=1)
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
-    ctx = multiprocessing.get_context("fork")
+    ctx = _processes()
     children = [ctx.Process(target=_serve, args=(job, ev.id, out)) for out in outs]
     for child in children:
         child.start()
