@@ -14,14 +14,16 @@ One pass (`Scheduler.schedule`):
 3. **Submit.** An evaluation needs a job when it is PENDING or RUNNING, none of the jobs of its
    latest submission is alive (`backend.poll`, one batch per cluster; a job the scheduler does not
    know yet counts as alive) and a job would have work: a claimable shard (PENDING, or RUNNING
-   with an expired lease) or, every shard being DONE, the aggregate. The scheduler wins it with `store.claim_submission` (one winner
-   among racing schedulers; a previous submission must be older than the grace,
-   `AWM_EVAL_SUBMIT_GRACE_S`, default 60 s, so a job that was just submitted and is not yet
-   visible to the scheduler is not submitted twice), groups the won evaluations by
-   (cluster, base model, shard count), and submits ONE array of `num_shards` tasks per group
-   (`backend.submit_array`: SLURM one sbatch `--array=0-(n-1)%launcher.array_parallelism`; local one
-   process per task, in parallel; debug in this process, one task after the other). Task k runs
-   `EvalJob(job_dir, eval_ids, prefer_shard=k)`. At most `max_jobs` jobs per pass.
+   with an expired lease) or, every shard being DONE, the aggregate. The scheduler wins it with
+   `store.claim_submission` (one winner among racing schedulers; a previous submission must be
+   older than the grace, `AWM_EVAL_SUBMIT_GRACE_S`, default 60 s, so a job that was just submitted
+   and is not yet visible to the scheduler is not submitted twice), groups the won evaluations by
+   base model (and, without arrays, shard count) and submits ONE array per group
+   (`backend.submit_array`: SLURM one sbatch `--array=0-(n-1)%launcher.array_parallelism` with one
+   task per shard of the group; local one process per shard of an evaluation, in parallel; debug in
+   this process, one task after the other). Task k runs `EvalJob(job_dir, eval_ids,
+   prefer_shard=k)`: every task serves every evaluation of the group, claiming whichever shard is
+   free. At most `max_jobs` jobs per pass.
 
 An evaluation whose shards were all claimed `max_attempts` times without finishing, and that no
 live job serves, is FAILED by the scheduler (a worker killed every time cannot say it itself).
@@ -30,7 +32,8 @@ terminal, then mirrors COMPLETED evaluations not yet mirrored to MLflow.
 
 The job directory `$AWM_HOME/evals/jobs/<name>/` is what the executor backends call a run
 directory: `job.json` (0600: it holds the store URL), `setup.sh` (0600, `launcher.setup`), `code`
-(the code snapshot the tasks import), `submitit/` (logs, pickles) and `local_jobs.json` (local).
+(the code snapshot the tasks import), `submitit/` (logs, pickles), `jobs.json` (the job ids of
+this submission) and `local_jobs.json` (local).
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ from trainers.awm.checkpoint import MANIFEST, CheckpointError, list_step_dirs, v
 SUBMIT_GRACE_ENV = "AWM_EVAL_SUBMIT_GRACE_S"
 DEFAULT_SUBMIT_GRACE_S = 60.0
 JOBS_DIR = "jobs"
+JOBS_FILE = "jobs.json"  # in a job directory: the job ids of that submission
+MAX_ARRAY_TASKS = 1000  # SLURM's default MaxArraySize is 1001 (indices 0-1000)
 WEIGHTS = ("policy", "ema")
 # benchmark options naming weight folders (benchmarks/<name>/README.md); shown when weights are missing
 WEIGHTS_KEYS: dict[str, tuple[str, ...]] = {"geneval": ("detector_path", "clip_path"),
@@ -120,6 +125,16 @@ class _JobRef:
     job_ids: list[str]
     output_dir: str
     num_gpus: int = 1
+
+
+def submission_job_ids(ev: Evaluation) -> list[str]:
+    """The jobs of the evaluation's latest submission: `job_dir/jobs.json` of the job directory the
+    store records last (a scheduler killed before writing it never recorded that job either)."""
+    try:
+        data = json.loads((Path(str(ev.job_dir)) / JOBS_FILE).read_text())
+        return [str(j) for j in data["job_ids"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [str(j) for j in ev.job_ids[-1:]]
 
 
 def submit_grace_s() -> float:
@@ -267,8 +282,7 @@ class Scheduler:
             backend = backend_for(ev.cluster)
             if backend.runs_in_process:
                 continue  # its jobs ran to their end inside the process that submitted them
-            # the latest submission: one array of num_shards tasks, recorded last
-            for job_id in ev.job_ids[-max(1, ev.num_shards):]:
+            for job_id in submission_job_ids(ev):
                 refs.setdefault(ev.cluster, []).append((ev.id, _JobRef(f"{ev.id}:{job_id}", [str(job_id)],
                                                                       ev.job_dir)))
         for cluster, items in refs.items():
@@ -324,7 +338,9 @@ class Scheduler:
         groups: dict[tuple[Any, ...], list[Evaluation]] = {}
         for ev in need:
             spec = ev.spec or {}
-            key = (spec.get("model"), spec.get("revision"), spec.get("family"), spec.get("precision"), ev.num_shards)
+            key = (spec.get("model"), spec.get("revision"), spec.get("family"), spec.get("precision"))
+            if not self.backend.supports_arrays:  # one process per task at once: the shards are the parallelism
+                key += (ev.num_shards,)
             groups.setdefault(key, []).append(ev)
         submitted_ids: set[int] = set()
         deferred_ids: set[int] = set()
@@ -356,9 +372,19 @@ class Scheduler:
                 summary.running += 1
         return summary
 
+    def num_tasks(self, evals: Sequence[Evaluation]) -> int:
+        """Tasks of the job serving `evals`. Every task serves every evaluation of the group, claiming
+        whichever shard is free, so the work spreads over the tasks by itself. With arrays (SLURM:
+        at most `launcher.array_parallelism` run at once) one task per shard of the group, so that
+        checkpoints are evaluated in parallel too; without (local: every task is a process started
+        now, sharing the machine's GPUs) one task per shard of ONE evaluation (`eval.service.shards`)."""
+        if self.backend.supports_arrays:
+            return max(1, min(MAX_ARRAY_TASKS, sum(max(1, ev.num_shards) for ev in evals)))
+        return max(1, max(ev.num_shards for ev in evals))
+
     def _submit_group(self, evals: Sequence[Evaluation], token: str) -> list[str]:
-        """ONE array of `num_shards` tasks serving `evals`; returns the job ids (recorded)."""
-        num_tasks = max(1, evals[0].num_shards)
+        """ONE array of `num_tasks` tasks serving `evals`; returns the job ids (recorded)."""
+        num_tasks = self.num_tasks(evals)
         name = f"eval-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{token[:8]}"
         job_dir = evals_root() / JOBS_DIR / name
         job_cfg = self.job_config(name)
@@ -374,6 +400,9 @@ class Scheduler:
             raise
         fault_point("eval_after_submit")
         job_ids = [str(j.job_id) for j in submitted]
+        # which jobs make up this submission (`submission_job_ids`): written before the store points at it
+        atomic_write(job_dir / JOBS_FILE, json.dumps({"job_ids": job_ids, "evaluation_ids": [ev.id for ev in evals]},
+                                                     indent=2) + "\n")
         for job_id in job_ids:
             self.store.record_eval_job([ev.id for ev in evals], cluster=self.cluster, job_dir=str(job_dir),
                                        job_id=job_id)

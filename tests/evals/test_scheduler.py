@@ -170,7 +170,11 @@ def test_on_checkpoint_enqueues_the_new_checkpoints_evaluation(eval_tiny_model: 
     assert [(ev.target, ev.benchmark, ev.status) for ev in evals] == [("hooked@2", "ocr", "COMPLETED")], \
         log.read_text() if log.exists() else "no hook log"
     assert evals[0].spec["num_steps"] == 2 and evals[0].spec["limit"] == 2  # the run's eval.service
-    assert json.loads(log.read_text().strip().splitlines()[-1])["submitted"] == 1
+    summaries: list[dict[str, Any]] = []
+    while not summaries and time.monotonic() < deadline:  # the hook prints its summary after mirroring
+        summaries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith('{"step": ')]
+        time.sleep(0.5)
+    assert [(x["step"], x["submitted"]) for x in summaries] == [(2, 1)]
     store.close()
 
 

@@ -1,5 +1,6 @@
-"""`awm eval run ... --cluster slurm --shards 2 --wait` on the real local SLURM: the two shards are
-ONE job array (`<id>_0`, `<id>_1` in sacct), each task claims its own shard, the evaluation completes."""
+"""`awm eval run ... --cluster slurm --shards 2 --weights both --wait` on the real local SLURM: the two
+evaluations (policy and EMA LoRA) of two shards each are ONE job array of four tasks (`<id>_0` ..
+`<id>_3` in sacct) serving both; every shard is done once and both evaluations complete."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def _sacct(array_job: str) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.splitlines() if line.strip())
 
 
-def test_shards_run_as_one_slurm_array(trained_run: TrainedRun, isolated_awm_home: Path, slurm_cluster: Any) -> None:
+def test_shards_of_two_evaluations_run_as_one_slurm_array(trained_run: TrainedRun, isolated_awm_home: Path, slurm_cluster: Any) -> None:
     from awm_platform.store import Store
 
     with Store.default() as store:
@@ -33,24 +35,34 @@ def test_shards_run_as_one_slurm_array(trained_run: TrainedRun, isolated_awm_hom
     env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [AWM, "eval", "run", f"{RUN_NAME}@2", "--benchmarks", "ocr", "--cluster", "slurm", "--shards", "2",
-         "--limit", "4", "--wait", "--json",
+         "--weights", "both", "--limit", "4", "--wait", "--json",
          "--set", f"launcher.partition={slurm_cluster.partition}", "--set", "launcher.cpus_per_task=1",
          "--set", "launcher.time_min=10", "--set", "eval.service.num_steps=2",
          "--set", "eval.service.batch_size=4", "--set", 'eval.service.weights_dirs.ocr.workers="1"'],
         capture_output=True, text=True, env=env, timeout=900, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(out.stdout)
-    [rec] = data["evaluations"]
-    assert rec["status"] == "COMPLETED" and rec["n"] == 4, out.stderr
+    recs = data["evaluations"]
+    assert sorted(r["weights"] for r in recs) == ["ema", "policy"], out.stderr
+    assert all(r["status"] == "COMPLETED" and r["n"] == 4 for r in recs), out.stderr
     jobs = data["summary"]["jobs"]
     array_job = jobs[0].split("_")[0]
-    assert jobs == [f"{array_job}_0", f"{array_job}_1"]  # ONE sbatch array of two tasks
+    assert jobs == [f"{array_job}_{k}" for k in range(4)]  # ONE sbatch array: a task per shard of the group
     with Store.default() as store:
-        ev = store.get_evaluation(rec["id"])
-        shards = store.list_shards(ev.id)
-    assert ev.cluster == "slurm" and ev.job_ids == jobs
-    assert [s.status for s in shards] == ["DONE", "DONE"] and [s.num_images for s in shards] == [2, 2]
-    sbatch = (Path(ev.job_dir) / "submitit").glob("*_submission.sh")
-    assert any("#SBATCH --array=0-1%" in p.read_text() for p in sbatch)
+        for rec in recs:
+            ev = store.get_evaluation(rec["id"])
+            shards = store.list_shards(ev.id)
+            assert ev.cluster == "slurm" and ev.job_ids == jobs
+            assert [s.status for s in shards] == ["DONE", "DONE"] and [s.num_images for s in shards] == [2, 2]
+            assert [s.attempts for s in shards] == [1, 1]
+    sbatch = list((Path(ev.job_dir) / "submitit").glob("*_submission.sh"))
+    assert any("#SBATCH --array=0-3%" in p.read_text() for p in sbatch), [p.name for p in sbatch]
+    # the evaluations may complete before the last tasks even start (two tasks did all the work):
+    # those find nothing to claim and end; wait for SLURM to have run them all
+    deadline = time.monotonic() + 180
     tasks = _sacct(array_job)
-    assert set(jobs) <= set(tasks), tasks
+    while time.monotonic() < deadline and (set(jobs) - set(tasks) or any(
+            state.split()[0] in ("PENDING", "RUNNING", "COMPLETING") for state in tasks.values())):
+        time.sleep(1.0)
+        tasks = _sacct(array_job)
+    assert {tasks.get(j, "").split(" ")[0] for j in jobs} == {"COMPLETED"}, tasks
