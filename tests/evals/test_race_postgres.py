@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.evals.conftest import RUN_NAME, TrainedRun, register_run
+from tests.evals.conftest import TrainedRun, register_run
 
 pytestmark = [pytest.mark.postgres]
 
