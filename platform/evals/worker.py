@@ -16,7 +16,8 @@ per job; each benchmark's scorer loads once per job):
    (`awm_platform.evals.images`); each batch is scored in a scorer thread while the next batch
    is generated (OCR scores in its own process pool inside); the rows commit with the shard's
    DONE in one transaction (`Store.commit_shard`). An error gives the shard back
-   (`release_shard`); a shard claimed more than `max_attempts` times fails the evaluation.
+   (`release_shard`) and the worker waits 1, 2, 4 ... s (at most 30) before claiming again; a shard
+   claimed more than `max_attempts` times fails the evaluation.
 3. when every shard is DONE: the aggregate (`Benchmark.aggregate`: bootstrap CI over prompts,
    stratified by tag for GenEval) commits with COMPLETED in one transaction
    (`Store.complete_evaluation`); the one worker that completed it mirrors it to MLflow.
@@ -51,7 +52,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import submitit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,6 +85,9 @@ FAULT_POINTS = (
     "eval_before_aggregate_commit",  # every shard DONE, aggregate computed, not committed
     "eval_after_aggregate_commit",  # COMPLETED, not mirrored yet
 )
+# after a shard failed, wait this long (doubling per attempt, at most the max) before claiming again
+RETRY_BACKOFF_S = 1.0
+RETRY_BACKOFF_MAX_S = 30.0
 N_BOOT = 1000
 BOOT_SEED = 0
 SEEDS_RULE = ("image_seed(spec.seed, prompt_index, sample_index) = trainers.awm.prompts.derive_seed(0x41574D49, "
@@ -207,6 +211,9 @@ class JobStats:
     failed: list[int] = field(default_factory=list)
 
 
+ShardOutcome = Literal["done", "lost", "failed"]
+
+
 class _PreflightError(Exception):
     """The evaluation cannot run (its message is the evaluation's error)."""
 
@@ -313,7 +320,10 @@ class Worker:
                         self.stats.failed.append(eval_id)
                     _log(f"evaluation {eval_id} FAILED: {msg}")
                     return
-                self.run_shard(work, shard)
+                if self.run_shard(work, shard) == "failed" and shard.attempts < self.job.max_attempts:
+                    # a transient cause (GPU memory, the store) gets time to clear, and another job
+                    # (another node) may claim the shard meanwhile
+                    time.sleep(min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (shard.attempts - 1)))
         self.maybe_complete(eval_id)
 
     # ---------------------------------------------------------------- preflight ----
@@ -378,11 +388,13 @@ class Worker:
                      cache=images.ImageCache(gkey, root), lora=lora)
 
     # -------------------------------------------------------------------- shard ----
-    def run_shard(self, work: _Work, shard: EvalShard) -> bool:
-        """Generate, score and commit one claimed shard; True when its rows were committed."""
+    def run_shard(self, work: _Work, shard: EvalShard) -> ShardOutcome:
+        """Generate, score and commit one claimed shard: "done" (its rows are committed), "lost" (its
+        lease went to another worker or its evaluation ended: nothing written) or "failed" (an
+        error: the shard was given back)."""
         ev, t0 = work.ev, time.monotonic()
         beat = _Heartbeat(self.store, shard.id, self.holder, self.job.lease_s)
-        committed = False
+        outcome: ShardOutcome = "lost"
         try:
             rows, gen_s, score_s = self._generate_and_score(work, shard, beat)
             beat.check()
@@ -390,6 +402,7 @@ class Worker:
             committed = self.store.commit_shard(shard.id, self.holder, rows, gen_s=gen_s, score_s=score_s)
             fault_point("eval_after_shard_commit")
             if committed:
+                outcome = "done"
                 self.stats.shards_done.append((ev.id, shard.shard_index))
                 _log(f"evaluation {ev.id} shard {shard.shard_index}/{ev.num_shards}: {len(rows)} samples "
                      f"(generation {gen_s:.1f} s, scoring {score_s:.1f} s)")
@@ -399,6 +412,7 @@ class Worker:
             _log(f"evaluation {ev.id} shard {shard.shard_index}: lease lost; dropped")
         except BaseException as exc:
             # the shard's error is stored and shown: never with a credential (a URL's password)
+            outcome = "failed"
             err = redact_text(f"{type(exc).__name__}: {exc}")[0]
             _log(f"evaluation {ev.id} shard {shard.shard_index} failed: {err}\n"
                  f"{redact_text(traceback.format_exc())[0]}")
@@ -412,7 +426,7 @@ class Worker:
             beat.stop()
             if self.gpus:
                 self.store.add_eval_gpu_hours(ev.id, (time.monotonic() - t0) * self.gpus / 3600.0)
-        return committed
+        return outcome
 
     def _generate_and_score(self, work: _Work, shard: EvalShard,
                             beat: _Heartbeat) -> tuple[list[dict[str, Any]], float, float]:

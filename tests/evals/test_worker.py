@@ -304,7 +304,7 @@ def test_a_shard_whose_lease_is_lost_is_never_committed(trained_run: TrainedRun,
             assert store.claim_shard(ev.id, "another-worker", lease_s=60) is not None
         else:
             assert store.cancel_evaluation(ev.id)
-        assert worker.run_shard(work, shard) is False
+        assert worker.run_shard(work, shard) == "lost"
     finally:
         worker.close()
     assert worker.stats.shards_done == [] and store.get_sample_scores(ev.id) == []
