@@ -524,8 +524,8 @@ class Worker:
         if got != expected:  # cannot happen while shards commit their rows with their DONE
             msg = (f"sample rows do not cover the evaluation: {len(expected - got)} missing, "
                    f"{len(got - expected)} unexpected")
-            self.store.fail_evaluation(eval_id, msg)
-            self.stats.failed.append(eval_id)
+            if self.store.fail_evaluation(eval_id, msg):
+                self.stats.failed.append(eval_id)
             return False
         records = [SampleRecord(r.prompt_index, r.sample_index, r.score, dict(r.extra)) for r in rows]
         try:
