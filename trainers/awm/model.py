@@ -27,6 +27,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+class _TruncationNotice(logging.Filter):
+    """diffusers warns, with the whole truncated text, for every batch holding a prompt longer than
+    CLIP's 77 tokens or T5's `max_sequence_length`: thousands of lines in an OCR evaluation. The
+    truncation is intended (upstream encodes the same way), so say it once per process, briefly."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "input was truncated" not in record.getMessage():
+            return True
+        if _TruncationNotice.said:
+            return False
+        _TruncationNotice.said = True
+        record.msg, record.args = ("some prompts are longer than the text encoders take (CLIP: 77 tokens, T5: "
+                                   "max_sequence_length) and are truncated, as upstream does; not repeated"), ()
+        return True
+
+
+logging.getLogger(StableDiffusion3Pipeline.__module__).addFilter(_TruncationNotice())
+
 FAMILIES: dict[str, str] = {"sd3": "trainers.awm.model:SD3Family"}
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
