@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = str(make_tiny(home / "tiny"))
     store = Store.default()
-    job = EvalJobFile(store_url=store.url, batch_size=args.batch, device="cpu", lease_s=600,
+    job = EvalJobFile(store_url=store.url, device="cpu", lease_s=600,
                       benchmark_options={"ocr": {"workers": 1, "threads_per_worker": 1}})
     ctx = ModelContext(model=model, revision=None, family="sd3", resolution=args.resolution, precision="fp32",
                        max_sequence_length=32, uses_cfg=True, is_base=True)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = get_benchmark("ocr", workers=1)
 
     def evaluation(limit: int, seed: int) -> int:
-        service = EvalServiceConfig(num_steps=args.steps, limit=limit, seed=seed)
+        service = EvalServiceConfig(num_steps=args.steps, limit=limit, seed=seed, batch_size=args.batch)
         plan = plan_evaluation(service, bench, ctx, sha)
         ev, _ = store.ensure_evaluation(
             checkpoint_sha256=sha, benchmark="ocr", benchmark_version=plan.benchmark_version,

@@ -59,6 +59,7 @@ from awm_platform.evals.spec import (
     EvalServiceConfig,
     benchmark_options,
     build_benchmark,
+    num_batches,
     plan_evaluation,
 )
 from awm_platform.evals.targets import EvalTarget, checkpoint_target, manifest_sha256, resolve_targets
@@ -261,7 +262,7 @@ class Scheduler:
                         checkpoint_sha256=target.checkpoint_sha256, benchmark=name,
                         benchmark_version=plan.benchmark_version, spec_hash=plan.spec.hash,
                         spec=plan.spec.model_dump(mode="json"), target=target.label,
-                        num_shards=max(1, min(self.service.shards, plan.num_prompts)), run_name=target.run_name,
+                        num_shards=max(1, min(self.service.shards, num_batches(plan.num_prompts, plan.spec))), run_name=target.run_name,
                         step=target.step, checkpoint_id=target.checkpoint_id,
                         checkpoint_path=None if target.path is None else str(target.path),
                         partial=plan.spec.partial, images_dir=str(eval_images_dir(key)))
@@ -434,7 +435,6 @@ class Scheduler:
             tracking_artifact_root=artifact_root,
             lease_s=self.service.lease_s,
             max_attempts=self.service.max_attempts,
-            batch_size=self.service.batch_size,
             benchmark_options={name: benchmark_options(self.service, name) for name in benchmarks},
         ).write(job_dir)
         if job_cfg.launcher.setup:

@@ -59,6 +59,7 @@ class BenchmarkSpecOverrides(ConfigSection):
     limit: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=0)
     max_sequence_length: int | None = Field(None, ge=1, le=512)
+    batch_size: int | None = Field(None, ge=1, le=4096)
 
 
 class EvalServiceConfig(ConfigSection):
@@ -77,8 +78,9 @@ class EvalServiceConfig(ConfigSection):
     limit: int | None = Field(None, ge=1, description="first N prompts only: a PARTIAL evaluation")
     seed: int = Field(0, ge=0, description="image seeds derive from (seed, prompt index, sample index)")
     max_sequence_length: int | None = Field(None, ge=1, le=512, description="None: the run's sample.max_sequence_length")
+    batch_size: int = Field(8, ge=1, le=4096, description="images per forward batch (in the spec: kernels round "
+                            "differently for another batch size, a pixel may move by one level)")
     # how the work runs: never changes a number, so not in the spec hash
-    batch_size: int = Field(8, ge=1, le=4096, description="images per forward batch")
     shards: int = Field(1, ge=1, le=10000, description="prompt shards = array tasks per evaluation job")
     lease_s: float = Field(300.0, gt=0, description="a shard's lease; a dead worker's shard is re-claimed after it")
     max_attempts: int = Field(3, ge=1, le=100, description="claims of one shard before the evaluation fails")
@@ -157,6 +159,7 @@ class EvalSpec(BaseModel):
     limit: int | None
     seed: int
     max_sequence_length: int
+    batch_size: int  # the batches are fixed by it (`batches`), whatever the shard count
 
     @property
     def hash(self) -> str:
@@ -200,7 +203,8 @@ def resolve_spec(service: EvalServiceConfig, benchmark: Benchmark, ctx: ModelCon
                     precision=pick("precision") or ctx.precision,
                     weights="base" if ctx.is_base else (weights or service.weights),
                     prompt_set=prompt_set, limit=pick("limit"), seed=pick("seed"),
-                    max_sequence_length=pick("max_sequence_length") or ctx.max_sequence_length)
+                    max_sequence_length=pick("max_sequence_length") or ctx.max_sequence_length,
+                    batch_size=pick("batch_size"))
 
 
 def benchmark_options(service: EvalServiceConfig, name: str) -> dict[str, str]:
@@ -270,7 +274,19 @@ def plan_evaluation(service: EvalServiceConfig, benchmark: Benchmark, ctx: Model
                     num_prompts=n)
 
 
-def shard_prompts(num_prompts: int, shard_index: int, num_shards: int) -> list[int]:
-    """Prompt indices of shard k of n: i % n == k (all samples of a prompt in one shard; no padding,
-    no duplicates; the union over shards is every prompt exactly once)."""
-    return list(range(shard_index, num_prompts, num_shards))
+def batches(num_prompts: int, spec: EvalSpec) -> list[list[tuple[int, int]]]:
+    """The generation batches of an evaluation: its (prompt, sample) pairs in order, cut every
+    `spec.batch_size`. They are the same whatever the shard count, so an image is made in the same
+    batch (and so bit-identical: kernels round by batch size) however the work is split."""
+    items = [(p, s) for p in range(num_prompts) for s in range(spec.samples_per_prompt)]
+    return [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
+
+
+def num_batches(num_prompts: int, spec: EvalSpec) -> int:
+    return -(-num_prompts * spec.samples_per_prompt // spec.batch_size)
+
+
+def shard_batches(num_prompts: int, spec: EvalSpec, shard_index: int, num_shards: int) -> list[list[tuple[int, int]]]:
+    """Shard k of n holds the batches j with j % n == k: no padding, no duplicate, every
+    (prompt, sample) in exactly one shard."""
+    return batches(num_prompts, spec)[shard_index::num_shards]

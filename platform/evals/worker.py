@@ -11,9 +11,10 @@ per job; each benchmark's scorer loads once per job):
    deleted"). Any of these: the evaluation is FAILED with the reason, nothing is generated.
 2. claim shards (`Store.claim_shard`, the job's `prefer_shard` first) until none is claimable. For a
    claimed shard: a heartbeat thread renews the lease every `lease_s / 3` (a lost lease: the
-   shard is dropped, never committed); its (prompt, sample) images are generated in batches of
-   `batch_size` with seeds `image_seed(spec.seed, prompt, sample)`, a cached PNG being reused
-   (`awm_platform.evals.images`); each batch is scored in a scorer thread while the next batch
+   shard is dropped, never committed); its batches (`spec.shard_batches`: fixed by the spec's
+   `batch_size` whatever the shard count) are generated with seeds `image_seed(spec.seed, prompt,
+   sample)`, cached PNGs being reused (`awm_platform.evals.images`; a batch with a missing image is
+   generated whole, so each image comes from the same batch as always: bit-identical); each batch is scored in a scorer thread while the next batch
    is generated (OCR scores in its own process pool inside); the rows commit with the shard's
    DONE in one transaction (`Store.commit_shard`). An error gives the shard back
    (`release_shard`) and the worker waits 1, 2, 4 ... s (at most 30) before claiming again; a shard
@@ -58,7 +59,7 @@ import submitit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from awm_platform.evals import images
-from awm_platform.evals.spec import EvalSpec, benchmark_version, generation_key, shard_prompts
+from awm_platform.evals.spec import EvalSpec, benchmark_version, generation_key, shard_batches
 from awm_platform.paths import restrict_umask
 from awm_platform.redaction import redact_text
 from awm_platform.runner.proc import fault_point, scrub_environ
@@ -108,7 +109,6 @@ class EvalJobFile(BaseModel):
     tracking_artifact_root: str | None = None  # artifact location of an experiment created by the mirror
     lease_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(3, ge=1)
-    batch_size: int = Field(8, ge=1)
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     # `get_benchmark(name, **options)` per benchmark: the weights dirs (eval.service.weights_dirs)
     # and how to run it (OCR `workers`, GenEval `device`/`batch_size`); only the `*_path` folders
@@ -433,10 +433,7 @@ class Worker:
         """Rows of the shard. Batch i is scored in the scorer thread while batch i + 1 is generated
         (at most two batches of images in memory)."""
         spec = work.spec
-        items = [(p, s) for p in shard_prompts(work.num_prompts, shard.shard_index, work.ev.num_shards)
-                 for s in range(spec.samples_per_prompt)]
-        size = self.job.batch_size
-        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        batches = shard_batches(work.num_prompts, spec, shard.shard_index, work.ev.num_shards)
         pending: deque[Future[list[SampleRecord]]] = deque()
         records: list[SampleRecord] = []
         busy = [0.0]  # the scorer thread's time
@@ -474,19 +471,20 @@ class Worker:
         return image_seed(spec.seed, prompt_index, sample_index)
 
     def _images(self, work: _Work, batch: list[tuple[int, int]]) -> list[Image.Image]:
-        """The batch's images: cached PNGs, the missing ones generated (and cached)."""
+        """The batch's images: cached PNGs, the missing ones generated (and cached). A batch with a
+        missing image is generated whole: kernels round by batch size, so an image made in another
+        batch composition could differ by a pixel level from the one the spec defines."""
         out = [work.cache.load(p, s) for p, s in batch]
         missing = [i for i, im in enumerate(out) if im is None]
         if missing:
             spec = work.spec
             gen = self.generator(work)
-            made = gen.generate([work.prompts.prompts[batch[i][0]] for i in missing],
-                                [self._seed(spec, *batch[i]) for i in missing],
+            made = gen.generate([work.prompts.prompts[p] for p, _ in batch], [self._seed(spec, *item) for item in batch],
                                 num_steps=spec.num_steps, guidance_scale=spec.guidance_scale,
                                 resolution=spec.resolution, max_sequence_length=spec.max_sequence_length)
-            for i, im in zip(missing, made, strict=True):
-                work.cache.save(*batch[i], im)
-                out[i] = im
+            for i in missing:
+                work.cache.save(*batch[i], made[i])
+                out[i] = made[i]
         self.stats.generated += len(missing)
         self.stats.reused += len(batch) - len(missing)
         return [im for im in out if im is not None]

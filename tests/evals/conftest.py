@@ -128,7 +128,7 @@ def write_job(job_dir: Path, store_url: str, *, options: dict[str, dict[str, Any
               **over: Any) -> Path:
     from awm_platform.evals.worker import EvalJobFile
 
-    fields: dict[str, Any] = {"store_url": store_url, "lease_s": 30.0, "max_attempts": 3, "batch_size": 4,
+    fields: dict[str, Any] = {"store_url": store_url, "lease_s": 30.0, "max_attempts": 3,
                               "device": "cpu", "benchmark_options": options or {"ocr": OCR_OPTIONS}}
     fields.update(over)
     job_dir.mkdir(parents=True, exist_ok=True)

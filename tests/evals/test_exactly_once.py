@@ -94,8 +94,8 @@ def test_worker_killed_at_each_boundary_then_rerun_completes_exactly_once(
 
     torch.set_num_threads(1)
     store = Store.default()
-    ev = create_evaluation(store, trained_run, "ocr", num_shards=2, limit=4)
-    job = write_job(tmp_path / "job", store.url, lease_s=LEASE_S, batch_size=1)
+    ev = create_evaluation(store, trained_run, "ocr", num_shards=2, limit=4, batch_size=1)
+    job = write_job(tmp_path / "job", store.url, lease_s=LEASE_S)
 
     _die_at(point, job, ev.id)
 
@@ -157,8 +157,8 @@ def test_two_workers_racing_on_postgresql_do_each_shard_once(trained_run: Traine
 
     torch.set_num_threads(1)
     store = Store(fresh_postgres_db)
-    ev = create_evaluation(store, trained_run, "ocr", num_shards=3, limit=6)
-    job = write_job(tmp_path / "job", fresh_postgres_db, lease_s=60.0, batch_size=1)
+    ev = create_evaluation(store, trained_run, "ocr", num_shards=3, limit=6, batch_size=1)
+    job = write_job(tmp_path / "job", fresh_postgres_db, lease_s=60.0)
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
     ctx = _processes()
     children = [ctx.Process(target=_serve, args=(job, ev.id, out)) for out in outs]

@@ -15,7 +15,7 @@ from awm_platform.evals.spec import (
     generation_key,
     plan_evaluation,
     resolve_spec,
-    shard_prompts,
+    shard_batches,
 )
 from benchmarks.registry import get_benchmark
 from trainers.awm.config import ConfigError
@@ -52,10 +52,11 @@ def test_overrides_per_benchmark_beat_service_defaults() -> None:
 def test_spec_hash_covers_what_changes_numbers_only() -> None:
     ocr = get_benchmark("ocr", workers=1)
     base = resolve_spec(EvalServiceConfig(), ocr, RUN)
-    same = resolve_spec(EvalServiceConfig(batch_size=64, shards=16, lease_s=5, max_attempts=9), ocr, RUN)
+    same = resolve_spec(EvalServiceConfig(shards=16, lease_s=5, max_attempts=9), ocr, RUN)
     assert base.hash == same.hash
     for change in ({"num_steps": 39}, {"seed": 1}, {"resolution": 256}, {"guidance_scale": 4.5},
-                   {"precision": "fp32"}, {"weights": "ema"}, {"limit": 3}, {"samples_per_prompt": 2}):
+                   {"precision": "fp32"}, {"weights": "ema"}, {"limit": 3}, {"samples_per_prompt": 2},
+                   {"batch_size": 4}):
         assert resolve_spec(EvalServiceConfig(**change), ocr, RUN).hash != base.hash, change
     other_model = ModelContext(**{**RUN.__dict__, "model": "/models/other"})
     assert resolve_spec(EvalServiceConfig(), ocr, other_model).hash != base.hash
@@ -86,11 +87,16 @@ def test_benchmark_version_covers_scorer_weights_and_prompts(tmp_path: Path) -> 
     assert benchmark_version(pick, opts, "a" * 64) != v1
 
 
-def test_shards_partition_the_prompts() -> None:
-    for n_prompts, n_shards in ((10, 3), (2, 5), (1017, 16)):
-        shards = [shard_prompts(n_prompts, k, n_shards) for k in range(n_shards)]
-        flat = sorted(i for s in shards for i in s)
-        assert flat == list(range(n_prompts))
+def test_shards_deal_fixed_batches() -> None:
+    ocr = get_benchmark("ocr", workers=1)
+    for n_prompts, samples, batch, n_shards in ((10, 1, 3, 3), (2, 4, 3, 5), (1018, 1, 8, 16), (7, 4, 8, 2)):
+        spec = resolve_spec(EvalServiceConfig(samples_per_prompt=samples, batch_size=batch), ocr, RUN)
+        shards = [shard_batches(n_prompts, spec, k, n_shards) for k in range(n_shards)]
+        flat = sorted(item for shard in shards for b in shard for item in b)
+        assert flat == [(p, s) for p in range(n_prompts) for s in range(samples)]  # each pair exactly once
+        one = shard_batches(n_prompts, spec, 0, 1)
+        assert sorted(b for shard in shards for b in shard) == sorted(one)  # the same batches, dealt out
+        assert all(len(b) == batch for b in one[:-1])
 
 
 def test_config_rejects_unknown_benchmarks_and_keys(tmp_path: Path) -> None:
