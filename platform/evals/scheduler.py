@@ -262,8 +262,8 @@ class Scheduler:
                         checkpoint_sha256=target.checkpoint_sha256, benchmark=name,
                         benchmark_version=plan.benchmark_version, spec_hash=plan.spec.hash,
                         spec=plan.spec.model_dump(mode="json"), target=target.label,
-                        num_shards=max(1, min(self.service.shards, num_batches(plan.num_prompts, plan.spec))), run_name=target.run_name,
-                        step=target.step, checkpoint_id=target.checkpoint_id,
+                        num_shards=max(1, min(self.service.shards, num_batches(plan.num_prompts, plan.spec))),
+                        run_name=target.run_name, step=target.step, checkpoint_id=target.checkpoint_id,
                         checkpoint_path=None if target.path is None else str(target.path),
                         partial=plan.spec.partial, images_dir=str(eval_images_dir(key)))
                     fault_point("eval_after_ensure")

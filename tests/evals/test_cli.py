@@ -146,7 +146,8 @@ def test_local_executor_runs_the_shards_as_parallel_processes(trained_run: Train
     with Store.default() as store:
         register_run(store, trained_run)
     out = ok_json(awm_here("eval", "run", f"{RUN_NAME}@2", "--benchmarks", "ocr", "--cluster", "local", "--shards", "2",
-                      "--limit", "4", "--wait", "--json", *TINY, home=isolated_awm_home))
+                      "--limit", "4", "--wait", "--json", *TINY, "--set", "eval.service.batch_size=2",
+                      home=isolated_awm_home))  # 4 images in 2 batches: 2 shards
     [rec] = out["evaluations"]
     assert rec["status"] == "COMPLETED" and rec["n"] == 4
     assert len(out["summary"]["jobs"]) == 2  # one task (process) per shard

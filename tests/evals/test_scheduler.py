@@ -72,7 +72,7 @@ def test_max_jobs_defers_the_rest_to_the_next_pass(trained_run: TrainedRun, isol
     register_run(with_store.store, trained_run)
     [target] = resolve_targets(with_store.store, RUN_NAME)
     one = _scheduler("debug", shards=1, limit=1)
-    two = _scheduler("debug", shards=2, limit=2)
+    two = _scheduler("debug", shards=2, limit=2, batch_size=1)  # 2 batches: 2 shards
     evs = one.ensure([target], ["ocr"], ["policy"]) + two.ensure([target], ["ocr"], ["policy"])
     assert sorted(ev.num_shards for ev in evs) == [1, 2]
 
