@@ -109,8 +109,9 @@ def eval_run(
     config: ConfigOpt = None,
     set_: OverridesOpt = None,
 ) -> None:
-    """Evaluate TARGET on the benchmarks: ensure its evaluations and submit the missing work (one
-    job array per base model). Already COMPLETED evaluations are not redone."""
+    """Evaluate TARGET on the benchmarks (COMPLETED evaluations are not redone).
+
+    Ensures its evaluations and submits the missing work: one job array per base model."""
     extra = _pre_checks(shards, limit)  # before the heavy imports: a typo is answered at once
     from awm_platform.evals.scheduler import Scheduler, check_weights, parse_benchmarks, parse_weights
     from awm_platform.store import Store
@@ -165,9 +166,10 @@ def eval_schedule(
     config: ConfigOpt = None,
     set_: OverridesOpt = None,
 ) -> None:
-    """Find every checkpoint (store, and run directories with a valid manifest) lacking an
-    evaluation per benchmark x spec and submit the missing work as batched jobs. --benchmarks
-    defaults to the config's eval.on_checkpoint."""
+    """Submit the evaluations every checkpoint lacks (cron: --once; daemon: --interval).
+
+    Checkpoints: the store's, and those in run directories with a valid manifest. The missing work
+    goes out as batched jobs. --benchmarks defaults to the config's eval.on_checkpoint."""
     if once and interval is not None:
         fail("--once and --interval exclude each other: one pass, or a pass every SECONDS")
     if interval is not None and interval <= 0:
@@ -247,8 +249,9 @@ def eval_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON records instead of a table.")] = False,
     db: Annotated[str | None, typer.Option("--db", help="Platform DB URL (default: $AWM_HOME/awm.db).")] = None,
 ) -> None:
-    """List evaluations: id, target, benchmark, version, spec hash, weights, status (partial marked),
-    score with its 95% CI, samples."""
+    """List evaluations with their score and 95% CI (partial ones marked).
+
+    Columns: id, target, benchmark, version, spec hash, weights, status, score, CI, samples."""
     from awm_platform.store import NotFoundError, Store
 
     store = Store.default(db)
@@ -355,8 +358,9 @@ def eval_compare(
     as_json: JsonOpt = False,
     db: Annotated[str | None, typer.Option("--db", help="Platform DB URL (default: $AWM_HOME/awm.db).")] = None,
 ) -> None:
-    """Paired test of B - A on their shared (prompt, sample) pairs: paired bootstrap 95% CI of the
-    difference and a sign-flip permutation p-value (what the leaderboard's "statistically tied" uses)."""
+    """Paired test of B - A: bootstrap 95% CI of the difference and a permutation p-value.
+
+    On the (prompt, sample) pairs both share; "statistically tied" (the leaderboard's) = the CI holds 0."""
     from awm_platform.evals.stats import compare_evaluations
     from awm_platform.store import Store
 
@@ -400,8 +404,9 @@ def eval_retry(
     config: ConfigOpt = None,
     set_: OverridesOpt = None,
 ) -> None:
-    """FAILED/CANCELLED -> PENDING (its DONE shards are kept) and submit it again (default: on the
-    cluster it ran on)."""
+    """Retry a FAILED or CANCELLED evaluation: PENDING again, submitted again.
+
+    Its DONE shards are kept; it runs on the cluster it ran on unless --cluster says otherwise."""
     from awm_platform.evals.scheduler import Scheduler, check_weights
     from awm_platform.store import Store
 
@@ -446,8 +451,10 @@ def eval_cancel(
     eval_id: Annotated[int, typer.Argument(help="A PENDING or RUNNING evaluation.")],
     db: Annotated[str | None, typer.Option("--db", help="Platform DB URL (default: $AWM_HOME/awm.db).")] = None,
 ) -> None:
-    """PENDING/RUNNING -> CANCELLED. Its workers drop it at their next lease renewal (nothing more
-    is committed); a job serving other evaluations goes on with those. `retry` resumes it."""
+    """Cancel a PENDING or RUNNING evaluation (`retry` resumes it).
+
+    Its workers drop it at their next lease renewal (nothing more is committed); a job serving
+    other evaluations goes on with those."""
     from awm_platform.store import Store
 
     store = Store.default(db)
