@@ -406,7 +406,8 @@ def eval_retry(
 ) -> None:
     """Retry a FAILED or CANCELLED evaluation: PENDING again, submitted again.
 
-    Its DONE shards are kept; it runs on the cluster it ran on unless --cluster says otherwise."""
+    Its DONE shards are kept; it runs on the cluster it ran on unless --cluster says otherwise. Give
+    the --config it was scheduled with: its weights_dirs are part of the benchmark version."""
     from awm_platform.evals.scheduler import Scheduler, check_weights
     from awm_platform.store import Store
 
