@@ -68,8 +68,8 @@ class EvalServiceConfig(ConfigSection):
     sampler: Literal["ode"] = Field("ode", description="deterministic Euler ODE (noise level 0), as upstream evaluates")
     num_steps: int = Field(40, ge=1, le=1000, description="sampler steps (upstream eval_num_steps: 40)")
     guidance_scale: float | None = Field(
-        None, ge=1.0, description="None: 4.5 when the run samples with CFG (sample.guidance_scale > 1) or for base:MODEL, "
-        "else 1.0")
+        None, ge=1.0, description="None: 4.5 when the run samples with CFG (sample.guidance_scale > 1), else 1.0; "
+        "base:MODEL follows the command config's sample.guidance_scale the same way, so its row has the runs' spec")
     resolution: int | None = Field(None, ge=8, le=4096, description="None: the run's resolution")
     samples_per_prompt: int | None = Field(None, ge=1, le=64, description="None: the benchmark's (GenEval 4, else 1)")
     precision: Precision | None = Field(None, description="None: the run's pretrained.dtype")
@@ -85,9 +85,10 @@ class EvalServiceConfig(ConfigSection):
     lease_s: float = Field(300.0, gt=0, description="a shard's lease; a dead worker's shard is re-claimed after it")
     max_attempts: int = Field(3, ge=1, le=100, description="claims of one shard before the evaluation fails")
     per_benchmark: dict[str, BenchmarkSpecOverrides] = Field(default_factory=dict)
-    weights_dirs: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="benchmark options naming local weight folders, e.g. "
-        "{geneval: {detector_path: DIR, clip_path: DIR}, pickscore: {model_path: DIR, processor_path: DIR}}")
+    weights_dirs: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict, description="the options each benchmark is built with: its local weight folders, e.g. "
+        "{geneval: {detector_path: DIR, clip_path: DIR}, pickscore: {model_path: DIR, processor_path: DIR}}, and "
+        "how it runs (ocr: {workers: 4}); only the *_path folders enter the benchmark version")
 
     @field_validator("per_benchmark", "weights_dirs")
     @classmethod
@@ -128,7 +129,7 @@ class ModelContext:
         return cls(model=cfg.pretrained.model, revision=cfg.pretrained.revision, family=cfg.pretrained.family,
                    resolution=cfg.resolution, precision=cfg.pretrained.dtype,
                    max_sequence_length=cfg.sample.max_sequence_length,
-                   uses_cfg=is_base or cfg.sample.guidance_scale > 1.0, is_base=is_base)
+                   uses_cfg=cfg.sample.guidance_scale > 1.0, is_base=is_base)
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any]) -> ModelContext:
@@ -207,7 +208,7 @@ def resolve_spec(service: EvalServiceConfig, benchmark: Benchmark, ctx: ModelCon
                     batch_size=pick("batch_size"))
 
 
-def benchmark_options(service: EvalServiceConfig, name: str) -> dict[str, str]:
+def benchmark_options(service: EvalServiceConfig, name: str) -> dict[str, Any]:
     """The options the benchmark is built with (`get_benchmark(name, **options)`): its weights dirs."""
     return dict(service.weights_dirs.get(name, {}))
 
@@ -216,7 +217,7 @@ def build_benchmark(service: EvalServiceConfig, name: str, **extra: Any) -> Benc
     return get_benchmark(name, **benchmark_options(service, name), **extra)
 
 
-def weights_identity(options: dict[str, str]) -> str:
+def weights_identity(options: dict[str, Any]) -> str:
     """Identity of the weight folders among `options` (`*_path` values that are directories): the
     names and sizes of their files and the text of their JSON files. Cheap (no weight file is
     read) and it changes when the weights are replaced by other ones."""
@@ -238,7 +239,7 @@ def prompt_set_sha256(benchmark: Benchmark, spec: EvalSpec) -> str:
     return benchmark.prompt_sets()[spec.prompt_set].sha256
 
 
-def benchmark_version(benchmark: Benchmark, options: dict[str, str], prompt_sha256: str) -> str:
+def benchmark_version(benchmark: Benchmark, options: dict[str, Any], prompt_sha256: str) -> str:
     """`<Benchmark.version>+<12 hex of (engine label, weights identity, prompt file sha256)>`."""
     digest = hashlib.sha256("\x1f".join((benchmark.engine, weights_identity(options), prompt_sha256)).encode())
     return f"{benchmark.version}+{digest.hexdigest()[:12]}"

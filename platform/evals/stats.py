@@ -202,21 +202,33 @@ def paired_comparison(
     )
 
 
+#: spec keys two compared evaluations may differ in (everything else changes what a sample means)
+COMPARABLE_ACROSS = ("weights",)
+
+
 def compare_evaluations(store: Store, a_id: int, b_id: int, **kw: Any) -> PairedComparison:
     """`paired_comparison` of two COMPLETED evaluations from the store: same benchmark, benchmark
-    version and spec hash, both full or both partial. Strata are the samples' `extra["tag"]`
+    version and spec except the weights (`COMPARABLE_ACROSS`), both full or both partial. Strata are the samples' `extra["tag"]`
     (GenEval: its score is the mean over tags); units are the samples' `extra["prompt"]` text
     when the rows carry it (a prompt text repeated in the prompt file resamples as one)."""
     ev_a, ev_b = store.get_evaluation(a_id), store.get_evaluation(b_id)
     for ev in (ev_a, ev_b):
         if ev.status != EvalStatus.COMPLETED:
             raise ComparisonError(f"evaluation {ev.id} is {ev.status}: only COMPLETED evaluations are compared")
-    for field, label in (("benchmark", "benchmarks"), ("benchmark_version", "benchmark versions"),
-                         ("spec_hash", "spec hashes")):
+    for field, label in (("benchmark", "benchmarks"), ("benchmark_version", "benchmark versions")):
         va, vb = getattr(ev_a, field), getattr(ev_b, field)
         if va != vb:
             raise ComparisonError(f"not comparable: {label} differ: {va} (evaluation {ev_a.id}) vs {vb} "
                                   f"(evaluation {ev_b.id})")
+    # the specs must agree on everything but the weights evaluated: base vs tuned and policy vs EMA
+    # are the comparisons a leaderboard makes (same prompts, seeds and sampler: paired samples)
+    spec_a, spec_b = dict(ev_a.spec or {}), dict(ev_b.spec or {})
+    differing = sorted(k for k in set(spec_a) | set(spec_b)
+                       if k not in COMPARABLE_ACROSS and spec_a.get(k) != spec_b.get(k))
+    if differing:
+        k = differing[0]
+        raise ComparisonError(f"not comparable: the specs differ in {', '.join(differing)}: {k}={spec_a.get(k)!r} "
+                              f"(evaluation {ev_a.id}) vs {k}={spec_b.get(k)!r} (evaluation {ev_b.id})")
     if bool(ev_a.partial) != bool(ev_b.partial):
         part, full = (ev_a, ev_b) if ev_a.partial else (ev_b, ev_a)
         raise ComparisonError(f"not comparable: evaluation {part.id} is partial (--limit) and evaluation {full.id} "

@@ -330,6 +330,7 @@ class Worker:
     def preflight(self, ev: Evaluation) -> _Work:
         """Everything that must hold before an image is generated (module docstring, 1)."""
         from trainers.awm.checkpoint import CheckpointError, validate  # deferred: light job import
+        from trainers.awm.model import ModelLoadError  # deferred: light job import
 
         try:
             spec = EvalSpec.model_validate(ev.spec)
@@ -384,8 +385,14 @@ class Worker:
             checkpoint_path=ev.checkpoint_path, prompt_set=spec.prompt_set, prompt_file=str(prompts.path),
             prompt_file_sha256=prompts.sha256, num_prompts=num_prompts,
             samples_per_prompt=spec.samples_per_prompt, seeds_rule=SEEDS_RULE, root=root)
-        return _Work(ev=ev, spec=spec, bench=bench, prompts=prompts, num_prompts=num_prompts,
+        work = _Work(ev=ev, spec=spec, bench=bench, prompts=prompts, num_prompts=num_prompts,
                      cache=images.ImageCache(gkey, root), lora=lora)
+        try:  # a model or LoRA that cannot load never will: fail now, not after max_attempts claims
+            self.generator(work)
+        except (ModelLoadError, ValueError, OSError) as exc:
+            raise _PreflightError(f"cannot load {spec.model}{'' if lora is None else f' with {lora}'}: "
+                                  f"{redact_text(str(exc))[0]}") from None
+        return work
 
     # -------------------------------------------------------------------- shard ----
     def run_shard(self, work: _Work, shard: EvalShard) -> ShardOutcome:

@@ -16,7 +16,7 @@ from tests.evals.conftest import RUN_NAME, TrainedRun, register_run
 
 AWM = str(Path(sys.executable).parent / "awm")
 TINY = ["--set", "eval.service.num_steps=2", "--set", "eval.service.batch_size=4",
-        "--set", 'eval.service.weights_dirs.ocr.workers="1"']
+        "--set", "eval.service.weights_dirs.ocr.workers=1"]
 
 
 def awm(*args: str, home: Path) -> subprocess.CompletedProcess[str]:

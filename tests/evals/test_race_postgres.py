@@ -30,7 +30,7 @@ def test_two_schedulers_racing_on_postgres_submit_once(trained_run: TrainedRun, 
     cmd = [AWM, "eval", "schedule", "--once", "--wait", "--json", "--benchmarks", "ocr", "--cluster", "debug",
            "--set", f"storage.url={fresh_postgres_db}", "--set", f"eval.service.limit={LIMIT}",
            "--set", "eval.service.num_steps=2", "--set", "eval.service.batch_size=4",
-           "--set", 'eval.service.weights_dirs.ocr.workers="1"']
+           "--set", "eval.service.weights_dirs.ocr.workers=1"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
     outs = [(p.communicate(timeout=600), p.returncode) for p in procs]

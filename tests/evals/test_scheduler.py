@@ -12,7 +12,7 @@ import pytest
 
 from tests.evals.conftest import RUN_NAME, TrainedRun, register_run
 
-SERVICE = {"num_steps": 2, "limit": 2, "batch_size": 4, "weights_dirs": {"ocr": {"workers": "1"}}}
+SERVICE = {"num_steps": 2, "limit": 2, "batch_size": 4, "weights_dirs": {"ocr": {"workers": 1}}}
 
 
 def _cfg(cluster: str, **service: Any) -> Any:
@@ -195,7 +195,7 @@ def test_a_scheduler_killed_at_a_step_boundary_is_finished_by_the_next_one(
     awm = str(Path(sys.executable).parent / "awm")
     args = [awm, "eval", "run", RUN_NAME, "--benchmarks", "ocr", "--cluster", "debug", "--json",
             "--set", "eval.service.num_steps=2", "--set", "eval.service.limit=2",
-            "--set", 'eval.service.weights_dirs.ocr.workers="1"']
+            "--set", "eval.service.weights_dirs.ocr.workers=1"]
     env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1", "AWM_EVAL_SUBMIT_GRACE_S": "0"}
     killed = subprocess.run(args, capture_output=True, text=True, env={**env, "AWM_FAULT_INJECT": point},
                             timeout=600, check=False)

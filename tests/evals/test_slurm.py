@@ -38,7 +38,7 @@ def test_shards_of_two_evaluations_run_as_one_slurm_array(trained_run: TrainedRu
          "--weights", "both", "--limit", "4", "--wait", "--json",
          "--set", f"launcher.partition={slurm_cluster.partition}", "--set", "launcher.cpus_per_task=1",
          "--set", "launcher.time_min=10", "--set", "eval.service.num_steps=2",
-         "--set", "eval.service.batch_size=2", "--set", 'eval.service.weights_dirs.ocr.workers="1"'],  # 2 batches
+         "--set", "eval.service.batch_size=2", "--set", "eval.service.weights_dirs.ocr.workers=1"],  # 2 batches
         capture_output=True, text=True, env=env, timeout=900, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(out.stdout)

@@ -34,9 +34,13 @@ def test_defaults_follow_the_model_and_the_benchmark() -> None:
     assert resolve_spec(service, geneval, RUN).samples_per_prompt == 4  # the official protocol
     with_cfg = ModelContext(**{**RUN.__dict__, "uses_cfg": True})
     assert resolve_spec(service, ocr, with_cfg).guidance_scale == 4.5  # as Flow-GRPO evaluates SD3.5
+    # base:MODEL follows the command's config like a run, so its row has the runs' spec (comparable)
     base = ModelContext.from_config(ExperimentConfig(pretrained={"model": "/m"}), is_base=True)
     base_spec = resolve_spec(service, ocr, base, "ema")
-    assert (base_spec.weights, base_spec.guidance_scale, base_spec.model) == ("base", 4.5, "/m")
+    assert (base_spec.weights, base_spec.guidance_scale, base_spec.model) == ("base", 1.0, "/m")
+    cfg_base = ModelContext.from_config(ExperimentConfig(pretrained={"model": "/m"}, sample={"guidance_scale": 4.5}),
+                                        is_base=True)
+    assert resolve_spec(service, ocr, cfg_base).guidance_scale == 4.5
 
 
 def test_overrides_per_benchmark_beat_service_defaults() -> None:

@@ -178,10 +178,11 @@ def test_refuses_with_one_line(a: Scores, b: Scores, kw: dict, message: str) -> 
 
 # ------------------------------------------------------------------ from the store ----
 def _stored(store: Store, scores: Scores, *, sha: str, benchmark: str = "geneval", version: str = "1.0+abc",
-            spec_hash: str = "s" * 16, partial: bool = False, complete: bool = True,
+            spec: dict | None = None, partial: bool = False, complete: bool = True,
             tags: dict[int, str] | None = None) -> int:
+    spec = spec or {"seed": 0, "weights": "policy"}
     ev, created = store.ensure_evaluation(checkpoint_sha256=sha, benchmark=benchmark, benchmark_version=version,
-                                          spec_hash=spec_hash, spec={"seed": 0}, target=f"dir:/{sha[:6]}",
+                                          spec_hash=str(sorted(spec.items())), spec=spec, target=f"dir:/{sha[:6]}",
                                           num_shards=1, partial=partial)
     assert created
     if not complete:
@@ -212,10 +213,21 @@ def test_compare_evaluations_from_the_store(tmp_path: Path) -> None:
     assert r.diff == pytest.approx(_overall(rec_b, set(b)) - _overall(rec_a, set(a)))
 
 
+def test_base_and_ema_are_compared_with_the_policy(tmp_path: Path) -> None:
+    """Specs that differ only in the weights evaluated (base model, policy, EMA) are paired."""
+    a, b = {(0, 0): 0.0, (1, 0): 0.5, (2, 0): 0.25}, {(0, 0): 1.0, (1, 0): 1.0, (2, 0): 0.5}
+    with Store(f"sqlite:///{tmp_path / 'awm.db'}") as store:
+        base = _stored(store, a, sha="a" * 64, spec={"seed": 0, "weights": "base"})
+        tuned = _stored(store, b, sha="b" * 64, spec={"seed": 0, "weights": "policy"})
+        r = compare_evaluations(store, base, tuned, n_boot=200)
+    assert r.diff == pytest.approx(0.5833333333) and r.n_pairs == 3
+
+
 @pytest.mark.parametrize(
     ("other", "message"),
     [
-        ({"spec_hash": "t" * 16}, f"not comparable: spec hashes differ: {'s' * 16} (evaluation 1) vs {'t' * 16}"),
+        ({"spec": {"seed": 1, "weights": "policy"}},
+         "not comparable: the specs differ in seed: seed=0 (evaluation 1) vs seed=1 (evaluation 2)"),
         ({"version": "1.0+def"}, "not comparable: benchmark versions differ: 1.0+abc (evaluation 1) vs 1.0+def"),
         ({"benchmark": "ocr"}, "not comparable: benchmarks differ: geneval (evaluation 1) vs ocr"),
         ({"partial": True}, "not comparable: evaluation 2 is partial (--limit) and evaluation 1 is full"),

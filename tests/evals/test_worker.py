@@ -211,19 +211,31 @@ def test_a_checkpoint_that_no_longer_matches_fails_with_the_reason(trained_run: 
 
 def test_a_shard_that_keeps_failing_fails_the_evaluation_after_max_attempts(trained_run: TrainedRun,
                                                                              tmp_path: Path) -> None:
-    """The base model cannot be loaded (its folder is gone): each claim fails and gives the shard
-    back; the claim after `max_attempts` fails the evaluation with the last error."""
+    """Generation fails (a resolution whose latents the transformer's patches do not tile): each
+    claim fails and gives the shard back; the claim after `max_attempts` fails the evaluation with
+    the last error."""
     store = _store()
-    model = tmp_path / "model-copy"
-    ev = create_evaluation(store, trained_run, "ocr", limit=2, model=str(model))
+    ev = create_evaluation(store, trained_run, "ocr", limit=2, resolution=66)
     out = _run(write_job(tmp_path / "job", store.url, max_attempts=2), [ev.id])
     assert out["failed"] == [ev.id] and out["shards_done"] == []
     ev = store.get_evaluation(ev.id)
     assert ev.status == "FAILED"
     assert ev.error.startswith("shard 0/1 failed 2 times (eval.service.max_attempts=2); last error: "
-                               "ModelLoadError: "), ev.error
-    assert str(model) in ev.error
+                               "ValueError: velocity_fn returned shape"), ev.error
     assert [(s.status, s.attempts) for s in store.list_shards(ev.id)] == [("PENDING", 3)]
+
+
+def test_a_model_that_cannot_load_fails_at_once(trained_run: TrainedRun, tmp_path: Path) -> None:
+    """The base model's folder is gone: nothing a retry can fix, so preflight fails the evaluation
+    with the path before any shard is claimed."""
+    store = _store()
+    model = tmp_path / "model-copy"
+    ev = create_evaluation(store, trained_run, "ocr", limit=2, model=str(model))
+    out = _run(write_job(tmp_path / "job", store.url), [ev.id])
+    assert out["failed"] == [ev.id] and out["generated"] == 0
+    ev = store.get_evaluation(ev.id)
+    assert ev.status == "FAILED" and ev.error.startswith(f"cannot load {model}"), ev.error
+    assert [s.attempts for s in store.list_shards(ev.id)] == [0]
 
 
 @pytest.mark.parametrize(("args", "message"), [
