@@ -17,5 +17,7 @@ if [ ! -f "$MODEL/model_index.json" ]; then
   "$AWM" model make-tiny "$MODEL"
 fi
 STUDY="${STUDY:-quickstart-$(date +%Y%m%d-%H%M%S)}"
-exec "$AWM" sweep start configs/quickstart_sweep.yaml --cluster local --study "$STUDY" \
+"$AWM" sweep start configs/quickstart_sweep.yaml --cluster local --study "$STUDY" \
   --set "pretrained.model=$MODEL" "$@"
+echo "next: score every checkpoint on OCR and list the results (about 3 min):"
+echo "  AWM_HOME=$AWM_HOME $AWM eval schedule --once --benchmarks ocr --wait && AWM_HOME=$AWM_HOME $AWM eval list"

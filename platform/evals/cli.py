@@ -25,8 +25,9 @@ app = typer.Typer(help="Checkpoint evaluations (GenEval, OCR, PickScore): run, s
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON on stdout).")]
 ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="An experiment YAML: its eval.service, launcher, storage and tracking sections are used "
-                     "(default: the built-in defaults and $AWM_HOME's store).")]
+    "--config", help="An experiment YAML: its eval.service (the spec of every target), launcher, storage and "
+                     "tracking sections are used. Default: each run's own eval.service (from its training config) "
+                     "with --set eval.service.* on top, the built-in defaults for the rest, $AWM_HOME's store.")]
 BenchmarksOpt = Annotated[str | None, typer.Option(
     "--benchmarks", "-b", help="Comma-separated benchmarks, e.g. geneval,ocr,pickscore.")]
 WeightsOpt = Annotated[str | None, typer.Option(
@@ -128,7 +129,8 @@ def eval_run(
             fail(str(exc))
         raise
     try:
-        scheduler = Scheduler(store, cfg, cluster=cluster, echo=_echo_err)
+        scheduler = Scheduler(store, cfg, cluster=cluster, echo=_echo_err,
+                              run_spec_overrides=None if config is not None else [*(set_ or []), *extra])
         try:
             targets = scheduler.resolve(target)
             summary = scheduler.schedule(benchmarks=names, weights=weights_list, targets=targets)
@@ -204,7 +206,8 @@ def eval_schedule(
                 if _is_user_error(exc):
                     fail(str(exc))
                 raise
-        scheduler = Scheduler(store, cfg, cluster=cluster, echo=_echo_err)
+        scheduler = Scheduler(store, cfg, cluster=cluster, echo=_echo_err,
+                              run_spec_overrides=None if config is not None else list(set_ or []))
         if interval is not None:
             def on_pass(summary: Any) -> None:
                 line = json.dumps(summary.to_dict()) if as_json else _summary_line(summary.to_dict())

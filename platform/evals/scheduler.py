@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from awm_platform import paths
-from awm_platform.config import ExperimentConfig
+from awm_platform.config import ExperimentConfig, apply_overrides
 from awm_platform.evals.images import eval_images_dir, evals_root
 from awm_platform.evals.spec import (
     EvalServiceConfig,
@@ -189,10 +189,17 @@ class Scheduler:
     `eval.service`, `launcher`, `storage`, `tracking`)."""
 
     def __init__(self, store: Store, cfg: ExperimentConfig, *, cluster: str | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, run_spec_overrides: Sequence[str] | None = None) -> None:
+        """`run_spec_overrides` (the command had no `--config`): a run's checkpoints are evaluated
+        with the run's own `eval.service` (its training config says how it is evaluated), these
+        `--set eval.service.*` overrides applied on top; the command's `weights_dirs` (this
+        machine's folders) always. None: `cfg.eval.service` for every target."""
         self.store = store
         self.cfg = cfg
         self.service: EvalServiceConfig = cfg.eval.service
+        self.run_spec_overrides = None if run_spec_overrides is None else [
+            o for o in run_spec_overrides if o.split("=", 1)[0].strip().startswith("eval.service.")]
+        self._run_services: dict[str, EvalServiceConfig] = {}
         self.cluster = cluster or cfg.launcher.cluster
         self.backend = backend_for(self.cluster)
         self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -237,6 +244,24 @@ class Scheduler:
         return resolve_targets(self.store, target, defaults=self.cfg, warn=self.echo)
 
     # ------------------------------------------------------------------- ensure ----
+    def service_for(self, target: EvalTarget) -> EvalServiceConfig:
+        """The spec defaults `target` is evaluated with (see `__init__`)."""
+        if self.run_spec_overrides is None or target.run_name is None:
+            return self.service
+        if target.run_name not in self._run_services:
+            resolved = self.store.get_run(target.run_name).resolved_config or {}
+            own = dict((resolved.get("eval") or {}).get("service") or {})
+            own["weights_dirs"] = self.service.model_dump(mode="json")["weights_dirs"]
+            try:
+                data = apply_overrides({"eval": {"service": own}}, self.run_spec_overrides)
+                service = EvalServiceConfig.model_validate(data["eval"]["service"])
+            except (ValueError, TypeError) as exc:  # a run from before a schema change
+                self.echo(f"run {target.run_name}: its eval.service cannot be used ({str(exc).splitlines()[0]}); "
+                          "evaluating it with the command's")
+                service = self.service
+            self._run_services[target.run_name] = service
+        return self._run_services[target.run_name]
+
     def _benchmark(self, name: str) -> Any:
         if name not in self._benchmarks:
             self._benchmarks[name] = build_benchmark(self.service, name)
@@ -255,14 +280,14 @@ class Scheduler:
                     summary.skipped += 1
                     continue
                 for name in benchmarks:
-                    plan = plan_evaluation(self.service, self._benchmark(name), target.ctx,
+                    plan = plan_evaluation(self.service_for(target), self._benchmark(name), target.ctx,
                                            target.checkpoint_sha256, w)  # type: ignore[arg-type]
                     key = eval_key(target.checkpoint_sha256, name, plan.benchmark_version, plan.spec.hash)
                     ev, _created = self.store.ensure_evaluation(
                         checkpoint_sha256=target.checkpoint_sha256, benchmark=name,
                         benchmark_version=plan.benchmark_version, spec_hash=plan.spec.hash,
                         spec=plan.spec.model_dump(mode="json"), target=target.label,
-                        num_shards=max(1, min(self.service.shards, num_batches(plan.num_prompts, plan.spec))),
+                        num_shards=max(1, min(self.service_for(target).shards, num_batches(plan.num_prompts, plan.spec))),
                         run_name=target.run_name, step=target.step, checkpoint_id=target.checkpoint_id,
                         checkpoint_path=None if target.path is None else str(target.path),
                         partial=plan.spec.partial, images_dir=str(eval_images_dir(key)))

@@ -211,3 +211,28 @@ def test_a_scheduler_killed_at_a_step_boundary_is_finished_by_the_next_one(
         [ev] = store.list_evaluations()
         assert ev.status == "COMPLETED" and len(ev.job_ids) == 1, ev.error
         assert sorted((r.prompt_index, r.sample_index) for r in store.get_sample_scores(ev.id)) == [(0, 0), (1, 0)]
+
+
+def test_runs_are_evaluated_with_their_own_spec_unless_a_config_is_given(trained_run: TrainedRun,
+                                                                          isolated_awm_home: Path) -> None:
+    """Without --config a run's checkpoints take the run's eval.service (its training config) with
+    the command's --set eval.service.* on top; with --config, the command's spec for everything."""
+    from awm_platform.evals.scheduler import Scheduler
+    from awm_platform.evals.targets import resolve_targets
+    from awm_platform.store import Store
+
+    config = json.loads(json.dumps(trained_run.config))
+    config.setdefault("eval", {})["service"] = {"num_steps": 3, "limit": 2, "batch_size": 2, "seed": 7}
+    with Store.default() as store:
+        store.create_run(name=RUN_NAME, config_hash="0" * 16, resolved_config=config,
+                         output_dir=str(trained_run.run_dir), cluster="local")
+    own = Scheduler(Store.default(), _cfg("debug"), echo=lambda line: None,
+                    run_spec_overrides=["eval.service.limit=1", "launcher.time_min=5"])
+    own._register_checkpoints(RUN_NAME, trained_run.run_dir)
+    [target] = resolve_targets(own.store, RUN_NAME)
+    [ev] = own.ensure([target], ["ocr"], ["policy"])
+    assert {k: ev.spec[k] for k in ("num_steps", "limit", "batch_size", "seed")} == \
+        {"num_steps": 3, "limit": 1, "batch_size": 2, "seed": 7}
+    command = Scheduler(own.store, _cfg("debug"), echo=lambda line: None)  # as with --config
+    [ev2] = command.ensure([target], ["ocr"], ["policy"])
+    assert ev2.id != ev.id and (ev2.spec["num_steps"], ev2.spec["limit"]) == (SERVICE["num_steps"], SERVICE["limit"])
