@@ -255,6 +255,9 @@ def eval_list(
     """List evaluations with their score and 95% CI (partial ones marked).
 
     Columns: id, target, benchmark, version, spec hash, weights, status, score, CI, samples."""
+    statuses = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")  # store.EvalStatus, without the import
+    if status is not None and status.upper() not in statuses:
+        fail(f"--status {status!r}: expected one of {', '.join(statuses)}")
     from awm_platform.store import NotFoundError, Store
 
     store = Store.default(db)
@@ -364,7 +367,7 @@ def eval_compare(
     """Paired test of B - A: bootstrap 95% CI of the difference and a permutation p-value.
 
     On the (prompt, sample) pairs both share; "statistically tied" (the leaderboard's) = the CI holds 0."""
-    from awm_platform.evals.stats import compare_evaluations
+    from awm_platform.evals.stats import compare_evaluations, comparison_key
     from awm_platform.store import Store
 
     store = Store.default(db)
@@ -375,10 +378,11 @@ def eval_compare(
                 for side, evs in ((a, ca), (b, cb)):
                     if all(ev.benchmark != benchmark for ev in evs):
                         fail(f"{side}: evaluation {evs[0].id} is of {evs[0].benchmark}, not {benchmark}")
-            pairs = [(x, y) for x in ca for y in cb
-                     if (x.benchmark, x.benchmark_version, x.spec_hash, bool(x.partial))
-                     == (y.benchmark, y.benchmark_version, y.spec_hash, bool(y.partial))]
-            ev_a, ev_b = pairs[-1] if pairs else (ca[-1], cb[-1])  # no common spec: the refusal says why
+            # comparable pairs (same benchmark, version, spec but the weights, both partial or full):
+            # the live LoRA (or base) before the EMA, then the newest; none: the refusal says why
+            pairs = sorted(((x, y) for x in ca for y in cb if comparison_key(x) == comparison_key(y)),
+                           key=lambda p: (sum((e.spec or {}).get("weights") == "ema" for e in p), -p[0].id - p[1].id))
+            ev_a, ev_b = pairs[0] if pairs else (ca[-1], cb[-1])
             result = compare_evaluations(store, ev_a.id, ev_b.id)
         except Exception as exc:
             if _is_user_error(exc):

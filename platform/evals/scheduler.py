@@ -42,6 +42,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -182,6 +183,9 @@ def check_weights(service: EvalServiceConfig, benchmarks: Iterable[str]) -> None
             f"{name}: model weights missing: {status.detail} [{where}]; put local Hugging Face-format folders "
             f"there (--set eval.service.weights_dirs.{name}.{keys[0] if keys else 'KEY'}=DIR or the config; "
             f"layouts in docs/evals.md, 'Benchmark weights')")
+
+
+MIRROR_GRACE_ENV = "AWM_EVAL_MIRROR_GRACE_S"
 
 
 class Scheduler:
@@ -334,8 +338,9 @@ class Scheduler:
         """FAIL `ev` when a shard that is not DONE was claimed max_attempts times and nobody holds
         a live lease on it (its workers died each time). Call only when no live job serves `ev`."""
         now = utcnow()
+        max_attempts = self._submitted_max_attempts(ev)
         for shard in self.store.list_shards(ev.id):
-            if shard.status == ShardStatus.DONE or shard.attempts < self.service.max_attempts:
+            if shard.status == ShardStatus.DONE or shard.attempts < max_attempts:
                 continue
             lease = as_utc(shard.lease_expires_at)
             if shard.status == ShardStatus.RUNNING and lease is not None and lease > now:
@@ -343,8 +348,17 @@ class Scheduler:
             why = f": {shard.error}" if shard.error else " (its worker died each time)"
             return self.store.fail_evaluation(
                 ev.id, f"shard {shard.shard_index} failed {shard.attempts} times (max_attempts "
-                f"{self.service.max_attempts}){why}")
+                f"{max_attempts}){why}")
         return False
+
+    def _submitted_max_attempts(self, ev: Evaluation) -> int:
+        """The max_attempts its jobs run with (their job.json), not this command's config's."""
+        if ev.job_dir:
+            try:
+                return EvalJobFile.read(Path(ev.job_dir)).max_attempts
+            except (ValueError, OSError):  # job dir gone or unreadable: this command's value
+                pass
+        return self.service.max_attempts
 
     def submit(self, evals: Sequence[Evaluation], *, max_jobs: int | None = None,
                summary: ScheduleSummary | None = None) -> ScheduleSummary:
@@ -419,6 +433,11 @@ class Scheduler:
             submitted = self.backend.submit_array([job_cfg] * num_tasks, [job_dir] * num_tasks, jobs,
                                                   job_dir / "submitit")
         except Exception as exc:
+            # nothing was submitted: give the claims back (a fixed command may submit at once, not
+            # after the grace) and leave no job directory behind
+            for ev in evals:
+                self.store.release_submission(ev.id, token)
+            shutil.rmtree(job_dir, ignore_errors=True)
             rejected = self.backend.rejection(exc)
             if rejected is not None:
                 raise SubmitError(rejected) from None
@@ -482,9 +501,15 @@ class Scheduler:
         return summary
 
     def mirror_pending(self, evals: Sequence[Evaluation]) -> None:
-        """Mirror COMPLETED evaluations whose worker died between completing and mirroring."""
+        """Mirror COMPLETED evaluations whose worker died between completing and mirroring (or found
+        MLflow down). Only those completed more than `AWM_EVAL_MIRROR_GRACE_S` (default 120 s) ago:
+        the worker that completed one mirrors it within seconds, and two mirrors of one evaluation
+        at once could each log the per-sample table."""
+        grace = float(os.environ.get(MIRROR_GRACE_ENV, "120"))
+        now = utcnow()
         current = [self.store.get_evaluation(ev.id) for ev in evals]
-        todo = [ev.id for ev in current if ev.status == EvalStatus.COMPLETED and not ev.mirrored]
+        todo = [ev.id for ev in current if ev.status == EvalStatus.COMPLETED and not ev.mirrored
+                and (ev.ended_at is None or (now - as_utc(ev.ended_at)).total_seconds() >= grace)]
         if not todo:
             return
         # deferred: mlflow (2.5 s of a 6.7 s no-op `schedule --once`) loads only when something needs mirroring
@@ -498,10 +523,13 @@ class Scheduler:
             except MirrorError as exc:  # MLflow down: the next pass mirrors it
                 self.echo(str(exc))
 
-    def wait(self, eval_ids: Sequence[int], *, poll_s: float = 2.0, timeout_s: float | None = None,
-             stop: Callable[[], bool] | None = None) -> list[Evaluation]:
-        """Until every evaluation is terminal: resubmit dead work, fail exhausted shards, then mirror."""
+    def wait(self, eval_ids: Sequence[int], *, poll_s: float = 2.0, max_poll_s: float = 30.0,
+             timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> list[Evaluation]:
+        """Until every evaluation is terminal: resubmit dead work, fail exhausted shards, then mirror.
+        The poll interval grows from `poll_s` to `max_poll_s` (an hours-long wait must not put a
+        scheduler query every 2 s on a SLURM controller)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = poll_s
         while True:
             evals = [self.store.get_evaluation(i) for i in eval_ids]
             if all(ev.status in EVAL_TERMINAL_STATUSES for ev in evals):
@@ -510,7 +538,8 @@ class Scheduler:
             if (deadline is not None and time.monotonic() > deadline) or (stop is not None and stop()):
                 return evals
             self.submit(evals)
-            time.sleep(poll_s)
+            time.sleep(delay)
+            delay = min(max_poll_s, delay * 1.5)
 
 
 # ----------------------------------------------------------------- run forever ----

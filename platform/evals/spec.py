@@ -10,7 +10,8 @@ and the names that identify it (docs/evals.md, "Spec, version, key").
 * `benchmark_version` covers the scorer (`Benchmark.version`, its engine label), the identity of
   its model weights and the prompt file's sha256.
 * The key of an evaluation is (checkpoint sha256, benchmark, benchmark version, spec hash);
-  images depend on (checkpoint sha256, spec without `limit`, prompt file): `generation_key`, so a
+  images depend on (checkpoint sha256, spec without `limit`, prompt file): `generation_key` (the
+  batches are cut over the whole prompt set, so a partial evaluation's images are the full one's), so a
   new benchmark version re-scores cached images without generating them again.
 """
 
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from awm_platform.paths import awm_home
+from benchmarks.files import atomic_write
 from benchmarks.registry import BENCHMARKS, get_benchmark, list_benchmarks
 from trainers.awm.config import ConfigSection, EvalConfig
 
@@ -36,6 +39,7 @@ Weights = Literal["policy", "ema"]
 # Flow-GRPO evaluates SD3.5 with CFG 4.5; a run that samples without CFG (AWM's configs) is
 # evaluated the way it samples, at 1.0
 CFG_GUIDANCE_SCALE = 4.5
+DIGEST_CACHE_FILE = "file-sha256.json"
 NO_CFG_GUIDANCE_SCALE = 1.0
 
 
@@ -219,20 +223,54 @@ def build_benchmark(service: EvalServiceConfig, name: str, **extra: Any) -> Benc
 
 def weights_identity(options: dict[str, Any]) -> str:
     """Identity of the weight folders among `options` (`*_path` values that are directories): the
-    names and sizes of their files and the text of their JSON files. Cheap (no weight file is
-    read) and it changes when the weights are replaced by other ones."""
+    sha256 of every file they hold, by relative name. Weights retrained in place (same names, same
+    sizes) are another identity. File digests are cached by (path, size, mtime) in
+    `$AWM_HOME/cache/file-sha256.json`, so a folder of GBs is read once, not at every pass."""
     h = hashlib.sha256()
+    cache = _DigestCache.load()
     for key in sorted(options):
         path = Path(os.path.expanduser(str(options[key])))
         if not key.endswith("_path") or not path.is_dir():
             continue
         h.update(key.encode())
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            rel = f.relative_to(path).as_posix()
-            h.update(f"{rel}\0{f.stat().st_size}\0".encode())
-            if f.suffix == ".json" and f.stat().st_size < (1 << 20):
-                h.update(f.read_bytes())
+            h.update(f"{f.relative_to(path).as_posix()}\0{cache.sha256(f)}\0".encode())
+    cache.save()
     return h.hexdigest()
+
+
+class _DigestCache:
+    """{"<abs path>|<size>|<mtime ns>": sha256} of files already read (written atomically)."""
+
+    def __init__(self, path: Path, digests: dict[str, str]) -> None:
+        self.path, self.digests, self.changed = path, digests, False
+
+    @classmethod
+    def load(cls) -> _DigestCache:
+        path = awm_home() / "cache" / DIGEST_CACHE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return cls(path, data if isinstance(data, dict) else {})
+
+    def sha256(self, f: Path) -> str:
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.digests:
+            digest = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+            self.digests[key], self.changed = digest.hexdigest(), True
+        return self.digests[key]
+
+    def save(self) -> None:
+        if self.changed:
+            try:
+                atomic_write(self.path, json.dumps(self.digests, indent=1, sort_keys=True) + "\n")
+            except OSError:  # a read-only home: the digests are recomputed next time
+                pass
 
 
 def prompt_set_sha256(benchmark: Benchmark, spec: EvalSpec) -> str:
@@ -275,19 +313,19 @@ def plan_evaluation(service: EvalServiceConfig, benchmark: Benchmark, ctx: Model
                     num_prompts=n)
 
 
-def batches(num_prompts: int, spec: EvalSpec) -> list[list[tuple[int, int]]]:
-    """The generation batches of an evaluation: its (prompt, sample) pairs in order, cut every
-    `spec.batch_size`. They are the same whatever the shard count, so an image is made in the same
-    batch (and so bit-identical: kernels round by batch size) however the work is split."""
-    items = [(p, s) for p in range(num_prompts) for s in range(spec.samples_per_prompt)]
-    return [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
-
-
 def num_batches(num_prompts: int, spec: EvalSpec) -> int:
+    """Generation batches of an evaluation of `num_prompts` prompts (after `limit`)."""
     return -(-num_prompts * spec.samples_per_prompt // spec.batch_size)
 
 
-def shard_batches(num_prompts: int, spec: EvalSpec, shard_index: int, num_shards: int) -> list[list[tuple[int, int]]]:
-    """Shard k of n holds the batches j with j % n == k: no padding, no duplicate, every
-    (prompt, sample) in exactly one shard."""
-    return batches(num_prompts, spec)[shard_index::num_shards]
+def shard_batches(total_prompts: int, spec: EvalSpec, shard_index: int, num_shards: int) -> list[list[tuple[int, int]]]:
+    """The generation batches of shard k of n: the prompt SET's (prompt, sample) pairs in order, cut
+    every `spec.batch_size` (the same batches whatever the shard count, the cache or `limit`, so an
+    image is always made in the same batch: bit-identical, as kernels round by batch size); the
+    first `num_batches` of them (after `limit`: the last may hold pairs beyond the limit, generated
+    and cached but not scored), dealt j % n == k. No padding, no duplicate: every evaluated pair is
+    in exactly one shard."""
+    used = total_prompts if spec.limit is None else min(spec.limit, total_prompts)
+    items = [(p, s) for p in range(total_prompts) for s in range(spec.samples_per_prompt)]
+    batches = [items[i:i + spec.batch_size] for i in range(0, len(items), spec.batch_size)]
+    return batches[:num_batches(used, spec)][shard_index::num_shards]

@@ -208,7 +208,8 @@ def _base_target(model: str, defaults: TrainerConfig) -> EvalTarget:
         raise TargetError("base:MODEL needs a model: a hub id or a local pipeline directory, e.g. "
                           "base:stabilityai/stable-diffusion-3.5-medium")
     cfg = defaults.model_copy(update={"pretrained": defaults.pretrained.model_copy(update={"model": model})})
-    # the base model is evaluated as released: with CFG (the spec's default 4.5)
+    # the base model is evaluated like a run of the command's config: CFG (4.5) when its
+    # sample.guidance_scale > 1, else without (pin eval.service.guidance_scale for either)
     ctx = ModelContext.from_config(cfg, is_base=True)
     return EvalTarget(label=f"{BASE_PREFIX}{model}", checkpoint_sha256=base_sha256(model, str(ctx.revision)), ctx=ctx)
 

@@ -221,8 +221,10 @@ class _PreflightError(Exception):
 class Worker:
     """The shard loop of one job (module docstring). Models load lazily, once per job."""
 
-    def __init__(self, job: EvalJobFile, *, holder: str | None = None, overlap_scoring: bool = True) -> None:
+    def __init__(self, job: EvalJobFile, *, holder: str | None = None, overlap_scoring: bool = True,
+                 task_index: int = 0) -> None:
         self.job = job
+        self.task_index = task_index  # which of the submission's tasks: picks its GPU (`auto_device`)
         # False: each batch is scored before the next one is generated (perf/eval_throughput.py's
         # baseline for what the overlap buys)
         self.overlap_scoring = overlap_scoring
@@ -248,7 +250,7 @@ class Worker:
             import torch  # deferred: light job import
 
             dev = self.job.device
-            self._device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+            self._device = auto_device(torch.cuda.device_count(), self.task_index) if dev == "auto" else dev
         return self._device
 
     @property
@@ -300,7 +302,7 @@ class Worker:
         ev = self.store.get_evaluation(eval_id)
         if ev.status not in (EvalStatus.PENDING, EvalStatus.RUNNING):
             return
-        if any(s.status != ShardStatus.DONE for s in self.store.list_shards(eval_id)):
+        if _claimable(self.store.list_shards(eval_id)):  # else done, or other workers hold every shard
             try:
                 work = self.preflight(ev)
             except _PreflightError as exc:
@@ -440,7 +442,7 @@ class Worker:
         """Rows of the shard. Batch i is scored in the scorer thread while batch i + 1 is generated
         (at most two batches of images in memory)."""
         spec = work.spec
-        batches = shard_batches(work.num_prompts, spec, shard.shard_index, work.ev.num_shards)
+        batches = shard_batches(len(work.prompts), spec, shard.shard_index, work.ev.num_shards)
         pending: deque[Future[list[SampleRecord]]] = deque()
         records: list[SampleRecord] = []
         busy = [0.0]  # the scorer thread's time
@@ -451,6 +453,9 @@ class Worker:
                 t = time.monotonic()
                 imgs = self._images(work, batch)
                 gen_s += time.monotonic() - t
+                # a partial evaluation's last batch also holds pairs past the limit: made, not scored
+                kept = [i for i, (p, _) in enumerate(batch) if p < work.num_prompts]
+                batch, imgs = [batch[i] for i in kept], [imgs[i] for i in kept]
                 if n == 0 and len(batches) > 1:
                     fault_point("eval_mid_generation")
                 pending.append(self._scorer.submit(self._score, work, batch, imgs, busy,
@@ -518,6 +523,17 @@ class Worker:
             return False
         if any(s.status != ShardStatus.DONE for s in self.store.list_shards(eval_id)):
             return False
+        try:
+            return self._complete(ev)
+        except Exception as exc:  # noqa: BLE001 - a crash here would be resubmitted forever (all shards DONE)
+            msg = f"aggregate: {redact_text(f'{type(exc).__name__}: {exc}')[0]}"
+            if self.store.fail_evaluation(eval_id, msg):
+                self.stats.failed.append(eval_id)
+            _log(f"evaluation {eval_id} FAILED: {msg}")
+            return False
+
+    def _complete(self, ev: Evaluation) -> bool:
+        eval_id = ev.id
         t0 = time.monotonic()
         rows = self.store.get_sample_scores(eval_id)
         spec = EvalSpec.model_validate(ev.spec)
@@ -533,12 +549,7 @@ class Worker:
                 self.stats.failed.append(eval_id)
             return False
         records = [SampleRecord(r.prompt_index, r.sample_index, r.score, dict(r.extra)) for r in rows]
-        try:
-            summary = bench.aggregate(records, n_boot=N_BOOT, seed=BOOT_SEED)
-        except BenchmarkError as exc:
-            if self.store.fail_evaluation(eval_id, f"aggregate: {exc}"):
-                self.stats.failed.append(eval_id)
-            return False
+        summary = bench.aggregate(records, n_boot=N_BOOT, seed=BOOT_SEED)
         sub = _jsonable(summary.extra)
         sub["engine"] = summary.engine
         sub["ci_method"] = ci_method(sub)
@@ -608,10 +619,27 @@ def _jsonable(obj: Any) -> Any:
     return fix(obj)
 
 
+def _claimable(shards: Sequence[EvalShard]) -> bool:
+    """A shard `claim_shard` could take now: PENDING, or RUNNING with an expired lease. (Preflight,
+    which hashes the checkpoint and loads the model, is skipped for an evaluation with none.)"""
+    now = utcnow()
+    return any(s.status == ShardStatus.PENDING or (
+        s.status == ShardStatus.RUNNING and (as_utc(s.lease_expires_at) or now) <= now) for s in shards)
+
+
+def auto_device(visible_gpus: int, task_index: int) -> str:
+    """`device: auto`: the CPU without a GPU; else GPU `task_index mod visible GPUs`. A SLURM task
+    sees only the GPU it was given (cuda:0); the local executor's tasks share the machine's GPUs
+    and spread over them instead of all loading the model on the first."""
+    if visible_gpus < 1:
+        return "cpu"
+    return f"cuda:{task_index % visible_gpus}"
+
+
 def run_job(job_dir: Path, eval_ids: Sequence[int], prefer_shard: int | None = None) -> dict[str, Any]:
     """The job: read `job_dir/job.json`, serve the evaluations, return a summary."""
     job = EvalJobFile.read(job_dir)
-    worker = Worker(job)
+    worker = Worker(job, task_index=prefer_shard or 0)
     try:
         stats = worker.run(eval_ids, prefer_shard)
     finally:

@@ -45,6 +45,7 @@ from awm_platform.store.models import (
 )
 
 T = TypeVar("T")
+SAMPLE_ROWS_PER_INSERT = 1000
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -475,6 +476,18 @@ class Store:
 
         return self._retry(op)
 
+    def release_submission(self, evaluation_id: int, token: str) -> bool:
+        """Undo `claim_submission` of `token` (its submission failed: nothing runs for it)."""
+
+        def op() -> bool:
+            with self.session() as s:
+                res = s.execute(update(Evaluation).where(Evaluation.id == evaluation_id,
+                                                         Evaluation.submit_token == token)
+                                .values(submit_token=None, submitted_at=None, updated_at=utcnow()))
+                return res.rowcount == 1
+
+        return self._retry(op)
+
     def record_eval_job(self, evaluation_ids: Sequence[int], *, cluster: str, job_dir: str | Path,
                         job_id: str) -> None:
         """Remember the job serving these evaluations (appended: a resubmission keeps the history)."""
@@ -559,10 +572,12 @@ class Store:
                          gen_s=gen_s, score_s=score_s, error=None))
                 if res.rowcount != 1:
                     return False
-                if values:
-                    for v in values:
-                        v["evaluation_id"] = shard.evaluation_id
-                    stmt = self._insert(SampleScore).values(values)
+                for v in values:
+                    v["evaluation_id"] = shard.evaluation_id
+                # in chunks: one multi-row INSERT binds 6 values a row, and SQLite (32766 in many
+                # builds) and PostgreSQL (65535) cap the parameters of a statement; same transaction
+                for start in range(0, len(values), SAMPLE_ROWS_PER_INSERT):
+                    stmt = self._insert(SampleScore).values(values[start:start + SAMPLE_ROWS_PER_INSERT])
                     s.execute(stmt.on_conflict_do_update(
                         index_elements=["evaluation_id", "prompt_index", "sample_index"],
                         set_={"score": stmt.excluded.score, "seed": stmt.excluded.seed, "extra": stmt.excluded.extra}))

@@ -102,8 +102,9 @@ def test_run_list_show_schedule_compare_cancel_retry(trained_run: TrainedRun, tm
     shown = ok_json(awm_here("eval", "show", str(rec["id"]), "--json", home=home))
     assert shown["spec"]["num_steps"] == 2 and shown["spec"]["limit"] == 3 and shown["cluster"] == "debug"
     assert [s["status"] for s in shown["shards"]] == ["DONE"] and len(shown["job_ids"]) == 1
+    # --limit 3 in batches of 4: the batch's fourth image is made (and cached) too, not scored
     assert sorted(p.name for p in Path(shown["images_dir"]).glob("*.png")) == [
-        "00000_00.png", "00001_00.png", "00002_00.png"]
+        "00000_00.png", "00001_00.png", "00002_00.png", "00003_00.png"]
     assert "ci_method" in shown["sub_scores"] and shown["error"] is None
     text = awm_here("eval", "show", str(rec["id"]), home=home)
     assert text.returncode == 0 and "(PARTIAL)" in text.stdout and "shard 0: DONE" in text.stdout

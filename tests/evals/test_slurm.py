@@ -66,3 +66,33 @@ def test_shards_of_two_evaluations_run_as_one_slurm_array(trained_run: TrainedRu
         time.sleep(1.0)
         tasks = _sacct(array_job)
     assert {tasks.get(j, "").split(" ")[0] for j in jobs} == {"COMPLETED"}, tasks
+
+
+def test_a_rejected_submission_gives_its_claim_back(trained_run: TrainedRun, isolated_awm_home: Path,
+                                                    slurm_cluster: Any) -> None:
+    """sbatch refuses the job (no such partition): one error line naming the key, no job directory
+    left, and the evaluation is claimable at once, so the corrected command submits right away."""
+    from awm_platform.evals import images
+    from awm_platform.store import Store
+
+    with Store.default() as store:
+        register_run(store, trained_run)
+    env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1"}
+    args = [AWM, "eval", "run", f"{RUN_NAME}@2", "--benchmarks", "ocr", "--cluster", "slurm", "--limit", "2",
+            "--set", "launcher.cpus_per_task=1", "--set", "launcher.time_min=10", "--set", "eval.service.num_steps=2"]
+    bad = subprocess.run([*args, "--set", "launcher.partition=no-such-partition"], capture_output=True, text=True,
+                         env=env, timeout=300, check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.count("error:") == 1 and "launcher.partition" in bad.stderr, bad.stderr
+    with Store.default() as store:
+        [ev] = store.list_evaluations()
+        assert (ev.status, ev.submit_token, ev.submitted_at, ev.job_ids) == ("PENDING", None, None, [])
+    jobs_dir = images.evals_root() / "jobs"
+    assert not jobs_dir.exists() or not any(jobs_dir.iterdir())
+    good = subprocess.run([*args, "--set", f"launcher.partition={slurm_cluster.partition}"], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert good.returncode == 0, good.stderr
+    with Store.default() as store:
+        assert len(store.get_evaluation(ev.id).job_ids) == 1
+        for job in store.get_evaluation(ev.id).job_ids:
+            subprocess.run(["scancel", job], check=False)

@@ -3,6 +3,7 @@ the benchmark version and the generation key cover (and what they must not)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -87,8 +88,13 @@ def test_benchmark_version_covers_scorer_weights_and_prompts(tmp_path: Path) -> 
     assert v1.startswith(pick.version + "+") and len(v1) <= 64
     assert benchmark_version(pick, opts, "a" * 64) == v1
     assert benchmark_version(pick, opts, "b" * 64) != v1  # another prompt file
-    (weights / "model.safetensors").write_bytes(b"0" * 11)  # other weights in the same folder
-    assert benchmark_version(pick, opts, "a" * 64) != v1
+    (weights / "model.safetensors").write_bytes(b"1" * 10)  # retrained in place: same name, same size
+    os.utime(weights / "model.safetensors", ns=(1, 1))  # (a later mtime; the clock may not have ticked)
+    v2 = benchmark_version(pick, opts, "a" * 64)
+    assert v2 != v1
+    (weights / "model.safetensors").write_bytes(b"0" * 10)  # the first weights again
+    os.utime(weights / "model.safetensors", ns=(2, 2))
+    assert benchmark_version(pick, opts, "a" * 64) == v1
 
 
 def test_shards_deal_fixed_batches() -> None:
@@ -101,6 +107,18 @@ def test_shards_deal_fixed_batches() -> None:
         one = shard_batches(n_prompts, spec, 0, 1)
         assert sorted(b for shard in shards for b in shard) == sorted(one)  # the same batches, dealt out
         assert all(len(b) == batch for b in one[:-1])
+
+
+def test_a_partial_evaluation_uses_the_full_evaluations_batches() -> None:
+    """Batches are cut over the whole prompt set: the first N prompts' images are made in the same
+    batches as in the full evaluation (so cached images are shared bit for bit)."""
+    ocr = get_benchmark("ocr", workers=1)
+    full = resolve_spec(EvalServiceConfig(batch_size=4, samples_per_prompt=2), ocr, RUN)
+    part = resolve_spec(EvalServiceConfig(batch_size=4, samples_per_prompt=2, limit=3), ocr, RUN)
+    full_batches = shard_batches(10, full, 0, 1)
+    part_batches = shard_batches(10, part, 0, 1)
+    assert part_batches == full_batches[:2]  # 3 prompts x 2 samples = 6 pairs: 2 batches of 4
+    assert part_batches[-1] == [(2, 0), (2, 1), (3, 0), (3, 1)]  # prompt 3 is made, not scored
 
 
 def test_config_rejects_unknown_benchmarks_and_keys(tmp_path: Path) -> None:

@@ -76,7 +76,9 @@ def test_ocr_evaluation_stores_score_ci_rows_and_images(trained_run: TrainedRun,
     job = write_job(tmp_path / "job", store.url, tracking_uri=mlflow_uri, tracking_experiment="evals")
     result = _run(job, [ev.id])
     assert result["completed"] == [ev.id] and result["failed"] == []
-    assert (result["generated"], result["reused"]) == (3, 3)  # prompts 1, 3, 5 generated; 0, 2, 4 cached
+    # prompts 1, 3, 5 generated, 0, 2, 4 cached; and 6, 7: the rest of the last batch of 4 (the
+    # batches are the full prompt set's, so the full evaluation reuses them), made but not scored
+    assert (result["generated"], result["reused"]) == (5, 3)
 
     ev = store.get_evaluation(ev.id)
     assert ev.status == "COMPLETED" and ev.num_samples == 6 and ev.error is None
@@ -334,5 +336,29 @@ def test_images_go_where_the_evaluation_row_points(trained_run: TrainedRun, tmp_
     monkeypatch.setenv("AWM_HOME", str(elsewhere))
     assert _run(job, [ev.id])["completed"] == [ev.id]
     assert Path(ev.images_dir).parent.parent == isolated_awm_home / "evals"
-    assert sorted(p.name for p in Path(ev.images_dir).glob("*.png")) == ["00000_00.png", "00001_00.png"]
+    # limit 2 in batches of 4: the batch's other two images are made (and cached) too
+    assert sorted(p.name for p in Path(ev.images_dir).glob("*.png")) == [f"{p:05d}_00.png" for p in range(4)]
+    assert [r.prompt_index for r in store.get_sample_scores(ev.id)] == [0, 1]
     assert not (elsewhere / "evals").exists()
+
+
+def test_an_aggregate_that_cannot_be_computed_fails_the_evaluation(tmp_path: Path) -> None:
+    """Every shard DONE but the aggregate raises (here: a spec the worker cannot read): the
+    evaluation is FAILED with the reason; a crash would leave it RUNNING and resubmitted forever."""
+    store = _store()
+    ev, _ = store.ensure_evaluation(checkpoint_sha256="e" * 64, benchmark="ocr", benchmark_version="v",
+                                    spec_hash="s", spec={"num_steps": "many"}, target="base:m", num_shards=1)
+    shard = store.claim_shard(ev.id, "test", lease_s=60)
+    assert store.commit_shard(shard.id, "test", [{"prompt_index": 0, "sample_index": 0, "score": 1.0}])
+    out = _run(write_job(tmp_path / "job", store.url), [ev.id])
+    assert out["failed"] == [ev.id]
+    ev = store.get_evaluation(ev.id)
+    assert ev.status == "FAILED" and ev.error.startswith("aggregate: ValidationError"), ev.error
+
+
+def test_auto_device_spreads_local_tasks_over_the_gpus() -> None:
+    from awm_platform.evals.worker import auto_device
+
+    assert [auto_device(0, k) for k in range(3)] == ["cpu"] * 3
+    assert [auto_device(1, k) for k in range(3)] == ["cuda:0"] * 3  # a SLURM task sees its own GPU
+    assert [auto_device(4, k) for k in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]

@@ -110,6 +110,8 @@ CASES = [
           "docs/evals.md"]),
     Case("eval-schedule-once-and-interval", ["eval", "schedule", "--once", "--interval", "60", "--benchmarks", "ocr"],
          ["--once and --interval exclude each other"]),
+    Case("eval-list-unknown-status", ["eval", "list", "--status", "DONE"],
+         ["--status 'DONE': expected one of PENDING, RUNNING, COMPLETED, FAILED, CANCELLED"]),
 ]
 
 

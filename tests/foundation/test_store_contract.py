@@ -242,6 +242,17 @@ def test_shard_leases_commit_exactly_once(store: Store) -> None:
     assert not store.fail_evaluation(ev.id, "late") and not store.cancel_evaluation(ev.id)
 
 
+def test_a_large_shard_commits_in_one_transaction(store: Store) -> None:
+    """GenEval's 2212 prompts x 4 samples in one shard: more rows than one INSERT may bind."""
+    ev, _ = _eval(store, shards=1)
+    shard = store.claim_shard(ev.id, "w", lease_s=60)
+    rows = [{"prompt_index": p, "sample_index": k, "score": (p + k) / 10, "seed": p * 4 + k, "extra": {"tag": "t"}}
+            for p in range(2212) for k in range(4)]
+    assert store.commit_shard(shard.id, "w", rows)
+    got = store.get_sample_scores(ev.id)
+    assert len(got) == 8848 and got[-1].prompt_index == 2211 and got[-1].seed == 2211 * 4 + 3
+
+
 def test_release_fail_cancel_retry(store: Store) -> None:
     ev, _ = _eval(store, shards=2)
     s0 = store.claim_shard(ev.id, "w1", lease_s=60)
@@ -269,6 +280,9 @@ def test_one_scheduler_claims_a_submission(store: Store) -> None:
         won = list(pool.map(lambda i: store.claim_submission(ev.id, f"t{i}", stale_after_s=600), range(8)))
     assert won.count(True) == 1
     assert store.claim_submission(ev.id, "late", stale_after_s=0)  # stale: the job is presumed gone
+    assert not store.release_submission(ev.id, "t0") and not store.claim_submission(ev.id, "x", stale_after_s=600)
+    assert store.release_submission(ev.id, "late")  # its submission failed: claimable at once
+    assert store.claim_submission(ev.id, "late", stale_after_s=600)
     store.record_eval_job([ev.id], cluster="local", job_dir="/jobs/j1", job_id="123")
     store.record_eval_job([ev.id], cluster="local", job_dir="/jobs/j2", job_id="456")
     got = store.get_evaluation(ev.id)
