@@ -127,8 +127,11 @@ def test_base_model(store: Store) -> None:
     [t] = resolve_targets(store, "base:org/model", defaults=defaults)
     assert isinstance(t, EvalTarget) and t.is_base and t.path is None and t.lora_dir("policy") is None
     assert t.label == "base:org/model"
+    # like a run of the command's config: sample.guidance_scale 1.0 (the default) samples without CFG
     assert (t.ctx.model, t.ctx.revision, t.ctx.precision, t.ctx.resolution, t.ctx.uses_cfg) == (
-        "org/model", "v2", "bf16", 1024, True)
+        "org/model", "v2", "bf16", 1024, False)
+    with_cfg = defaults.model_copy(update={"sample": defaults.sample.model_copy(update={"guidance_scale": 4.5})})
+    assert resolve_targets(store, "base:org/model", defaults=with_cfg)[0].ctx.uses_cfg
     assert t.checkpoint_sha256 == base_sha256("org/model", "v2") != base_sha256("org/model", "main")
     assert t.run_name is None and t.checkpoint_id is None
 
