@@ -250,7 +250,8 @@ class SlurmBackend(ExecutorBackend):
         """ONE job array (`--array=0-<N-1>%launcher.array_parallelism`) in the shared `folder`."""
         executor = self._executor(cfgs[0], run_dirs[0])
         executor.folder = Path(folder).resolve()
-        with scrubbed_environ(), executor.batch():
+        # as `submit`: submitit prints a rejected sbatch's stderr itself; `rejection` says it once
+        with scrubbed_environ(), contextlib.redirect_stderr(io.StringIO()), executor.batch():
             return [executor.submit(job) for job in jobs]
 
     def poll(self, runs: Sequence[Any]) -> dict[str, JobObservation]:
