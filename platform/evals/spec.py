@@ -273,10 +273,6 @@ class _DigestCache:
                 pass
 
 
-def prompt_set_sha256(benchmark: Benchmark, spec: EvalSpec) -> str:
-    return benchmark.prompt_sets()[spec.prompt_set].sha256
-
-
 def benchmark_version(benchmark: Benchmark, options: dict[str, Any], prompt_sha256: str) -> str:
     """`<Benchmark.version>+<12 hex of (engine label, weights identity, prompt file sha256)>`."""
     digest = hashlib.sha256("\x1f".join((benchmark.engine, weights_identity(options), prompt_sha256)).encode())

@@ -354,7 +354,7 @@ class Worker:
         except BenchmarkError as exc:
             raise _PreflightError(f"{ev.benchmark} prompt set {spec.prompt_set!r}: {exc}") from None
         options = self.job.benchmark_options.get(ev.benchmark, {})
-        version = benchmark_version(bench, {k: str(v) for k, v in options.items()}, prompts.sha256)
+        version = benchmark_version(bench, options, prompts.sha256)
         if version != ev.benchmark_version:
             raise _PreflightError(
                 f"{ev.benchmark} is now version {version}, the evaluation is of {ev.benchmark_version} (the scorer, "
