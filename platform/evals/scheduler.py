@@ -79,6 +79,7 @@ from awm_platform.store import (
     Store,
     as_utc,
     eval_key,
+    shard_claimable,
     utcnow,
 )
 from benchmarks.files import atomic_write
@@ -331,8 +332,7 @@ class Scheduler:
         shards = self.store.list_shards(ev.id)
         if all(s.status == ShardStatus.DONE for s in shards):
             return True
-        return any(s.status == ShardStatus.PENDING or (s.status == ShardStatus.RUNNING and (
-            (lease := as_utc(s.lease_expires_at)) is None or lease <= now)) for s in shards)
+        return any(shard_claimable(s, now) for s in shards)
 
     def fail_exhausted(self, ev: Evaluation) -> bool:
         """FAIL `ev` when a shard that is not DONE was claimed max_attempts times and nobody holds

@@ -63,7 +63,16 @@ from awm_platform.evals.spec import EvalSpec, benchmark_version, generation_key,
 from awm_platform.paths import restrict_umask
 from awm_platform.redaction import redact_text
 from awm_platform.runner.proc import fault_point, scrub_environ
-from awm_platform.store import EvalShard, EvalStatus, Evaluation, ShardStatus, Store, as_utc, utcnow
+from awm_platform.store import (
+    EvalShard,
+    EvalStatus,
+    Evaluation,
+    ShardStatus,
+    Store,
+    as_utc,
+    shard_claimable,
+    utcnow,
+)
 from benchmarks.base import Benchmark, PromptSet, SampleRecord
 from benchmarks.errors import BenchmarkError
 from benchmarks.files import atomic_write
@@ -623,8 +632,7 @@ def _claimable(shards: Sequence[EvalShard]) -> bool:
     """A shard `claim_shard` could take now: PENDING, or RUNNING with an expired lease. (Preflight,
     which hashes the checkpoint and loads the model, is skipped for an evaluation with none.)"""
     now = utcnow()
-    return any(s.status == ShardStatus.PENDING or (
-        s.status == ShardStatus.RUNNING and (as_utc(s.lease_expires_at) or now) <= now) for s in shards)
+    return any(shard_claimable(s, now) for s in shards)
 
 
 def auto_device(visible_gpus: int, task_index: int) -> str:

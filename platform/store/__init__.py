@@ -2,8 +2,8 @@
 
 from awm_platform.store.models import (
            ACTIVE_STATUSES,
-           TERMINAL_STATUSES,
            EVAL_TERMINAL_STATUSES,
+           TERMINAL_STATUSES,
            Checkpoint,
            EvalShard,
            EvalStatus,
@@ -16,8 +16,27 @@ from awm_platform.store.models import (
            Sweep,
            eval_key,
 )
-from awm_platform.store.store import NotFoundError, Store, StoreError, as_utc, utcnow
+from awm_platform.store.store import NotFoundError, Store, StoreError, as_utc, shard_claimable, utcnow
 
-__all__ = ["ACTIVE_STATUSES", "EVAL_TERMINAL_STATUSES", "TERMINAL_STATUSES", "Checkpoint", "EvalShard", "EvalStatus",
-           "Evaluation", "ShardStatus", "eval_key", "MetricPoint", "NotFoundError", "Run",
-           "RunStatus", "SampleScore", "Store", "StoreError", "Sweep", "as_utc", "utcnow"]
+__all__ = [
+           "ACTIVE_STATUSES",
+           "EVAL_TERMINAL_STATUSES",
+           "TERMINAL_STATUSES",
+           "Checkpoint",
+           "EvalShard",
+           "EvalStatus",
+           "Evaluation",
+           "MetricPoint",
+           "NotFoundError",
+           "Run",
+           "RunStatus",
+           "SampleScore",
+           "ShardStatus",
+           "Store",
+           "StoreError",
+           "Sweep",
+           "as_utc",
+           "eval_key",
+           "shard_claimable",
+           "utcnow",
+]

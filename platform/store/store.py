@@ -795,6 +795,16 @@ class Store:
         return int(run_id)
 
 
+def shard_claimable(shard: EvalShard, now: datetime) -> bool:
+    """Would `Store.claim_shard` take this shard at `now`: PENDING, or RUNNING with an expired (or
+    no) lease. (The claim itself re-checks this in its UPDATE; callers use it to decide whether a
+    job would have work.)"""
+    if shard.status == ShardStatus.PENDING:
+        return True
+    lease = as_utc(shard.lease_expires_at)
+    return shard.status == ShardStatus.RUNNING and (lease is None or lease <= now)
+
+
 def _sample_values(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """rows: {prompt_index, sample_index, score, seed?, extra?} -> column values."""
     return [{"prompt_index": int(r["prompt_index"]), "sample_index": int(r["sample_index"]),
