@@ -15,6 +15,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from awm_platform.paths import validate_run_name
 from awm_platform.redaction import redact, setup_hash
 from awm_platform.sweeps.spec import SweepSpec
 from trainers.awm.config import ConfigError, ConfigSection, Topology, TrainerConfig, derive_topology
+
+TAG_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 # ------------------------------------------------------------------------ platform ----
@@ -83,11 +86,21 @@ class ExperimentConfig(TrainerConfig):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     sweep: SweepSpec | None = None
+    tags: list[str] = Field(default_factory=list, description="free labels (1-64 characters of A-Z a-z 0-9 _ . : -): "
+                            "the leaderboard filters on them; MLflow tag awm.tags")
 
     @field_validator("name")
     @classmethod
     def _run_name(cls, v: str) -> str:
         return validate_run_name(v)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: list[str]) -> list[str]:
+        for tag in v:
+            if not TAG_RE.fullmatch(tag):
+                raise ValueError(f"tag {tag!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        return list(dict.fromkeys(v))  # a repeated label is one label
 
     @model_validator(mode="after")
     def _sweep_fits(self) -> ExperimentConfig:

@@ -367,7 +367,7 @@ def eval_compare(
     """Paired test of B - A: bootstrap 95% CI of the difference and a permutation p-value.
 
     On the (prompt, sample) pairs both share; "statistically tied" (the leaderboard's) = the CI holds 0."""
-    from awm_platform.evals.stats import compare_evaluations, comparison_key
+    from awm_platform.evals.stats import compare_evaluations
     from awm_platform.store import Store
 
     store = Store.default(db)
@@ -380,7 +380,7 @@ def eval_compare(
                         fail(f"{side}: evaluation {evs[0].id} is of {evs[0].benchmark}, not {benchmark}")
             # comparable pairs (same benchmark, version, spec but the weights, both partial or full):
             # the live LoRA (or base) before the EMA, then the newest; none: the refusal says why
-            pairs = sorted(((x, y) for x in ca for y in cb if comparison_key(x) == comparison_key(y)),
+            pairs = sorted(((x, y) for x in ca for y in cb if x.compare_hash == y.compare_hash),
                            key=lambda p: (sum((e.spec or {}).get("weights") == "ema" for e in p), -p[0].id - p[1].id))
             ev_a, ev_b = pairs[0] if pairs else (ca[-1], cb[-1])
             result = compare_evaluations(store, ev_a.id, ev_b.id)

@@ -31,7 +31,6 @@ Two evaluations with the same spec generate the image of (prompt, sample) from t
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass
@@ -39,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from awm_platform.store import EvalStatus, Evaluation, Store
+from awm_platform.store import EvalStatus, Store
+from awm_platform.store.models import COMPARABLE_ACROSS
 
 EXACT_MAX_UNITS = 16  # 2^16 sign patterns: exact enumeration is cheaper than 10000 random ones
 _CHUNK = 1000  # resamples per vectorised block (bounded memory with ~2000 units)
@@ -203,20 +203,10 @@ def paired_comparison(
     )
 
 
-#: spec keys two compared evaluations may differ in (everything else changes what a sample means)
-COMPARABLE_ACROSS = ("weights",)
-
-
-def comparison_key(ev: Evaluation) -> tuple[Any, ...]:
-    """Two evaluations are comparable when their keys are equal: benchmark, benchmark version, the
-    spec but its weights, partial or full."""
-    spec = {k: v for k, v in (ev.spec or {}).items() if k not in COMPARABLE_ACROSS}
-    return (ev.benchmark, ev.benchmark_version, json.dumps(spec, sort_keys=True), bool(ev.partial))
-
-
 def compare_evaluations(store: Store, a_id: int, b_id: int, **kw: Any) -> PairedComparison:
     """`paired_comparison` of two COMPLETED evaluations from the store: same benchmark, benchmark
-    version and spec except the weights (`COMPARABLE_ACROSS`), both full or both partial. Strata are the samples' `extra["tag"]`
+    version and spec except the weights (`COMPARABLE_ACROSS`), both full or both partial (equal
+    `evaluations.compare_hash`, `awm_platform.store.compare_hash`). Strata are the samples' `extra["tag"]`
     (GenEval: its score is the mean over tags); units are the samples' `extra["prompt"]` text
     when the rows carry it (a prompt text repeated in the prompt file resamples as one)."""
     ev_a, ev_b = store.get_evaluation(a_id), store.get_evaluation(b_id)

@@ -146,6 +146,7 @@ def _prepare_run(store: Any, cfg: Any, run_dir: Path, cluster: str, *, launch_cm
         "awm.code_sha256": code.sha256,
         **({"awm.sweep": sweep_name} if sweep_name else {}),
         **({"awm.trial": str(trial_number)} if trial_number is not None else {}),
+        **({"awm.tags": ",".join(cfg.tags)} if cfg.tags else {}),  # the leaderboard labels
         **(extra_tags or {}),
     }
     try:

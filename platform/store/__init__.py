@@ -10,17 +10,28 @@ from awm_platform.store.models import (
            Evaluation,
            MetricPoint,
            Run,
+           RunParam,
            RunStatus,
            SampleScore,
            ShardStatus,
            Sweep,
+           compare_hash,
            eval_key,
 )
-from awm_platform.store.store import NotFoundError, Store, StoreError, as_utc, shard_claimable, utcnow
+from awm_platform.store.store import (
+           LEADERBOARD_PARAMS,
+           NotFoundError,
+           Store,
+           StoreError,
+           as_utc,
+           shard_claimable,
+           utcnow,
+)
 
 __all__ = [
            "ACTIVE_STATUSES",
            "EVAL_TERMINAL_STATUSES",
+           "LEADERBOARD_PARAMS",
            "TERMINAL_STATUSES",
            "Checkpoint",
            "EvalShard",
@@ -29,6 +40,7 @@ __all__ = [
            "MetricPoint",
            "NotFoundError",
            "Run",
+           "RunParam",
            "RunStatus",
            "SampleScore",
            "ShardStatus",
@@ -36,6 +48,7 @@ __all__ = [
            "StoreError",
            "Sweep",
            "as_utc",
+           "compare_hash",
            "eval_key",
            "shard_claimable",
            "utcnow",

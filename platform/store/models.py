@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -123,6 +125,7 @@ class Evaluation(Base):
     __table_args__ = (
         UniqueConstraint("checkpoint_sha256", "benchmark", "benchmark_version", "spec_hash", name="uq_evaluation_key"),
         Index("ix_evaluations_status", "status"),
+        Index("ix_evaluations_compare_hash_status", "compare_hash", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -136,6 +139,8 @@ class Evaluation(Base):
     benchmark_version: Mapped[str] = mapped_column(String(64), nullable=False)
     spec_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    weights: Mapped[str] = mapped_column(String(16), nullable=False, default="policy")  # spec["weights"]
+    compare_hash: Mapped[str] = mapped_column(String(16), nullable=False)  # `compare_hash` of this row
     partial: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
     score: Mapped[float | None] = mapped_column(Float)
@@ -171,6 +176,21 @@ class Evaluation(Base):
 def eval_key(checkpoint_sha256: str, benchmark: str, benchmark_version: str, spec_hash: str) -> str:
     """16 hex characters naming an evaluation key (its directory, its MLflow child run tag)."""
     text = "\x1f".join((checkpoint_sha256, benchmark, benchmark_version, spec_hash))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: spec keys two compared evaluations may differ in (everything else changes what a sample means)
+COMPARABLE_ACROSS = ("weights",)
+
+
+def compare_hash(benchmark: str, benchmark_version: str, spec: Mapping[str, Any], partial: bool) -> str:
+    """16 hex characters naming a comparable group: two evaluations are paired (same prompts, seeds
+    and sampler) iff their compare hashes are equal: same benchmark, benchmark version, spec but
+    its weights (`COMPARABLE_ACROSS`), both partial or both full. Stored in
+    `evaluations.compare_hash`; `awm_platform.evals.stats.comparison_key` is this value. (Here, not
+    in evals.stats: the store computes it on insert and evals.stats imports the store.)"""
+    kept = {k: v for k, v in spec.items() if k not in COMPARABLE_ACROSS}
+    text = json.dumps([benchmark, benchmark_version, kept, bool(partial)], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -223,6 +243,25 @@ class Sweep(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="RUNNING")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class RunParam(Base):
+    """A run's leaderboard parameters (`store.leaderboard_params`), one row per (key, value), so
+    the leaderboard filters and sorts on them in SQL: numbers in `num_value`, everything else
+    (and each `tags` entry, key `tag`) in `text_value`. Written with the run, never changed."""
+
+    __tablename__ = "run_params"
+    __table_args__ = (
+        UniqueConstraint("run_id", "key", "text_value", name="uq_run_param_run_key_text"),
+        Index("ix_run_params_key_num", "key", "num_value"),
+        Index("ix_run_params_key_text", "key", "text_value"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+    key: Mapped[str] = mapped_column(String(250), nullable=False)
+    num_value: Mapped[float | None] = mapped_column(Float)
+    text_value: Mapped[str | None] = mapped_column(Text)
 
 
 class MetricPoint(Base):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,14 +39,22 @@ from awm_platform.store.models import (
     Evaluation,
     MetricPoint,
     Run,
+    RunParam,
     RunStatus,
     SampleScore,
     ShardStatus,
     Sweep,
+    compare_hash,
 )
 
 T = TypeVar("T")
 SAMPLE_ROWS_PER_INSERT = 1000
+#: the run parameters the leaderboard filters and sorts on (`run_params`), besides every key of the
+#: run's sweep search space and its `tags`; `method` is 'awm' for configs that do not name one
+LEADERBOARD_PARAMS = ("method", "pretrained.model", "pretrained.family", "seed", "train.beta", "train.ghuber_power",
+                      "train.kl_ema_decay", "train.kl_ema_decay_type", "train.ema_beta", "train.ema",
+                      "train.ema_decay", "train.learning_rate", "train.weighting")
+DEFAULT_METHOD = "awm"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -238,6 +247,14 @@ class Store:
             try:
                 with self.session() as s:
                     s.add(run)
+                    search_space: Any = None
+                    if sweep_name is not None:
+                        sweep_conf = s.scalar(select(Sweep.resolved_config).where(Sweep.study_name == sweep_name))
+                        search_space = ((sweep_conf or {}).get("sweep") or {}).get("params")
+                    s.flush()  # the run's id, for its parameter rows (same transaction)
+                    params = leaderboard_params(resolved_config, search_space)
+                    if params:
+                        s.execute(self._insert(RunParam).values([{"run_id": run.id, **p} for p in params]))
             except IntegrityError:
                 raise StoreError(f"a run named {name!r} already exists (use another name, or `awm rerun {name}`)") from None
             return run
@@ -409,6 +426,8 @@ class Store:
                 stmt = self._insert(Evaluation).values(
                     checkpoint_sha256=checkpoint_sha256, benchmark=benchmark, benchmark_version=benchmark_version,
                     spec_hash=spec_hash, spec=dict(spec), target=target, run_name=run_name, step=step,
+                    weights=str(spec.get("weights", "policy")),
+                    compare_hash=compare_hash(benchmark, benchmark_version, spec, partial),
                     checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=bool(partial),
                     num_shards=int(num_shards), images_dir=images_dir, status=EvalStatus.PENDING.value,
                     sub_scores={}, num_samples=0, job_ids=[], gpu_hours=0.0, mirrored=False,
@@ -803,6 +822,40 @@ def shard_claimable(shard: EvalShard, now: datetime) -> bool:
         return True
     lease = as_utc(shard.lease_expires_at)
     return shard.status == ShardStatus.RUNNING and (lease is None or lease <= now)
+
+
+def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping[str, Any] | None = None,
+                       ) -> list[dict[str, Any]]:
+    """The `run_params` rows of a run: `LEADERBOARD_PARAMS`, every key of its sweep's search space
+    (`search_space`: the sweep's `sweep.params`, dotted keys) and one `tag` row per `tags` entry.
+    Numbers (bools excluded) go to `num_value`, anything else to `text_value` (JSON for lists and
+    mappings); keys absent from the config are skipped (`method` defaults to 'awm')."""
+    rows: list[dict[str, Any]] = []
+    keys = list(LEADERBOARD_PARAMS) + sorted(k for k in (search_space or {}) if k not in LEADERBOARD_PARAMS)
+    for key in keys:
+        found, value = _dotted_get(resolved_config, key)
+        if not found and key == "method":
+            found, value = True, DEFAULT_METHOD
+        if not found or value is None:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"key": key, "num_value": float(value), "text_value": None})
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            rows.append({"key": key, "num_value": None, "text_value": text})
+    tags = resolved_config.get("tags") or []
+    for tag in sorted({str(t) for t in tags} if isinstance(tags, (list, tuple)) else set()):
+        rows.append({"key": "tag", "num_value": None, "text_value": tag})
+    return rows
+
+
+def _dotted_get(data: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def _sample_values(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

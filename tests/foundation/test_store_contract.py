@@ -360,3 +360,91 @@ def test_timestamps_are_utc(store: Store) -> None:
 def test_redacted_url_hides_password() -> None:
     s = Store("postgresql+psycopg://user:hunter2@127.0.0.1:1/db", upgrade=False)
     assert "hunter2" not in s.redacted_url and "user" in s.redacted_url
+
+
+def _params(store: Store, run_name: str) -> dict[str, list]:
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run, RunParam
+
+    out: dict[str, list] = {}
+    with store.session() as s:
+        for key, num, text in s.execute(sa.select(RunParam.key, RunParam.num_value, RunParam.text_value)
+                                        .join(Run, Run.id == RunParam.run_id).where(Run.name == run_name)):
+            out.setdefault(key, []).append(num if text is None else text)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_a_run_is_created_with_its_leaderboard_params(store: Store) -> None:
+    store.create_sweep(study_name="sw", optuna_storage="sqlite:///o.db",
+                       resolved_config={"sweep": {"params": {"train.beta": {"type": "float"},
+                                                             "lora.rank": {"type": "int"},
+                                                             "sample.noise_level": {"type": "float"}}}})
+    conf = {"pretrained": {"model": "m/sd", "family": "sd3"}, "seed": 7, "lora": {"rank": 8},
+            "train": {"beta": 0.5, "ema": True, "weighting": "ghuber", "learning_rate": 3e-4},
+            "tags": ["baseline", "v2", "baseline"]}
+    store.create_run(name="t1", config_hash="h", resolved_config=conf, output_dir="/t1", sweep_name="sw",
+                     trial_number=0)
+    assert _params(store, "t1") == {
+        "method": ["awm"], "pretrained.model": ["m/sd"], "pretrained.family": ["sd3"], "seed": [7.0],
+        "train.beta": [0.5], "train.ema": ["true"], "train.weighting": ["ghuber"], "train.learning_rate": [3e-4],
+        "lora.rank": [8.0],  # a search-space key: present; sample.noise_level: absent from the config, skipped
+        "tag": ["baseline", "v2"]}
+    _run(store, "plain")  # no sweep, no tags: the listed keys only
+    assert _params(store, "plain") == {"method": ["awm"], "train.beta": [0.001]}
+    from awm_platform.store import RunParam
+
+    store.delete_run("t1")  # its parameter rows go with it
+    assert store.count(RunParam) == 2
+
+
+def test_an_evaluation_records_its_weights_and_comparable_group(store: Store) -> None:
+    from awm_platform.store import compare_hash
+
+    def ev(sha: str, spec: dict, **kw) -> Evaluation:
+        return store.ensure_evaluation(checkpoint_sha256=sha, benchmark="ocr", benchmark_version="v1",
+                                       spec_hash=str(sorted(spec.items())), spec=spec, target="t", num_shards=1,
+                                       **kw)[0]
+
+    policy = ev("a" * 64, {"num_steps": 40, "weights": "policy"})
+    ema = ev("a" * 64, {"num_steps": 40, "weights": "ema"})
+    base = ev("b" * 64, {"num_steps": 40, "weights": "base"})
+    other = ev("a" * 64, {"num_steps": 10, "weights": "policy"})
+    partial = ev("c" * 64, {"num_steps": 40, "weights": "policy"}, partial=True)
+    assert (policy.weights, ema.weights, base.weights) == ("policy", "ema", "base")
+    assert policy.compare_hash == ema.compare_hash == base.compare_hash  # paired: they differ in weights only
+    assert len({policy.compare_hash, other.compare_hash, partial.compare_hash}) == 3
+    assert policy.compare_hash == compare_hash("ocr", "v1", {"weights": "x", "num_steps": 40}, False)
+    assert store.get_evaluation(policy.id).compare_hash == policy.compare_hash
+
+
+def test_migration_0003_backfills_weights_groups_and_params(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    from awm_platform.store import compare_hash
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store(url, upgrade=False)
+    old.upgrade("0002")
+    now = datetime.now(UTC)
+    with old.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO sweeps (id, study_name, optuna_storage, resolved_config, status, "
+                             "created_at, updated_at) VALUES (1, 'sw', 'x', :c, 'RUNNING', :t, :t)"),
+                     {"c": '{"sweep": {"params": {"lora.rank": {}}}}', "t": now})
+        conn.execute(sa.text("INSERT INTO runs (id, name, config_hash, resolved_config, status, job_ids, hosts, "
+                             "num_gpus, gpu_hours, output_dir, sweep_name, created_at, updated_at) VALUES (1, 'r', "
+                             "'h', :c, 'COMPLETED', '[]', '[]', 1, 0, '/r', 'sw', :t, :t)"),
+                     {"c": '{"train": {"beta": 0.2}, "lora": {"rank": 4}, "tags": ["x"]}', "t": now})
+        for i, weights in ((1, "ema"), (2, None)):
+            spec = '{"num_steps": 40' + (f', "weights": "{weights}"' if weights else "") + "}"
+            conn.execute(sa.text("INSERT INTO evaluations (id, checkpoint_sha256, target, benchmark, "
+                                 "benchmark_version, spec_hash, spec, status, sub_scores, num_samples, created_at, "
+                                 "updated_at) VALUES (:i, :sha, 't', 'ocr', 'v1', :i, :spec, 'COMPLETED', '{}', 1, "
+                                 ":t, :t)"), {"i": i, "sha": str(i) * 64, "spec": spec, "t": now})
+    old.close()
+    store = Store(url)
+    ema, legacy = store.get_evaluation(1), store.get_evaluation(2)
+    assert (ema.weights, legacy.weights) == ("ema", "policy")
+    assert ema.compare_hash == legacy.compare_hash == compare_hash("ocr", "v1", {"num_steps": 40}, False)
+    assert _params(store, "r") == {"method": ["awm"], "train.beta": [0.2], "lora.rank": [4.0], "tag": ["x"]}
+    store.close()
