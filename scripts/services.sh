@@ -14,7 +14,8 @@
 #           --purge also deletes their data (job state, accounting DB, PostgreSQL data dir).
 #   status  prints KEY=VALUE lines for what is up; exit 0 if every requested service is up, 1 otherwise.
 #   tools   installs the Debian tools some tests use that are not services (tesseract-ocr, for the OCR
-#           benchmark's tesseract engine); idempotent, quick when they are there.
+#           benchmark's tesseract engine; chromium + chromium-driver, for the leaderboard's browser test);
+#           idempotent, quick when they are there.
 #
 # State lives in ${AWM_SERVICES_DIR:-/var/lib/awm-services}/{slurm,postgres}; SLURM's config must be in
 # /etc/slurm (its clients read it from there). Exit codes: 0 ok, 1 failure / not up, 2 usage, 3 cannot run here
@@ -28,7 +29,7 @@ SVC=$HERE/services
 usage() { echo "usage: $0 {up|down|status} [slurm|postgres|all] [--purge]  |  $0 tools" >&2; exit 2; }
 
 # Debian packages of `tools` (not services: nothing to start)
-TOOL_PKGS="tesseract-ocr tesseract-ocr-eng"
+TOOL_PKGS="tesseract-ocr tesseract-ocr-eng chromium chromium-driver"
 
 cmd=${1:-}; which=${2:-all}; extra=${3:-}
 case $cmd in up|down|status) ;; tools) [ $# -eq 1 ] || usage ;; -h|--help|help) usage ;; *) usage ;; esac
@@ -52,7 +53,7 @@ case $cmd in
     flock -w 900 9 || die "could not lock $STATE/.lock within 900 s (another 'up' is installing packages?)"
     # shellcheck disable=SC2086
     ensure_packages $TOOL_PKGS
-    log "tools ready: $(tesseract --version 2>&1 | head -1 || true)"
+    log "tools ready: $(tesseract --version 2>&1 | head -1 || true); $(chromium --version 2>/dev/null || true)"
     ;;
   status)
     require_root_debian   # the state dir holds passwords (mode 600): status needs root too
