@@ -3,6 +3,7 @@
 Layout (under `$AWM_HOME/evals/`)::
 
     images/<generation_key>/{prompt:05d}_{sample:02d}.png   the cache: one PNG per (prompt, sample)
+    images/<generation_key>/thumbs/{prompt:05d}_{sample:02d}.webp   its thumbnail (THUMB_SIZE px max side)
     <eval_key>/images -> ../images/<generation_key>         relative symlink (the folder moves with $AWM_HOME)
     <eval_key>/manifest.json                                spec, keys, checkpoint, prompt file sha, seeds rule
 
@@ -12,6 +13,10 @@ version re-scores the cached PNGs without generating anything. Every file is wri
 (`benchmarks.files.atomic_write`: temp file + rename, 0640): a PNG that exists is complete, and a
 worker killed mid-write leaves no partial file to reuse. PNG is lossless, so scoring a cached image
 gives the same numbers as scoring the freshly generated one.
+
+The thumbnail is made once, with the PNG (the leaderboard shows hundreds of images a page and never
+resizes one per view); it is written before the PNG, so a PNG that exists has its thumbnail, unless
+it was cached before thumbnails existed (the UI then falls back to the PNG).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from benchmarks.files import atomic_write
 IMAGES_DIR = "images"
 MANIFEST = "manifest.json"
 IMAGE_PATTERN = "{prompt:05d}_{sample:02d}.png"
+THUMBS_DIR = "thumbs"
+THUMB_SIZE = 256  # px, the longer side; a 512-1024 px image shrinks to ~5-15 KB of WebP
+THUMB_QUALITY = 80
 # zlib level 1: the tiny model makes an image in a few ms, level 6 would cost more than that;
 # the files are about 10 % larger
 PNG_COMPRESS_LEVEL = 1
@@ -52,6 +60,20 @@ def _key(key: str, what: str) -> str:
 
 def image_name(prompt_index: int, sample_index: int) -> str:
     return IMAGE_PATTERN.format(prompt=int(prompt_index), sample=int(sample_index))
+
+
+def thumb_path(image: Path) -> Path:
+    """`images/<gen>/thumbs/<p>_<s>.webp` of `images/<gen>/<p>_<s>.png`."""
+    return image.parent / THUMBS_DIR / f"{image.stem}.webp"
+
+
+def thumbnail_bytes(image: Image.Image) -> bytes:
+    """The WebP thumbnail of `image`: THUMB_SIZE px on its longer side at most (never enlarged)."""
+    thumb = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, format="WEBP", quality=THUMB_QUALITY, method=4)
+    return buf.getvalue()
 
 
 def eval_dir(eval_key: str, root: Path | None = None) -> Path:
@@ -87,10 +109,12 @@ class ImageCache:
             return None
 
     def save(self, prompt_index: int, sample_index: int, image: Image.Image) -> Path:
-        """Write the PNG whole (temp file + rename, 0640); an existing one is replaced."""
+        """Write the thumbnail, then the PNG, each whole (temp file + rename, 0640); existing ones are
+        replaced. Thumbnail first: a cached PNG (what `load` trusts) always has its thumbnail."""
         buf = io.BytesIO()
         image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         path = self.path(prompt_index, sample_index)
+        atomic_write(thumb_path(path), thumbnail_bytes(image))
         atomic_write(path, buf.getvalue())
         return path
 
