@@ -126,6 +126,7 @@ class ModelContext:
     max_sequence_length: int
     uses_cfg: bool
     is_base: bool = False
+    guidance: float | None = None  # pretrained.guidance: FLUX.1-dev's distilled guidance (None = the model's 3.5)
 
     @classmethod
     def from_config(cls, cfg: Any, *, is_base: bool = False) -> ModelContext:
@@ -133,7 +134,7 @@ class ModelContext:
         return cls(model=cfg.pretrained.model, revision=cfg.pretrained.revision, family=cfg.pretrained.family,
                    resolution=cfg.resolution, precision=cfg.pretrained.dtype,
                    max_sequence_length=cfg.sample.max_sequence_length,
-                   uses_cfg=cfg.sample.guidance_scale > 1.0, is_base=is_base)
+                   uses_cfg=cfg.sample.guidance_scale > 1.0, is_base=is_base, guidance=cfg.pretrained.guidance)
 
     @classmethod
     def from_resolved(cls, resolved: dict[str, Any]) -> ModelContext:
@@ -142,7 +143,8 @@ class ModelContext:
         return cls(model=str(pre["model"]), revision=pre.get("revision"), family=str(pre.get("family", "sd3")),
                    resolution=int(resolved["resolution"]), precision=str(pre.get("dtype", "fp32")),
                    max_sequence_length=int(sample.get("max_sequence_length", 128)),
-                   uses_cfg=float(sample.get("guidance_scale", 1.0)) > 1.0)
+                   uses_cfg=float(sample.get("guidance_scale", 1.0)) > 1.0,
+                   guidance=None if pre.get("guidance") is None else float(pre["guidance"]))
 
 
 class EvalSpec(BaseModel):
@@ -165,10 +167,16 @@ class EvalSpec(BaseModel):
     seed: int
     max_sequence_length: int
     batch_size: int  # the batches are fixed by it (`batches`), whatever the shard count
+    # FLUX.1-dev's distilled guidance when the run sets pretrained.guidance; None (the model's default) is
+    # left out of the hashes, so the specs of every model that does not set it hash as before the key existed
+    guidance: float | None = None
+
+    def _hashed(self, exclude: set[str]) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=exclude | ({"guidance"} if self.guidance is None else set()))
 
     @property
     def hash(self) -> str:
-        return _digest(self.model_dump(mode="json"))
+        return _digest(self._hashed(set()))
 
     @property
     def partial(self) -> bool:
@@ -176,7 +184,7 @@ class EvalSpec(BaseModel):
 
     def generation_hash(self) -> str:
         """The spec minus `limit`: the first N prompts' images are those of the whole set."""
-        return _digest(self.model_dump(mode="json", exclude={"limit"}))
+        return _digest(self._hashed({"limit"}))
 
 
 def _digest(obj: Any) -> str:
@@ -209,7 +217,7 @@ def resolve_spec(service: EvalServiceConfig, benchmark: Benchmark, ctx: ModelCon
                     weights="base" if ctx.is_base else (weights or service.weights),
                     prompt_set=prompt_set, limit=pick("limit"), seed=pick("seed"),
                     max_sequence_length=pick("max_sequence_length") or ctx.max_sequence_length,
-                    batch_size=pick("batch_size"))
+                    batch_size=pick("batch_size"), guidance=ctx.guidance)
 
 
 def benchmark_options(service: EvalServiceConfig, name: str) -> dict[str, Any]:

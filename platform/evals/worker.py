@@ -278,12 +278,13 @@ class Worker:
         from trainers.awm.generate import ImageGenerator  # deferred: light job import
 
         spec = work.spec
-        model = (spec.model, spec.revision, spec.family, spec.precision)
+        model = (spec.model, spec.revision, spec.family, spec.precision, spec.guidance)
         if self._generator is None or self._generator_model != model:
             self._generator = None  # free the previous model first
             _log(f"loading {spec.model} ({spec.precision}) on {self.device}")
             self._generator = ImageGenerator.load(spec.model, revision=spec.revision, family=spec.family,
-                                                  precision=spec.precision, device=self.device)
+                                                  precision=spec.precision, device=self.device,
+                                                  guidance=spec.guidance)
             self._generator_model = model
         if self._generator.lora != work.lora:
             self._generator.set_lora(work.lora)

@@ -17,6 +17,8 @@ import torch
 from trainers.awm.samplers import (
     euler_sample,
     flow_sigmas,
+    flux_mu,
+    flux_sigmas,
     randn_per_sample,
     sa_solver_grid,
     sa_solver_sample,
@@ -408,3 +410,78 @@ def test_sa_solver_rejects_grids_too_dense_at_t1() -> None:
     # with shift 3 and N >= ~335 the second sigma exceeds the edited t[0] = 0.999
     with pytest.raises(ValueError, match="not strictly decreasing"):
         sa_solver_sample(gaussian_field(0.5, 1.0), _z(), flow_sigmas(400, 3.0), noise_level=0.0)
+
+
+# ------------------------------------------------------------------------- FLUX grid (trap 6)
+
+
+def test_flux_mu_and_sigmas_match_diffusers_bitwise() -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    for seq_len in (256, 1024, 4096):
+        assert flux_mu(seq_len) == calculate_shift(seq_len, 256, 4096, 0.5, 1.15)
+    for mu in (0.5, flux_mu(1024), 1.15):
+        for n in (1, 2, 4, 6, 10, 28):
+            sch = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                  base_image_seq_len=256, max_image_seq_len=4096)
+            sch.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu)  # as FluxPipeline calls it
+            assert torch.equal(flux_sigmas(n, mu), sch.sigmas), (mu, n)
+
+
+def test_flux_sigmas_spec_values() -> None:
+    """objectives.md 4.2 / 4.5: 512 px (L = 1024, mu = 0.63) and the tiny 64 px model (L = 256, mu = 0.5)."""
+    assert flux_mu(1024) == pytest.approx(0.63) and flux_mu(256) == pytest.approx(0.5)
+    np.testing.assert_allclose(flux_sigmas(6, flux_mu(1024)).numpy(), [1, .9037, .7897, .6525, .4842, .2730, 0],
+                               atol=6e-5)
+    np.testing.assert_allclose(flux_sigmas(10, flux_mu(1024)).numpy(),
+                               [1, .9441, .8825, .8142, .7380, .6525, .5559, .4459, .3195, .1726, 0], atol=6e-5)
+    np.testing.assert_allclose(flux_sigmas(4, 0.5).numpy(), [1, .8318, .6225, .3547, 0], atol=6e-5)
+    assert flux_sigmas(28, flux_mu(1024))[-2].item() == pytest.approx(0.0650, abs=6e-5)
+
+
+def test_sa_solver_grid_tail_rule_is_upstreams_edit_on_sd3_and_keeps_flux_grids() -> None:
+    """Trap 6: upstream's t[-2] = t[-3]/2 assumes SD3's tiny tail (0.0089). The rule max(t[-2], t[-3]/2)
+    is bit-identical to it on SD3 grids up to N = 330 and leaves every FLUX grid's tail alone."""
+    for n in range(2, 331):
+        sig = flow_sigmas(n, 3.0)
+        upstream = sig.clone()
+        upstream[-2] = upstream[-3] / 2
+        upstream[0] = 1 - 1e-3
+        assert torch.equal(sa_solver_grid(sig), upstream), n
+    for mu in (0.5, flux_mu(1024), flux_mu(4096)):
+        for n in range(3, 41):
+            sig = flux_sigmas(n, mu)
+            got = sa_solver_grid(sig)
+            assert torch.equal(got[1:], sig[1:]) and got[0].item() == pytest.approx(0.999), (mu, n)
+    sig = flux_sigmas(6, flux_mu(1024))
+    assert sig[-2].item() > sig[-3].item() / 2  # .2730 > .2421: upstream's edit would lower the tail
+
+
+def test_sa_solver_on_flux_grid_evaluates_the_grid_and_first_order_is_fluxs_euler() -> None:
+    """On FLUX's grid the model is evaluated at the grid's own times (0.999 for 1, never an edited tail),
+    the returned x0 is the data prediction at the last nonzero sigma (= an Euler step from it to 0, as
+    FluxPipeline's last step), and first-order SA-Solver without noise is the Euler sampler step for step
+    (DDIM = Euler in the flow-matching parameterisation). Packed (B, L, 4C) latents go through as any shape."""
+    sig = flux_sigmas(6, flux_mu(1024))
+    grid = sa_solver_grid(sig)
+    calls: list[float] = []
+    base = gaussian_field(0.3, 0.7)
+    seen = {}
+
+    def vel(x, t):
+        calls.append(t[0].item())
+        v = base(x, t)
+        seen[t[0].item()] = x - t[0].item() * v
+        return v
+
+    z = _z(shape=(3, 16, 8))  # packed latents: (B, L, 4C)
+    out = sa_solver_sample(vel, z, sig, noise_level=0.4, generator=torch.Generator().manual_seed(0))
+    assert calls == grid[:-1].tolist() and calls[-1] == sig[-2].item()
+    assert out.x0.shape == z.shape
+    calls.clear()
+    out = sa_solver_sample(vel, z, sig, noise_level=0.0)
+    assert torch.equal(out.x0, seen[sig[-2].item()])
+    sa1 = sa_solver_sample(base, z, sig, noise_level=0.0, predictor_order=1, corrector_order=0).x0
+    euler = euler_sample(base, z, grid).x0  # the same times: 0.999, then the FLUX grid to 0
+    torch.testing.assert_close(sa1, euler, rtol=1e-12, atol=1e-12)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainers.awm.samplers import flow_sigmas
-from trainers.awm.timesteps import sample_training_times, stratum_bounds
+from trainers.awm.timesteps import exponential_shift_time, sample_training_times, shift_time, stratum_bounds
 
 GRID = flow_sigmas(14, 3.0)[:-1]  # (14,) = scheduler.timesteps / 1000 for N = 14
 
@@ -165,3 +165,27 @@ def test_grid_with_terminal_zero_is_rejected() -> None:
             time_shift=3.0,
             generator=torch.Generator().manual_seed(0),
         )
+
+
+def test_flux_exponential_shift_is_diffusers_dynamic_shift_and_used_by_continuous_time_types() -> None:
+    """objectives.md 4.4: with FLUX, uniform / logit_normal use the model's own mu-shift, not time_shift=3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    t = torch.linspace(0.01, 1.0, 50, dtype=torch.float32)
+    sch = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    for mu in (0.5, 0.63, 1.15):
+        torch.testing.assert_close(exponential_shift_time(t, mu), sch.time_shift(mu, 1.0, t))
+        torch.testing.assert_close(exponential_shift_time(t, mu), shift_time(t, math.exp(mu)))
+    for kind in ("uniform", "logit_normal"):
+        kw = {"grid": GRID, "num_train_timesteps": 6, "timestep_fraction": 0.9, "batch_size": 3, "time_shift": 3.0}
+        sd3 = sample_training_times(kind, generator=torch.Generator().manual_seed(5), **kw)
+        flux = sample_training_times(kind, generator=torch.Generator().manual_seed(5), mu=0.63, **kw)
+        # same draws, other shift: map SD3's times back through shift 3, forward through e^0.63
+        unshifted = sd3 / (3.0 - 2.0 * sd3)
+        want = torch.clamp(shift_time(unshifted, math.exp(0.63)), min=0.01 if kind == "logit_normal" else 0.0)
+        torch.testing.assert_close(flux, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(flux, sd3)
+    disc = {"grid": GRID, "num_train_timesteps": 6, "timestep_fraction": 0.9, "batch_size": 3, "time_shift": 3.0}
+    assert torch.equal(sample_training_times("discrete_wo_init", generator=torch.Generator().manual_seed(1), **disc),
+                       sample_training_times("discrete_wo_init", generator=torch.Generator().manual_seed(1), mu=0.63,
+                                             **disc))  # discrete types index the rollout grid: mu plays no part

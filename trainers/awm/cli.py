@@ -18,17 +18,25 @@ model_app = typer.Typer(help="Model utilities (tiny test pipelines).", no_args_i
 
 def make_tiny_command(
     out_dir: Annotated[Path, typer.Argument(help="folder to write the diffusers pipeline into")],
-    dual_attention: Annotated[bool, typer.Option("--dual-attention", help="SD3.5-M style blocks with attn2")] = False,
+    family: Annotated[str, typer.Option("--family", help="sd3 (StableDiffusion3Pipeline) or flux (FluxPipeline)")] = "sd3",
+    dual_attention: Annotated[bool, typer.Option("--dual-attention", help="SD3.5-M style blocks with attn2 (sd3)")] = False,
     preset: Annotated[str, typer.Option("--preset", help="tiny (~0.1M), small (~0.6M) or perf (~3.5M)")] = "tiny",
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Write a tiny random-weight SD3 pipeline (offline; in-memory tokenizers)."""
-    from trainers.awm.tiny import PRESETS, make_tiny
+    """Write a tiny random-weight SD3 or FLUX pipeline (offline; in-memory tokenizers)."""
+    from trainers.awm.tiny import FAMILIES, FLUX_PRESETS, PRESETS, make_tiny
 
-    if preset not in PRESETS:
-        typer.echo(f"error: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", err=True)
+    if family not in FAMILIES:
+        typer.echo(f"error: --family {family!r} is not a family; choose one of {', '.join(FAMILIES)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT)
-    out = make_tiny(out_dir, preset=preset, dual_attention=dual_attention, seed=seed)
+    presets = FLUX_PRESETS if family == "flux" else PRESETS
+    if preset not in presets:
+        typer.echo(f"error: unknown preset {preset!r}; choose one of {', '.join(presets)}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if dual_attention and family != "sd3":
+        typer.echo("error: --dual-attention is an SD3.5 option (attn2); FLUX has no second attention", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    out = make_tiny(out_dir, family=family, preset=preset, dual_attention=dual_attention, seed=seed)
     typer.echo(str(out))
 
 

@@ -43,13 +43,21 @@ class PretrainedConfig(ConfigSection):
     model: str = Field("stabilityai/stable-diffusion-3.5-medium", min_length=1,
                        description="local pipeline directory or hub id")
     revision: str = "main"
-    family: Literal["sd3"] = Field("sd3", description="model-family adapter (FLUX plugs in here)")
+    family: Literal["auto", "sd3", "flux"] = Field(
+        "auto", description="model-family adapter; auto = from the pipeline's model_index.json (_class_name: "
+        "StableDiffusion3Pipeline -> sd3, FluxPipeline -> flux)")
     dtype: Literal["fp32", "fp16", "bf16"] = Field(
         "fp16", description="inference dtype of the frozen text encoders and VAE")
+    guidance: float | None = Field(
+        None, gt=0.0, le=100.0, description="distilled guidance g of a guidance-distilled model (FLUX.1-dev's "
+        "guidance embedding), the same in rollouts, training and evaluation; None = 3.5 (Flow-GRPO's and "
+        "DanceGRPO's value). Not classifier-free guidance (that is sample.guidance_scale); an error for "
+        "models without a guidance embedding (SD3, FLUX.1-schnell)")
 
 
 class LoraConfig(ConfigSection):
-    type: Literal["attn", "ffn"] = "attn"
+    type: Literal["attn", "ffn", "attn_ffn"] = Field(
+        "attn", description="upstream target sets: attn (AWM's SD3 set), ffn, attn_ffn (Flow-GRPO's FLUX set)")
     rank: int = Field(32, ge=1, le=1024)
     alpha: float = Field(64.0, gt=0)
     init: Literal["gaussian", "default"] = Field(

@@ -46,7 +46,7 @@ def run_eval(
     reward_pool,
     velocity_factory: Callable,
     guidance_scale: float,
-    latent_shape: tuple[int, int, int],
+    latent_shape: tuple[int, ...],
     sigmas,
     batch_size: int,
     eval_seed_fn: Callable[[int], int],

@@ -7,10 +7,12 @@
 * :func:`image_seed` -- the seed of image ``(prompt index, sample index)`` of an evaluation with
   spec seed ``seed``; nothing else (not the batch, shard or world size) enters it.
 * :class:`ImageGenerator` -- the base model loaded once per job
-  (``trainers.awm.model.get_family(...).load``), a checkpoint's LoRA swapped in per checkpoint
-  (``trainers.awm.lora``), the deterministic Euler ODE over ``flow_sigmas(num_steps,
-  family.flow_shift)`` (``trainers.awm.samplers.euler_sample``, ``noise_level=0``) from initial
-  noise drawn by one ``torch.Generator`` per image (``randn_per_sample``), decoded by the family.
+  (``trainers.awm.model.load_family``: SD3 or FLUX, ``auto`` reads ``model_index.json``), a
+  checkpoint's LoRA swapped in per checkpoint (``trainers.awm.lora``), the deterministic Euler ODE
+  over the family's grid ``family.sigmas(num_steps, resolution)`` (SD3's static shift, FLUX's
+  dynamic one; ``trainers.awm.samplers.euler_sample``, ``noise_level=0``) from initial noise drawn
+  by one ``torch.Generator`` per image (``randn_per_sample``, in the family's latent shape: packed
+  for FLUX), decoded by the family. FLUX's distilled guidance is the family's (``guidance``).
 
 Batch composition: the seeds and the ODE make each image a function of (prompt, seed, spec); an
 identical batch gives bit-identical pixels, a different batch composition can move a pixel by one
@@ -32,9 +34,9 @@ import torch
 from PIL import Image
 
 from trainers.awm import lora as L
-from trainers.awm.model import Cond, ModelFamily, get_family, torch_dtype
+from trainers.awm.model import Cond, ModelFamily, load_family, torch_dtype
 from trainers.awm.prompts import derive_seed
-from trainers.awm.samplers import VelocityFn, euler_sample, flow_sigmas, randn_per_sample
+from trainers.awm.samplers import VelocityFn, euler_sample, randn_per_sample
 
 __all__ = ["ImageGenerator", "cfg_velocity", "image_seed"]
 
@@ -109,10 +111,12 @@ class ImageGenerator:
 
     @classmethod
     def load(cls, model: str, *, revision: str | None, family: str, precision: str,
-             device: torch.device | str) -> ImageGenerator:
-        """Load the base pipeline exactly as the trainer does (``ModelLoadError`` says what is missing)."""
+             device: torch.device | str, guidance: float | None = None) -> ImageGenerator:
+        """Load the base pipeline exactly as the trainer does (``ModelLoadError`` says what is missing).
+        ``family`` may be ``auto``; ``guidance`` is ``pretrained.guidance`` (FLUX's distilled guidance)."""
         torch_dtype(precision)  # an unknown precision fails here, before the (slow) load
-        fam = get_family(family).load(model, revision=revision, device=device, inference_dtype=precision)
+        fam = load_family(family, model, revision=revision, device=device, inference_dtype=precision,
+                          guidance=guidance)
         return cls(fam, precision=precision, device=device)
 
     # ------------------------------------------------------------------ LoRA
@@ -161,7 +165,7 @@ class ImageGenerator:
         if not prompts:
             return []
         shape = self.family.latent_shape(resolution)
-        sigmas = flow_sigmas(num_steps, self.family.flow_shift)
+        sigmas = self.family.sigmas(num_steps, resolution)
         with torch.inference_mode():
             cond = self.family.encode_prompts(list(prompts), max_sequence_length=max_sequence_length)
             neg = self._negative(max_sequence_length) if guidance_scale > 1.0 else None

@@ -54,10 +54,10 @@ from trainers.awm.evaluation import run_eval, write_samples
 from trainers.awm.generate import cfg_velocity
 from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
 from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
-from trainers.awm.model import Cond, get_family
+from trainers.awm.model import Cond, load_family
 from trainers.awm.prompts import GroupSampler, derive_seed, eval_seed, load_prompts, rollout_seed, train_seed
 from trainers.awm.rewards import AsyncRewardPool, build_reward
-from trainers.awm.samplers import euler_sample, flow_sigmas, randn_per_sample, sa_solver_sample
+from trainers.awm.samplers import euler_sample, randn_per_sample, sa_solver_sample
 from trainers.awm.timesteps import sample_training_times
 
 try:  # optional: only train.use_8bit_adam needs it
@@ -86,7 +86,7 @@ class EpochBuffer:
     """What one process keeps from an epoch's rollouts (enough to resume mid-epoch)."""
 
     epoch: int
-    x0: Any  # (N, C, H, W) float32
+    x0: Any  # (N, *latent_shape) float32: (N, C, H, W) for SD3, packed (N, L, 4C) for FLUX
     embeds: Any  # (N, L, D)
     pooled: Any  # (N, P)
     advantages: Any  # (N,) float32, A'
@@ -182,12 +182,12 @@ class AWMTrainer:
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
-        family_cls = get_family(cfg.pretrained.family)
-        self.family = family_cls.load(cfg.pretrained.model, revision=cfg.pretrained.revision, device=self.device,
-                                      inference_dtype=cfg.pretrained.dtype)
+        self.family = load_family(cfg.pretrained.family, cfg.pretrained.model, revision=cfg.pretrained.revision,
+                                  device=self.device, inference_dtype=cfg.pretrained.dtype,
+                                  guidance=cfg.pretrained.guidance)
         tr = self.family.transformer
         targets = cfg.lora.target_modules or self.family.lora_target_modules(cfg.lora.type, cfg.lora.include_attn2)
-        if cfg.lora.include_attn2 and hasattr(self.family, "has_dual_attention") and not self.family.has_dual_attention():
+        if cfg.lora.include_attn2 and not self.family.has_dual_attention():
             log.warning("lora.include_attn2=true but the transformer has no dual-attention (attn2) layers")
             targets = [t for t in targets if not t.startswith("attn2.")]
         self.lora_config = L.make_lora_config(rank=cfg.lora.rank, alpha=cfg.lora.alpha, init=cfg.lora.init,
@@ -235,9 +235,11 @@ class AWMTrainer:
         self.eval_pool = self.pool if self.eval_reward is self.reward else AsyncRewardPool(self.eval_reward, 4)
 
         self.latent_shape = self.family.latent_shape(cfg.resolution)
-        self.sigmas = flow_sigmas(cfg.sample.num_steps, self.family.flow_shift)
+        self.sigmas = self.family.sigmas(cfg.sample.num_steps, cfg.resolution)
         self.grid = (self.sigmas[:-1].to(torch.float32) * 1000) / 1000  # scheduler.timesteps / 1000
-        self.eval_sigmas = flow_sigmas(cfg.sample.eval_num_steps, self.family.flow_shift)
+        self.eval_sigmas = self.family.sigmas(cfg.sample.eval_num_steps, cfg.resolution)
+        # uniform / logit_normal training times: FLUX shifts them with its own dynamic mu, SD3 with time_shift
+        self.time_shift_mu = self.family.time_shift_mu(cfg.resolution)
         self.neg_cond = None
         self.eval_guidance_scale = cfg.sample.guidance_scale if cfg.eval.guidance_scale is None \
             else cfg.eval.guidance_scale
@@ -412,12 +414,12 @@ class AWMTrainer:
         return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(0x5348, self.cfg.seed, epoch, rank)))
 
     def _draw(self, epoch: int, mb: int, b: int):
-        """(t (T,B), eps (T,B,C,H,W)) of a micro-batch, identical in pass 1 and pass 2."""
+        """(t (T,B), eps (T,B,*latent_shape)) of a micro-batch, identical in pass 1 and pass 2."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(train_seed(cfg.seed, epoch, self.rank, mb))
         t = sample_training_times(cfg.time_type, grid=self.grid, num_train_timesteps=cfg.train.train_timesteps,
                                   timestep_fraction=cfg.train.timestep_fraction, batch_size=b,
-                                  time_shift=cfg.time_shift, generator=gen)
+                                  time_shift=cfg.time_shift, generator=gen, mu=self.time_shift_mu)
         eps = torch.randn((cfg.train.train_timesteps, b, *self.latent_shape), generator=gen, dtype=torch.float32)
         return t.to(self.device), eps.to(self.device)
 

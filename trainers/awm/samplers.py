@@ -1,13 +1,15 @@
 """Rollout / eval samplers on a generic velocity model (spec sections 1.3, 3.1, traps 9.5, 9.6).
 
-A :data:`VelocityFn` maps ``(x (B, C, H, W), t (B,))`` to the rectified-flow velocity
+A :data:`VelocityFn` maps ``(x (B, ...), t (B,))`` (SD3: (B, C, H, W); FLUX: packed (B, L, 4C)) to the rectified-flow velocity
 ``v = dx/dt`` with ``x_t = (1 - t) x0 + t eps`` and ``t`` = SD3 sigma in [0, 1]. The trainer wraps
 the SD3 transformer (``timestep = 1000 * t``, text embeddings bound); tests use analytic fields.
 ``x`` arrives in the solver's working dtype (float32, or float64 for float64 latents) and ``t`` in
 float32; the wrapper casts to the model dtype as needed, and the result is cast back to the
 working dtype.
 
-* :func:`flow_sigmas` -- ``FlowMatchEulerDiscreteScheduler``'s default shifted sigma grid.
+* :func:`flow_sigmas` -- ``FlowMatchEulerDiscreteScheduler``'s default shifted sigma grid (SD3).
+* :func:`flux_sigmas`, :func:`flux_mu` -- ``FluxPipeline``'s grid: linspace(1, 1/N, N) with the
+  resolution-dependent exponential ("dynamic") shift mu (objectives.md 4.2).
 * :func:`euler_sample` -- deterministic Euler ODE (eval) or Flow-GRPO's Euler-SDE for the first
   steps (``use_sa_solver=False`` path).
 * :func:`sa_solver_sample` -- SA-Solver (Xue et al. 2023, stochastic Adams predictor-corrector,
@@ -36,6 +38,8 @@ __all__ = [
     "VelocityFn",
     "euler_sample",
     "flow_sigmas",
+    "flux_mu",
+    "flux_sigmas",
     "randn_per_sample",
     "sa_solver_grid",
     "sa_solver_sample",
@@ -91,6 +95,31 @@ def flow_sigmas(num_steps: int, shift: float, *, num_train_timesteps: int = 1000
     sig = shift * sig / (1 + (shift - 1) * sig)
     sig_t = torch.from_numpy(sig).to(torch.float32)
     return torch.cat([sig_t, torch.zeros(1, dtype=torch.float32)])
+
+
+def flux_mu(image_seq_len: int, *, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+            max_shift: float = 1.15) -> float:
+    """mu of FLUX's dynamic shift: linear in the packed image sequence length L, from ``base_shift`` at
+    ``base_seq_len`` to ``max_shift`` at ``max_seq_len`` (``pipeline_flux.calculate_shift``).
+    512 px (L = 1024): 0.63; 64 px on the tiny /2 VAE (L = 256): 0.5."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def flux_sigmas(num_steps: int, mu: float) -> Tensor:
+    """(num_steps + 1,) float32 sigma grid of ``FluxPipeline``: ``sigmas = linspace(1, 1/N, N)`` (cast to
+    float32 as the scheduler does), shifted by ``e^mu / (e^mu + 1/sigma - 1)`` (``time_shift_type``
+    "exponential", ``use_dynamic_shifting=True``), followed by the terminal 0. Bit-equal to
+    ``FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).set_timesteps(sigmas=..., mu=mu)``.
+
+    Unlike SD3's grid the last nonzero sigma is large (0.27 at N = 6, mu = 0.63; 0.065 at N = 28): the
+    final step jumps straight to 0 from there (objectives.md trap 6)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    base = np.linspace(1.0, 1 / num_steps, num_steps).astype(np.float32)
+    e = math.exp(mu)
+    sig = e / (e + (1 / base - 1))  # numpy keeps float32 (python scalars are weak), as in diffusers
+    return torch.cat([torch.from_numpy(np.asarray(sig)).to(torch.float32), torch.zeros(1, dtype=torch.float32)])
 
 
 def randn_per_sample(
@@ -332,9 +361,19 @@ def _sa_step(
 
 def sa_solver_grid(sigmas: Tensor) -> Tensor:
     """The SA-Solver's edited time grid, as a float32 COPY (upstream edits ``scheduler.sigmas`` in
-    place, trap 9.5): ``t[-2] = t[-3] / 2`` then ``t[0] = 1 - 1e-3``."""
+    place, trap 9.5): ``t[-2] = max(t[-2], t[-3] / 2)`` then ``t[0] = 1 - 1e-3``.
+
+    The tail edit exists for SD3's grid, whose last nonzero sigma is tiny (0.0089 at N = 14, shift 3):
+    the step to it would be a huge jump in half-log-SNR (lambda 1.35 -> 4.7) and the solver's final
+    data prediction ``D(x, t[N-1])`` is taken there. Upstream raises it to half the previous sigma
+    (``t[-2] = t[-3] / 2``, 0.1031). That assumption is explicit here: the tail is raised to
+    ``t[-3] / 2`` only when it lies below it, which is exactly upstream's edit on every SD3 grid
+    (its tail is always below half the previous sigma) and leaves FLUX's grid alone, whose last
+    nonzero sigma is already large (0.27 at N = 6, 0.17 at N = 10, 512 px; objectives.md trap 6):
+    upstream's edit would *lower* it (0.2730 -> 0.2421) and the rollout would stop at a time the
+    training grid (``scheduler.timesteps / 1000``) does not hold."""
     t = sigmas.detach().to(torch.float32).clone()
-    t[-2] = t[-3] / 2
+    t[-2] = torch.maximum(t[-2], t[-3] / 2)
     t[0] = 1 - 1e-3
     return t
 
@@ -359,7 +398,8 @@ def sa_solver_sample(
         latents: initial noise x_T (B, C, H, W).
         sigmas: (N+1,) scheduler sigmas ending in 0 (e.g. :func:`flow_sigmas` or
             ``scheduler.sigmas``); not modified. The solver runs on the edited copy
-            :func:`sa_solver_grid` (t[0] = 0.999, t[N-1] = t[N-2]/2).
+            :func:`sa_solver_grid` (t[0] = 0.999, t[N-1] = max(t[N-1], t[N-2]/2): SD3's tiny tail
+            is raised as upstream, FLUX's grid keeps its own).
         noise_level: tau inside ``noise_window`` (inclusive, compared in float32 like upstream's
             ``0.3 <= t <= 0.9`` on a float32 tensor) at each step's *target* time; 0 outside.
             ``noise_level=0`` is a deterministic ODE solver (PickScore config).

@@ -7,12 +7,13 @@ k-th training time; upstream flattens this timestep-major (``repeat_interleave(t
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["TIME_TYPES", "TimeType", "sample_training_times", "shift_time", "stratum_bounds"]
+__all__ = ["TIME_TYPES", "TimeType", "exponential_shift_time", "sample_training_times", "shift_time", "stratum_bounds"]
 
 TimeType = Literal["discrete_wo_init", "discrete", "discrete_with_init", "uniform", "logit_normal"]
 TIME_TYPES: tuple[str, ...] = (
@@ -33,6 +34,13 @@ _LOGIT_NORMAL_MIN_T = 0.01
 def shift_time(t: Tensor, shift: float) -> Tensor:
     """SD3 time shift ``s*t / (1 + (s-1)*t)``."""
     return shift * t / (1 + (shift - 1) * t)
+
+
+def exponential_shift_time(t: Tensor, mu: float) -> Tensor:
+    """FLUX's resolution-dependent ("dynamic") shift ``e^mu / (e^mu + 1/t - 1)`` (diffusers'
+    ``time_shift_type="exponential"``); it equals :func:`shift_time` with ``s = e^mu``."""
+    e = math.exp(mu)
+    return e * t / (e * t + (1 - t))
 
 
 def stratum_bounds(start: int, stop: int, num: int) -> list[tuple[int, int]]:
@@ -73,6 +81,7 @@ def sample_training_times(
     batch_size: int,
     time_shift: float,
     generator: torch.Generator,
+    mu: float | None = None,
 ) -> Tensor:
     """Draw the T training times of one micro-batch.
 
@@ -84,6 +93,9 @@ def sample_training_times(
         timestep_fraction: M = ``int(N * timestep_fraction)`` is the exclusive max grid index.
         batch_size: B (``train.batch_size``).
         time_shift: SD3 shift for ``uniform`` / ``logit_normal``.
+        mu: when given (FLUX), ``uniform`` / ``logit_normal`` use the exponential shift with this mu
+            (:func:`exponential_shift_time`, the shift of the model's own sampling grid) instead of
+            ``time_shift`` (objectives.md 4.4). ``discrete*`` index the rollout grid and ignore both.
         generator: all randomness comes from it (its device decides where numbers are drawn).
 
     Variants (N = len(grid), M as above):
@@ -157,7 +169,8 @@ def sample_training_times(
         matrix = _UNIFORM_LOWER + normalized * (_UNIFORM_UPPER - _UNIFORM_LOWER)
         perm = torch.rand(t_count, b, generator=generator, device=gdev, dtype=torch.float32).argsort(dim=0)
         t = torch.gather(matrix, 0, perm)
-        return shift_time(t, time_shift).to(out_device)
+        shifted = shift_time(t, time_shift) if mu is None else exponential_shift_time(t, mu)
+        return shifted.to(out_device)
 
     # logit_normal
     gdev = generator.device
@@ -167,6 +180,6 @@ def sample_training_times(
     ) / t_count
     u = torch.special.ndtri(torch.clamp(base, _ICDF_EPS, 1 - _ICDF_EPS))
     u = u[torch.randperm(t_count, generator=generator, device=gdev)]
-    t = shift_time(torch.sigmoid(u), time_shift)
+    t = shift_time(torch.sigmoid(u), time_shift) if mu is None else exponential_shift_time(torch.sigmoid(u), mu)
     t = torch.clamp(t, min=_LOGIT_NORMAL_MIN_T)
     return t[:, None].expand(t_count, b).contiguous().to(out_device)

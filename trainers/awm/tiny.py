@@ -1,4 +1,4 @@
-"""Tiny SD3-architecture pipelines with random weights (offline tests, quickstart, perf).
+"""Tiny SD3- and FLUX-architecture pipelines with random weights (offline tests, quickstart, perf).
 
 Everything is built from configs: the CLIP and T5 tokenizers are created in memory (a
 byte-level, character-granularity CLIP BPE and a small T5 Unigram vocabulary), so no hub
@@ -21,6 +21,13 @@ learning signal); with these values a few dozen AWM epochs visibly raise
 
 ``dual_attention=True`` makes every block an SD3.5-Medium-style dual-attention block (a
 second self-attention ``attn2``), to exercise ``lora.include_attn2``.
+
+``make_tiny_flux_pipeline`` builds a ``FluxPipeline`` the same way (objectives.md 4.5): CLIP
+``CLIPTextModel`` (pooled output) + T5, a ``FluxTransformer2DModel`` with the guidance embedding
+(FLUX.1-dev style), the same /2 VAE with 4 latent channels (packed: 16 channels per token) and
+``scaling_factor`` 300 for the same reward-signal reason, and FLUX's dynamically shifted scheduler.
+FLUX presets (``FLUX_PRESETS``): ``tiny`` 2 heads x 16, 2 double + 2 single blocks (~0.13M);
+``perf`` 4 heads x 32, 2 double + 8 single blocks (~3.4M, perf/trainer_step.py --family flux).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
 from transformers import (
     CLIPTextConfig,
+    CLIPTextModel,
     CLIPTextModelWithProjection,
     T5Config,
     T5EncoderModel,
@@ -51,6 +61,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"width": 64, "heads": 4, "layers": 4},
     "perf": {"width": 128, "heads": 4, "layers": 6},
 }
+FLUX_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"heads": 2, "head_dim": 16, "layers": 2, "single_layers": 2},
+    "small": {"heads": 4, "head_dim": 16, "layers": 2, "single_layers": 4},
+    "perf": {"heads": 4, "head_dim": 32, "layers": 2, "single_layers": 8},
+}
+FAMILIES = ("sd3", "flux")
 
 
 def make_t5_tokenizer(model_max_length: int = 512):
@@ -138,11 +154,92 @@ def make_tiny_pipeline(
     return pipe
 
 
-def make_tiny(out_dir: str | Path, *, preset: str = "tiny", dual_attention: bool = False, seed: int = 0,
-              **kwargs: Any) -> Path:
-    """Build a tiny pipeline and ``save_pretrained`` it to ``out_dir`` (returned, absolute)."""
+def _rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """FLUX's rope axes (id, row, col) must sum to the head dim and each be even: 16 -> (4, 6, 6)."""
+    side = (head_dim * 3 // 8) // 2 * 2
+    first = head_dim - 2 * side
+    if head_dim % 2 or first < 2 or first % 2:
+        raise ValueError(f"head_dim {head_dim} cannot be split into even rope axes")
+    return (first, side, side)
+
+
+def make_tiny_flux_pipeline(
+    *,
+    preset: str = "tiny",
+    heads: int | None = None,
+    head_dim: int | None = None,
+    layers: int | None = None,
+    single_layers: int | None = None,
+    clip_hidden: int = 16,
+    clip_layers: int = 2,
+    t5_dim: int = 32,
+    t5_layers: int = 1,
+    latent_channels: int = 4,
+    vae_blocks: tuple[int, ...] = (8, 16),
+    guidance_embeds: bool = True,
+    vae_scaling_factor: float = 300.0,
+    vae_shift_factor: float = 0.0609,
+    seed: int = 0,
+):
+    """Build a random-weight ``FluxPipeline`` (all modules in eval mode; objectives.md 4.5)."""
+    if preset not in FLUX_PRESETS:
+        raise ValueError(f"unknown tiny FLUX preset {preset!r}; choose one of {sorted(FLUX_PRESETS)}")
+    p = dict(FLUX_PRESETS[preset])
+    heads = heads or p["heads"]
+    head_dim = head_dim or p["head_dim"]
+    layers = layers or p["layers"]
+    single_layers = single_layers or p["single_layers"]
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        tok, tok2 = make_clip_tokenizer(), make_t5_tokenizer()
+        te1 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=clip_hidden, intermediate_size=2 * clip_hidden,
+            num_hidden_layers=clip_layers, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            hidden_act="gelu"))
+        te2 = T5EncoderModel(T5Config(
+            vocab_size=len(tok2), d_model=t5_dim, d_kv=8, d_ff=2 * t5_dim, num_layers=t5_layers, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=tok2.pad_token_id, eos_token_id=tok2.eos_token_id,
+            decoder_start_token_id=0, dropout_rate=0.0))
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * latent_channels, num_layers=layers, num_single_layers=single_layers,
+            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=t5_dim,
+            pooled_projection_dim=clip_hidden, guidance_embeds=guidance_embeds, axes_dims_rope=_rope_axes(head_dim))
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
+            block_out_channels=tuple(vae_blocks), layers_per_block=1, latent_channels=latent_channels,
+            norm_num_groups=min(vae_blocks), use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=vae_shift_factor, scaling_factor=vae_scaling_factor,
+        )
+    finally:
+        torch.random.set_rng_state(gen_state)
+    for m in (te1, te2, transformer, vae):
+        m.eval()  # modules built from configs start in train() mode (stack-notes P2)
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1's scheduler settings (objectives.md 4.2)
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=te1, tokenizer=tok, text_encoder_2=te2,
+                        tokenizer_2=tok2, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_tiny(out_dir: str | Path, *, family: str = "sd3", preset: str = "tiny", dual_attention: bool = False,
+              seed: int = 0, **kwargs: Any) -> Path:
+    """Build a tiny pipeline of ``family`` (sd3 | flux) and ``save_pretrained`` it to ``out_dir``
+    (returned, absolute)."""
     out = Path(out_dir).expanduser().resolve()
-    pipe = make_tiny_pipeline(preset=preset, dual_attention=dual_attention, seed=seed, **kwargs)
+    if family == "flux":
+        if dual_attention:
+            raise ValueError("dual_attention is an SD3.5 option; FLUX has no attn2")
+        pipe = make_tiny_flux_pipeline(preset=preset, seed=seed, **kwargs)
+    elif family == "sd3":
+        pipe = make_tiny_pipeline(preset=preset, dual_attention=dual_attention, seed=seed, **kwargs)
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out)
     return out
