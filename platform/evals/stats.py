@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,33 +72,37 @@ class PairedComparison:
 
 
 @dataclass(frozen=True)
-class _Units:
-    """Per-unit sums over the shared pairs, grouped by stratum (sorted, so record order and
-    dict order never change a number)."""
+class Units:
+    """Per-unit sums of several score maps over their shared pairs, grouped by stratum (sorted, so
+    record order and dict order never change a number)."""
 
-    sum_a: list[np.ndarray]  # per stratum: sum of A's scores per unit
-    sum_b: list[np.ndarray]
-    count: list[np.ndarray]  # shared samples per unit
+    sums: list[list[np.ndarray]]  # per score map, per stratum: sum of its scores per unit
+    count: list[np.ndarray]  # per stratum: shared samples per unit
     weighted: bool  # strata: ratio of sums within the stratum; else: mean of per-unit means
+    n_pairs: int  # shared (prompt, sample) keys
+    n_prompts: int
 
 
-def _statistic(values: list[np.ndarray], counts: list[np.ndarray], weighted: bool) -> float:
+def statistic(values: list[np.ndarray], counts: list[np.ndarray], weighted: bool) -> float:
+    """The benchmark's score from per-unit sums (module docstring, "Statistic")."""
     parts = [v.sum() / c.sum() if weighted else (v / c).mean() for v, c in zip(values, counts)]
     return float(np.mean(parts))
 
 
-def _group(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float],
-           strata: Mapping[int, str] | None, units: Mapping[int, Hashable] | None) -> tuple[_Units, int, int]:
-    shared = sorted(set(a) & set(b))
+def group_units(maps: list[Mapping[tuple[int, int], float]], strata: Mapping[int, str] | None,
+                units: Mapping[int, Hashable] | None) -> Units:
+    """Sum each score map per resampling unit on the keys ALL maps share (`paired_comparison`
+    with two maps; the leaderboard's joint rank intervals with one per row)."""
+    shared = sorted(set.intersection(*(set(m) for m in maps)))
     if not shared:
-        raise ComparisonError("no shared (prompt, sample) pairs: the two evaluations scored different prompts")
-    sums: dict[tuple[str, str], list[float]] = {}  # (stratum, unit) -> [sum_a, sum_b, count]
+        raise ComparisonError("no shared (prompt, sample) pairs: the evaluations scored different prompts")
+    sums: dict[tuple[str, str], list[float]] = {}  # (stratum, unit) -> [sum per map..., count]
     unit_stratum: dict[str, str] = {}
     prompts: set[int] = set()
     for key in shared:
         prompt = int(key[0])
-        va, vb = float(a[key]), float(b[key])
-        if not (math.isfinite(va) and math.isfinite(vb)):
+        values = [float(m[key]) for m in maps]
+        if not all(math.isfinite(v) for v in values):
             raise ComparisonError(f"non-finite score for prompt {prompt} sample {key[1]}")
         stratum = ""
         if strata is not None:
@@ -109,30 +113,40 @@ def _group(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float
         if unit_stratum.setdefault(unit, stratum) != stratum:
             raise ComparisonError(f"prompt {prompt} is in stratum {stratum!r} but its unit {unit} is in "
                                   f"{unit_stratum[unit]!r}: a resampling unit must lie in one stratum")
-        acc = sums.setdefault((stratum, unit), [0.0, 0.0, 0.0])
-        acc[0] += va
-        acc[1] += vb
-        acc[2] += 1.0
+        acc = sums.setdefault((stratum, unit), [0.0] * (len(maps) + 1))
+        for i, v in enumerate(values):
+            acc[i] += v
+        acc[-1] += 1.0
         prompts.add(prompt)
     by_stratum: dict[str, list[list[float]]] = {}
     for (stratum, _unit), acc in sorted(sums.items()):
         by_stratum.setdefault(stratum, []).append(acc)
     cols = [np.asarray(rows, dtype=np.float64) for _s, rows in sorted(by_stratum.items())]
-    grouped = _Units(sum_a=[c[:, 0] for c in cols], sum_b=[c[:, 1] for c in cols], count=[c[:, 2] for c in cols],
-                     weighted=strata is not None)
-    return grouped, len(shared), len(prompts)
+    return Units(sums=[[c[:, i] for c in cols] for i in range(len(maps))], count=[c[:, -1] for c in cols],
+                 weighted=strata is not None, n_pairs=len(shared), n_prompts=len(prompts))
+
+
+def resample_indices(sizes: list[int], n_boot: int, rng: np.random.Generator) -> Iterator[list[np.ndarray]]:
+    """The bootstrap's draws, in blocks of at most `_CHUNK` resamples: per stratum (units of sizes
+    `sizes`, in order) a (block, size) array of unit indices drawn with replacement. One
+    definition, so `paired_comparison` and the leaderboard's joint rank intervals
+    (awm_platform.ui.ranking) resample identically from the same seed."""
+    for start in range(0, n_boot, _CHUNK):
+        block = min(_CHUNK, n_boot - start)
+        yield [rng.integers(0, n, size=(block, n)) for n in sizes]
 
 
 def _bootstrap(diffs: list[np.ndarray], counts: list[np.ndarray], weighted: bool, n_boot: int,
                rng: np.random.Generator) -> np.ndarray:
     out = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, _CHUNK):
-        size = min(_CHUNK, n_boot - start)
+    start = 0
+    for draws in resample_indices([d.size for d in diffs], n_boot, rng):
+        size = draws[0].shape[0]
         acc = np.zeros(size, dtype=np.float64)
-        for d, c in zip(diffs, counts):
-            idx = rng.integers(0, d.size, size=(size, d.size))
+        for d, c, idx in zip(diffs, counts, draws):
             acc += d[idx].sum(axis=1) / c[idx].sum(axis=1) if weighted else (d / c)[idx].mean(axis=1)
         out[start:start + size] = acc / len(diffs)
+        start += size
     return out
 
 
@@ -178,11 +192,13 @@ def paired_comparison(
         raise ComparisonError(f"n_boot and n_perm must be >= 1 (got {n_boot}, {n_perm})")
     if not 0.0 < alpha < 1.0:
         raise ComparisonError(f"alpha must be in (0, 1) (got {alpha})")
-    g, n_pairs, n_prompts = _group(a, b, strata, units)
-    mean_a = _statistic(g.sum_a, g.count, g.weighted)
-    mean_b = _statistic(g.sum_b, g.count, g.weighted)
-    diffs = [sb - sa for sa, sb in zip(g.sum_a, g.sum_b)]
-    diff = _statistic(diffs, g.count, g.weighted)
+    g = group_units([a, b], strata, units)
+    n_pairs, n_prompts = g.n_pairs, g.n_prompts
+    sum_a, sum_b = g.sums
+    mean_a = statistic(sum_a, g.count, g.weighted)
+    mean_b = statistic(sum_b, g.count, g.weighted)
+    diffs = [sb - sa for sa, sb in zip(sum_a, sum_b)]
+    diff = statistic(diffs, g.count, g.weighted)
     rng = np.random.default_rng(seed)
     n_units = sum(d.size for d in diffs)
     if n_units < 2:

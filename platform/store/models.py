@@ -187,8 +187,8 @@ def compare_hash(benchmark: str, benchmark_version: str, spec: Mapping[str, Any]
     """16 hex characters naming a comparable group: two evaluations are paired (same prompts, seeds
     and sampler) iff their compare hashes are equal: same benchmark, benchmark version, spec but
     its weights (`COMPARABLE_ACROSS`), both partial or both full. Stored in
-    `evaluations.compare_hash`; `awm_platform.evals.stats.comparison_key` is this value. (Here, not
-    in evals.stats: the store computes it on insert and evals.stats imports the store.)"""
+    `evaluations.compare_hash` (`awm eval compare` and the leaderboard pair on it). Here, not in
+    awm_platform.evals.stats: the store computes it on insert, and evals.stats imports the store."""
     kept = {k: v for k, v in spec.items() if k not in COMPARABLE_ACROSS}
     text = json.dumps([benchmark, benchmark_version, kept, bool(partial)], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
