@@ -565,7 +565,8 @@ def rank_rows(store: Store, rows: Sequence[LeaderboardRow], benchmark: str, limi
                 strata.setdefault(p, extra["tag"])
             if isinstance(extra.get("prompt"), str):
                 units.setdefault(p, extra["prompt"])
-    scored = {ids[i]: UnitScores(m, strata or None, units or None) for i, m in maps.items() if m}
+    shown = {r.key: r.scores[benchmark].score for r in chosen}
+    scored = {ids[i]: UnitScores(m, strata or None, units or None, shown[ids[i]]) for i, m in maps.items() if m}
     return rank_intervals(scored, n_boot=n_boot, seed=seed, alpha=alpha)
 
 

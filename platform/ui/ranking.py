@@ -31,6 +31,7 @@ class UnitScores:
     scores: Mapping[tuple[int, int], float]  # (prompt_index, sample_index) -> score
     strata: Mapping[int, str] | None = None
     units: Mapping[int, Hashable] | None = None
+    score: float | None = None  # the score the row shows (its rank follows it); None: the scores' statistic
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def rank_intervals(rows: Mapping[str, UnitScores], *, n_boot: int = 1000, seed: 
     keys, point, boot = bootstrap_scores(rows, n_boot=n_boot, seed=seed)
     better = significance(point, boot, alpha)
     n = len(keys)
-    order = sorted(range(n), key=lambda i: (-point[i], keys[i]))
+    shown = [rows[k].score if rows[k].score is not None else float(point[i]) for i, k in enumerate(keys)]
+    order = sorted(range(n), key=lambda i: (-shown[i], keys[i]))
     out: dict[str, RankInterval] = {}
     group, last_low = 0, None
     for position, i in enumerate(order, start=1):
