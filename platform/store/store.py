@@ -423,16 +423,12 @@ class Store:
         def op() -> tuple[Evaluation, bool]:
             now = utcnow()
             with self.session() as s:
-                stmt = self._insert(Evaluation).values(
+                stmt = self._insert(Evaluation).values(_evaluation_values(
                     checkpoint_sha256=checkpoint_sha256, benchmark=benchmark, benchmark_version=benchmark_version,
-                    spec_hash=spec_hash, spec=dict(spec), target=target, run_name=run_name, step=step,
-                    weights=str(spec.get("weights", "policy")),
-                    compare_hash=compare_hash(benchmark, benchmark_version, spec, partial),
-                    checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=bool(partial),
-                    num_shards=int(num_shards), images_dir=images_dir, status=EvalStatus.PENDING.value,
-                    sub_scores={}, num_samples=0, job_ids=[], gpu_hours=0.0, mirrored=False,
-                    created_at=now, updated_at=now,
-                ).on_conflict_do_nothing(index_elements=["checkpoint_sha256", "benchmark", "benchmark_version",
+                    spec_hash=spec_hash, spec=spec, target=target, run_name=run_name, step=step,
+                    checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=partial,
+                    num_shards=num_shards, images_dir=images_dir, now=now,
+                )).on_conflict_do_nothing(index_elements=["checkpoint_sha256", "benchmark", "benchmark_version",
                                                          "spec_hash"]).returning(Evaluation.id)
                 # RETURNING, not rowcount: the ORM's insert path reports no rowcount on PostgreSQL
                 created = s.execute(stmt).first() is not None
@@ -444,6 +440,48 @@ class Store:
             return ev, created
 
         return self._retry(op)
+
+    def import_evaluations(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Record evaluations that were computed elsewhere as COMPLETED, with their aggregate, in
+        ONE transaction (bulk: results brought over from another store, the leaderboard's
+        performance seed in perf/leaderboard.py). Each record holds `ensure_evaluation`'s keyword
+        arguments (num_shards defaults to 1) plus `score`, `ci_low`, `ci_high`, `sub_scores`,
+        `num_samples`; the row is derived exactly as `ensure_evaluation` derives it (weights,
+        compare_hash) and its shards are DONE. A key already in the store is an error (nothing is
+        written). No per-sample rows: those come only from a worker's `commit_shard`. Returns the
+        number of evaluations written."""
+        now = utcnow()
+        rows = []
+        for r in records:
+            values = _evaluation_values(
+                checkpoint_sha256=r["checkpoint_sha256"], benchmark=r["benchmark"],
+                benchmark_version=r["benchmark_version"], spec_hash=r["spec_hash"], spec=r["spec"],
+                target=r["target"], run_name=r.get("run_name"), step=r.get("step"),
+                checkpoint_id=r.get("checkpoint_id"), checkpoint_path=r.get("checkpoint_path"),
+                partial=bool(r.get("partial", False)), num_shards=int(r.get("num_shards", 1)),
+                images_dir=r.get("images_dir"), now=now)
+            values.update(status=EvalStatus.COMPLETED.value, score=float(r["score"]), ci_low=float(r["ci_low"]),
+                          ci_high=float(r["ci_high"]), sub_scores=dict(r.get("sub_scores") or {}),
+                          num_samples=int(r["num_samples"]), started_at=now, ended_at=now)
+            rows.append(values)
+
+        def op() -> int:
+            try:
+                with self.session() as s:
+                    for start in range(0, len(rows), SAMPLE_ROWS_PER_INSERT // 4):
+                        chunk = rows[start:start + SAMPLE_ROWS_PER_INSERT // 4]
+                        created = s.execute(self._insert(Evaluation).values(chunk)
+                                            .returning(Evaluation.id, Evaluation.num_shards)).all()
+                        shards = [{"evaluation_id": ev_id, "shard_index": k, "status": ShardStatus.DONE.value,
+                                   "attempts": 0, "num_images": 0, "finished_at": now}
+                                  for ev_id, n in created for k in range(n)]
+                        s.execute(self._insert(EvalShard).values(shards))
+            except IntegrityError as exc:
+                raise StoreError(f"cannot import the evaluations: an evaluation key is already in the store "
+                                 f"({str(exc.orig).splitlines()[0]})") from None
+            return len(rows)
+
+        return self._retry(op) if rows else 0
 
     def get_evaluation(self, evaluation_id: int) -> Evaluation:
         with self.session() as s:
@@ -822,6 +860,21 @@ def shard_claimable(shard: EvalShard, now: datetime) -> bool:
         return True
     lease = as_utc(shard.lease_expires_at)
     return shard.status == ShardStatus.RUNNING and (lease is None or lease <= now)
+
+
+def _evaluation_values(*, checkpoint_sha256: str, benchmark: str, benchmark_version: str, spec_hash: str,
+                       spec: Mapping[str, Any], target: str, run_name: str | None, step: int | None,
+                       checkpoint_id: int | None, checkpoint_path: str | None, partial: bool, num_shards: int,
+                       images_dir: str | None, now: datetime) -> dict[str, Any]:
+    """A new evaluation row (PENDING), its derived columns included: the one place they are derived."""
+    return {"checkpoint_sha256": checkpoint_sha256, "benchmark": benchmark, "benchmark_version": benchmark_version,
+            "spec_hash": spec_hash, "spec": dict(spec), "target": target, "run_name": run_name, "step": step,
+            "weights": str(spec.get("weights", "policy")),
+            "compare_hash": compare_hash(benchmark, benchmark_version, spec, partial),
+            "checkpoint_id": checkpoint_id, "checkpoint_path": checkpoint_path, "partial": bool(partial),
+            "num_shards": int(num_shards), "images_dir": images_dir, "status": EvalStatus.PENDING.value,
+            "sub_scores": {}, "num_samples": 0, "job_ids": [], "gpu_hours": 0.0, "mirrored": False,
+            "created_at": now, "updated_at": now}
 
 
 def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping[str, Any] | None = None,

@@ -448,3 +448,24 @@ def test_migration_0003_backfills_weights_groups_and_params(tmp_path) -> None:
     assert ema.compare_hash == legacy.compare_hash == compare_hash("ocr", "v1", {"num_steps": 40}, False)
     assert _params(store, "r") == {"method": ["awm"], "train.beta": [0.2], "lora.rank": [4.0], "tag": ["x"]}
     store.close()
+
+
+def test_import_evaluations_records_completed_rows_as_ensure_does(store: Store) -> None:
+    from awm_platform.store import EvalStatus, compare_hash
+
+    records = [{"checkpoint_sha256": f"{i}" * 64, "benchmark": "ocr", "benchmark_version": "v1", "spec_hash": "s",
+                "spec": {"num_steps": 40, "weights": "ema" if i == 2 else "policy"}, "target": f"r@{i}",
+                "run_name": "r", "step": i, "num_shards": 2, "score": 0.1 * i, "ci_low": 0.0, "ci_high": 1.0,
+                "sub_scores": {"per_tag": {"a": 0.5}}, "num_samples": 10} for i in range(1, 4)]
+    assert store.import_evaluations(records) == 3
+    evs = store.list_evaluations(status=EvalStatus.COMPLETED)
+    assert [(e.step, e.score, e.weights, e.sub_scores) for e in evs] == [
+        (i, pytest.approx(0.1 * i), "ema" if i == 2 else "policy", {"per_tag": {"a": 0.5}}) for i in range(1, 4)]
+    assert {e.compare_hash for e in evs} == {compare_hash("ocr", "v1", {"num_steps": 40}, False)}
+    assert [s.status for e in evs for s in store.list_shards(e.id)] == ["DONE"] * 6
+    ev, created = store.ensure_evaluation(checkpoint_sha256="1" * 64, benchmark="ocr", benchmark_version="v1",
+                                          spec_hash="s", spec={}, target="x", num_shards=1)
+    assert not created and ev.id == evs[0].id  # the scheduler sees it as done: nothing to evaluate again
+    with pytest.raises(StoreError, match="already in the store"):
+        store.import_evaluations(records[:1] + [dict(records[0], checkpoint_sha256="9" * 64)])
+    assert store.find_evaluation("9" * 64, "ocr", "v1", "s") is None  # one transaction: nothing written
