@@ -19,6 +19,7 @@ import typer
 
 from awm_platform.cli.common import fail
 from awm_platform.paths import default_mlflow_tracking_uri, default_platform_db_url
+from awm_platform.redaction import redact_text, redact_url
 
 #: environment variables `app.py` reads (the only way the command's options reach the app)
 ENV_DB_URL = "AWM_UI_DB_URL"
@@ -54,6 +55,7 @@ def _check_bind(host: str, port: int) -> None:
 
 def _check_store(url: str) -> None:
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
 
     from awm_platform.store import Store, StoreError
 
@@ -67,6 +69,9 @@ def _check_store(url: str) -> None:
             current, head = store.current_revision(), store.head_revision()
     except StoreError as exc:  # the message names the store by its redacted URL
         fail(str(exc))
+    except OperationalError as exc:  # the first connection (PostgreSQL connects lazily): server down, bad login
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        fail(f"cannot open the platform store {redact_url(url)}: {redact_text(reason[0] if reason else '')[0]}")
     if current != head:
         fail(f"the store {store.redacted_url} is at schema revision {current or 'none'}, this awm reads {head}: "
              f"run `awm db upgrade --url URL` first")

@@ -115,6 +115,13 @@ CASES = [
          ["--once and --interval exclude each other"]),
     Case("eval-list-unknown-status", ["eval", "list", "--status", "DONE"],
          ["--status 'DONE': expected one of PENDING, RUNNING, COMPLETED, FAILED, CANCELLED"]),
+    Case("ui-port-out-of-range", ["ui", "--port", "70000"], ["--port 70000: expected a TCP port between 1 and 65535"]),
+    Case("ui-unknown-host", ["ui", "--host", "no-such-host.invalid"], ["--host 'no-such-host.invalid'"]),
+    Case("ui-image-root-not-a-folder", ["ui", "--image-root", "{file}"], ["--image-root", "not a folder"]),
+    Case("ui-port-zero", ["ui", "--port", "0"], ["--port 0"]),
+    Case("ui-store-missing", ["ui", "--db", "sqlite:///{tmp}/none.db"], ["no platform store at", "none.db"]),
+    Case("ui-store-unreachable", ["ui", "--db", "postgresql+psycopg://awm:S3cr3t@127.0.0.1:1/awm"],
+         ["cannot open the platform store postgresql+psycopg://awm:***@127.0.0.1:1/awm"]),
 ]
 
 

@@ -26,7 +26,13 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Iterator
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ import optuna
 import pytest
 import yaml
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from awm_platform.config import config_from_dict, config_hash, resolved_config
 from awm_platform.evals import images
@@ -61,6 +68,8 @@ PROMPT_SHA = hashlib.sha256(b"prompts").hexdigest()
 #: what gamma's recorded Optuna storage holds; the pages must never show the password
 SECRET = "Sup3r-S3cret-PW"
 GAMMA_STORAGE = f"postgresql+psycopg://optuna:{SECRET}@127.0.0.1:1/optuna"
+#: the MLflow server the pages link to (never contacted); its password must never show either
+TRACKING_URI = f"http://ui:{SECRET}@127.0.0.1:5999"
 IMAGE_RUNS = ("alpha-t0", "alpha-t1")
 FAILED_RUN, FAILED_STEP = "beta-t3", 50
 PARTIAL_RUN, PARTIAL_STEP = "alpha-t2", 100
@@ -198,8 +207,6 @@ def _study(storage: str, name: str, sweep_cfg: dict[str, Any], trials: list[tupl
 
 
 def seed(home: Path) -> Seeded:
-    import time
-
     t0 = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)
     out = Seeded(home=home, url=f"sqlite:///{home / 'platform.db'}", optuna_url=f"sqlite:///{home / 'optuna.db'}",
@@ -243,6 +250,7 @@ def seed(home: Path) -> Seeded:
                                  output_dir=run_dir, cluster="local", sweep_name=sweep, trial_number=n,
                                  status={"COMPLETE": "COMPLETED", "PRUNED": "CANCELLED", "FAIL": "FAILED"}[state])
                 store.add_gpu_hours(name, gpu_hours=0.5 + 0.1 * n)
+                store.update_run(name, mlflow_run_id=hashlib.sha256(name.encode()).hexdigest()[:32])
                 steps = STEPS if state != "FAIL" else STEPS[:4]
                 for step in (*steps, INLOOP_STEP):
                     q = quality * (0.6 + 0.4 * step / STEPS[-1])
@@ -295,3 +303,96 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         else:
             os.environ["AWM_HOME"] = prev
     yield out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class UiServer:
+    """`awm ui` running on the seeded store (its own process group, stopped by pid at the end)."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    base_url: str
+    log: Path
+
+
+def start_ui(seeded: Seeded, log: Path, *extra: str, timeout: float = 60.0) -> UiServer:
+    port = free_port()
+    env = {**os.environ, "AWM_HOME": str(seeded.home)}
+    env.pop("AWM_UI_DB_URL", None)
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "awm"), "ui", "--port", str(port), "--db", seeded.url,
+                                 "--tracking-uri", TRACKING_URI, *extra], stdout=fh, stderr=subprocess.STDOUT,
+                                text=True, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"awm ui exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                if r.read().decode().strip() == "ok":
+                    return UiServer(proc=proc, port=port, base_url=base, log=log)
+        except OSError:
+            time.sleep(0.2)
+    stop_ui(proc)
+    raise AssertionError(f"awm ui did not answer within {timeout} s: {log.read_text()[-2000:]}")
+
+
+def stop_ui(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ui_server(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
+    server = start_ui(seeded, tmp_path_factory.mktemp("ui") / "awm-ui.log")
+    try:
+        yield server
+    finally:
+        stop_ui(server.proc)
+
+
+APP_FILE = REPO / "platform" / "ui" / "app.py"
+
+
+@pytest.fixture
+def open_page(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
+    """open_page(view=..., **query params) -> the app rendered in AppTest against the seeded store
+    (as `awm ui` starts it: the URLs in environment variables, $AWM_HOME the seed's)."""
+    monkeypatch.setenv("AWM_HOME", str(seeded.home))
+    monkeypatch.setenv("AWM_UI_DB_URL", seeded.url)
+    monkeypatch.setenv("AWM_UI_TRACKING_URI", TRACKING_URI)
+
+    def run(**params: Any) -> AppTest:
+        at = AppTest.from_file(str(APP_FILE), default_timeout=60)
+        for k, v in params.items():
+            at.query_params[k.replace("__", ".")] = str(v)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return run
+
+
+def page_text(at: AppTest) -> str:
+    """Everything a page shows as text: markdown, captions, alerts, code, metrics, tables, JSON."""
+    parts: list[str] = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "error", "warning", "info", "success",
+                 "code", "json", "text"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [df.value.to_csv() for df in at.dataframe]
+    parts += [" ".join(map(str, w.options)) for w in (*at.selectbox, *at.multiselect)]
+    parts += [" ".join(img.captions) for img in at.get("image")]
+    return "\n".join(parts)

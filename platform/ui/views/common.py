@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import streamlit as st
 from sqlalchemy.engine import make_url
@@ -105,7 +106,10 @@ def mlflow_link(tracking_uri: str | None, run_id: str | None) -> str | None:
     """The MLflow UI's page of a run when the tracking URI is a server (http/https); else None."""
     if not tracking_uri or not run_id or not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{redact_url(tracking_uri).rstrip('/')}/#/runs/{run_id}"
+    # no credentials in a link (the browser asks for them): redacted first, then the userinfo dropped
+    parts = urlsplit(redact_url(tracking_uri))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")) + f"/#/runs/{run_id}"
 
 
 def mlflow_hint(tracking_uri: str | None) -> str:
