@@ -1,4 +1,4 @@
-"""Fixtures for the trainer tests: one tiny SD3 pipeline per session, small configs, 1 thread."""
+"""Fixtures for the trainer tests: one tiny SD3 and one tiny FLUX pipeline per session, small configs, 1 thread."""
 
 from __future__ import annotations
 
@@ -25,6 +25,14 @@ def tiny_dir(tmp_path_factory) -> Path:
     from trainers.awm.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "sd3-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> Path:
+    """The tiny random FLUX pipeline (tests/trainer/test_flux*.py share it)."""
+    from trainers.awm.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "flux-tiny", family="flux")
 
 
 def _merge(base: dict, over: dict) -> dict:

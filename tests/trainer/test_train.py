@@ -333,9 +333,10 @@ def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
             signal.signal(s, h)
 
 
-@pytest.mark.slow
-def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
-    """A real `kill -9` of `awm train` after the first checkpoint; the rerun resumes bitwise."""
+def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path) -> None:
+    """A real `kill -9` of `awm train` (on the config `cfg_dict`) after its first checkpoint; the
+    rerun resumes and ends bitwise equal to the uninterrupted run `run0`, with no duplicate metrics.
+    Shared by the SD3 test below and the FLUX one (tests/trainer/test_flux.py)."""
     import os
     import signal
     import subprocess
@@ -344,11 +345,8 @@ def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
 
     import yaml
 
-    from tests.trainer.conftest import small_config_dict
-
-    _, run0, _ = baseline
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(yaml.safe_dump(small_config_dict(tiny_dir, **BASE)))
+    cfg_path.write_text(yaml.safe_dump(cfg_dict))
     run = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     cmd = [sys.executable, "-c",
@@ -373,3 +371,12 @@ def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
     assert max(_metric_keys(run).values()) == 1 and set(_metric_keys(run)) == set(_metric_keys(run0))
     assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
+    """A real `kill -9` of `awm train` after the first checkpoint; the rerun resumes bitwise."""
+    from tests.trainer.conftest import small_config_dict
+
+    _, run0, _ = baseline
+    sigkill_then_resume(small_config_dict(tiny_dir, **BASE), run0, tmp_path)

@@ -48,6 +48,10 @@ class PretrainedConfig(ConfigSection):
         "StableDiffusion3Pipeline -> sd3, FluxPipeline -> flux)")
     dtype: Literal["fp32", "fp16", "bf16"] = Field(
         "fp16", description="inference dtype of the frozen text encoders and VAE")
+    transformer_dtype: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="storage dtype of the frozen base transformer weights (the LoRA parameters and the "
+        "optimizer stay fp32 whatever it is): fp32 as upstream AWM; bf16 as Flow-GRPO's FLUX (FLUX.1-dev's 12B "
+        "parameters take 48 GB in fp32, 24 GB in bf16). Must equal mixed_precision when not fp32")
     guidance: float | None = Field(
         None, gt=0.0, le=100.0, description="distilled guidance g of a guidance-distilled model (FLUX.1-dev's "
         "guidance embedding), the same in rollouts, training and evaluation; None = 3.5 (Flow-GRPO's and "
@@ -134,6 +138,9 @@ class TrainConfig(ConfigSection):
     ema_update_step_interval: int = Field(1, ge=1)
     off_policy: bool = False
     use_sa_solver: bool = True
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the transformer blocks' activations in the backward pass (memory for "
+        "compute: about one more forward per trained pass); needed for FLUX.1-dev at 512 px with larger micro-batches")
     lora_path: str | None = None
     lora_path_step: int | None = Field(
         None, ge=0, description="global step the lora_path weights were trained for: the KL-EMA and weight-EMA "
@@ -224,6 +231,11 @@ class TrainerConfig(ConfigSection):
             raise ValueError(
                 "sample.num_image_per_prompt=1 with per_prompt_stat_tracking=true: a group of one "
                 "image has zero std and every advantage is 0; use >= 2 or disable per-prompt stats")
+        td = self.pretrained.transformer_dtype
+        if td != "fp32" and self.mixed_precision != td:
+            raise ValueError(
+                f"pretrained.transformer_dtype={td} needs mixed_precision={td} (a {td} transformer computes under "
+                f"{td} autocast; mixed_precision is {self.mixed_precision!r})")
         unknown = set(self.reward_kwargs) - set(self.reward_fn) - set(self.eval.rewards or {})
         if unknown:
             raise ValueError(f"reward_kwargs has options for rewards not in reward_fn: {sorted(unknown)}")

@@ -54,18 +54,29 @@ def make_lora_config(*, rank: int, alpha: float, init: str, target_modules: list
 def add_policy_adapters(transformer, lora_config, *, with_ema: bool = True) -> None:
     """Freeze the base, add the trainable "default" adapter and (optionally) the "ema" copy.
 
-    PEFT's Gaussian init sets B = 0, so the initial LoRA delta is exactly zero.
+    PEFT's Gaussian init sets B = 0, so the initial LoRA delta is exactly zero. The adapters are fp32
+    whatever the base weights are stored in (PEFT creates them in the base layer's dtype; a bf16 base,
+    ``pretrained.transformer_dtype``, would otherwise train bf16 LoRA weights with a bf16 AdamW state).
     """
     transformer.requires_grad_(False)
     transformer.add_adapter(copy.deepcopy(lora_config), adapter_name=POLICY)
     if not _matched_any(transformer):
         raise ValueError(f"LoRA target_modules {sorted(lora_config.target_modules)} matched no module of the transformer")
+    _adapters_to_fp32(transformer)
     if with_ema:
         with warnings.catch_warnings():  # PEFT warns about a second adapter; two are intended here
             warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
             transformer.add_adapter(copy.deepcopy(lora_config), adapter_name=EMA)
+        _adapters_to_fp32(transformer)
         copy_adapter_(transformer, src=POLICY, dst=EMA)
     transformer.set_adapter(POLICY)
+
+
+def _adapters_to_fp32(transformer) -> None:
+    with torch.no_grad():
+        for n, p in transformer.named_parameters():
+            if "lora_" in n and p.dtype != torch.float32:
+                p.data = p.data.float()
 
 
 def _matched_any(transformer) -> bool:

@@ -132,7 +132,7 @@ class ModelFamily:
 
     @classmethod
     def load(cls, model: str, *, revision: str | None = "main", device="cpu", inference_dtype: str = "fp32",
-             guidance: float | None = None) -> ModelFamily:
+             guidance: float | None = None, transformer_dtype: str = "fp32") -> ModelFamily:
         raise NotImplementedError
 
     def encode_prompts(self, prompts: list[str], *, max_sequence_length: int) -> Cond:
@@ -256,23 +256,29 @@ def resolve_family(family: str, model: str, revision: str | None = "main") -> st
 
 
 def load_family(family: str, model: str, *, revision: str | None = "main", device="cpu",
-                inference_dtype: str = "fp32", guidance: float | None = None) -> ModelFamily:
+                inference_dtype: str = "fp32", guidance: float | None = None,
+                transformer_dtype: str = "fp32") -> ModelFamily:
     """Resolve ``family`` (``auto`` included) and load ``model`` with it (ModelLoadError says what is wrong)."""
     name = resolve_family(family, model, revision)
     return get_family(name).load(model, revision=revision, device=device, inference_dtype=inference_dtype,
-                                 guidance=guidance)
+                                 guidance=guidance, transformer_dtype=transformer_dtype)
 
 
-def _load_pipeline(pipeline_cls, model: str, revision: str | None):
-    """``pipeline_cls.from_pretrained`` from a local folder or a hub id (the HF cache when offline)."""
+def _load_pipeline(pipeline_cls, model: str, revision: str | None, transformer_dtype: str = "fp32"):
+    """``pipeline_cls.from_pretrained`` from a local folder or a hub id (the HF cache when offline).
+    A non-fp32 ``transformer_dtype`` loads the transformer in it directly: FLUX.1-dev's 12B parameters
+    would take 48 GB of host memory per process in fp32 before the cast."""
     dlogging.disable_progress_bar()
     try:
         tlogging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
     src, kw = _source(model, revision)
+    load_kw = dict(kw)
+    if transformer_dtype != "fp32":
+        load_kw["dtype"] = {"transformer": torch_dtype(transformer_dtype), "default": torch.float32}
     try:
-        pipe = pipeline_cls.from_pretrained(src, **kw)
+        pipe = pipeline_cls.from_pretrained(src, **load_kw)
     except Exception as exc:  # OSError, LocalEntryNotFoundError, offline errors, ...
         raise ModelLoadError(
             f"could not load pretrained.model={model!r} ({'local folder ' + src if not kw else 'hub id, revision ' + kw['revision']}"
@@ -282,9 +288,11 @@ def _load_pipeline(pipeline_cls, model: str, revision: str | None):
     return pipe
 
 
-def _freeze(pipe, frozen: tuple, device, inference_dtype) -> None:
-    """Text encoders and VAE: frozen, eval mode, in the inference dtype; the transformer: frozen, fp32
-    (LoRA is trained on it; compute precision comes from accelerate's autocast)."""
+def _freeze(pipe, frozen: tuple, device, inference_dtype, transformer_dtype: str = "fp32") -> None:
+    """Text encoders and VAE: frozen, eval mode, in the inference dtype; the transformer: frozen, fp32 by
+    default (LoRA is trained on it; compute precision comes from accelerate's autocast), or stored in
+    ``transformer_dtype`` (``pretrained.transformer_dtype``; the LoRA parameters are fp32 regardless,
+    ``lora.add_policy_adapters``)."""
     for m in frozen:
         if m is not None:
             m.requires_grad_(False)
@@ -292,7 +300,7 @@ def _freeze(pipe, frozen: tuple, device, inference_dtype) -> None:
             _move(m, device, inference_dtype)
     pipe.transformer.requires_grad_(False)
     pipe.transformer.eval()
-    _move(pipe.transformer, device, torch.float32)
+    _move(pipe.transformer, device, torch_dtype(transformer_dtype))
 
 
 class SD3Family(ModelFamily):
@@ -306,14 +314,14 @@ class SD3Family(ModelFamily):
     name = "sd3"
     pipeline_cls = StableDiffusion3Pipeline
 
-    def __init__(self, pipe, *, device="cpu", inference_dtype: str = "fp32") -> None:
+    def __init__(self, pipe, *, device="cpu", inference_dtype: str = "fp32", transformer_dtype: str = "fp32") -> None:
         self.pipe = pipe
         self.device = torch.device(device)
         self.inference_dtype = torch_dtype(inference_dtype)
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         _freeze(pipe, (pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae), self.device,
-                self.inference_dtype)
+                self.inference_dtype, transformer_dtype)
         self.latent_channels = int(self.transformer.config.in_channels)
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         self.flow_shift = float(pipe.scheduler.config.get("shift", 1.0))
@@ -323,14 +331,14 @@ class SD3Family(ModelFamily):
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str, *, revision: str | None = "main", device="cpu", inference_dtype: str = "fp32",
-             guidance: float | None = None) -> SD3Family:
+             guidance: float | None = None, transformer_dtype: str = "fp32") -> SD3Family:
         """Load from a local diffusers folder or a hub id (from the local HF cache when offline)."""
         if guidance is not None:
             raise ModelLoadError(f"pretrained.guidance={guidance} but pretrained.model={model!r} is an SD3 pipeline, "
                                  "which has no distilled-guidance embedding; unset pretrained.guidance "
                                  "(classifier-free guidance is sample.guidance_scale)")
-        return cls(_load_pipeline(StableDiffusion3Pipeline, model, revision), device=device,
-                   inference_dtype=inference_dtype)
+        return cls(_load_pipeline(StableDiffusion3Pipeline, model, revision, transformer_dtype), device=device,
+                   inference_dtype=inference_dtype, transformer_dtype=transformer_dtype)
 
     def latent_shape(self, resolution: int) -> tuple[int, ...]:
         f = self.vae_scale_factor
@@ -401,13 +409,15 @@ class FluxFamily(ModelFamily):
     name = "flux"
     pipeline_cls = FluxPipeline
 
-    def __init__(self, pipe, *, device="cpu", inference_dtype: str = "fp32", guidance: float | None = None) -> None:
+    def __init__(self, pipe, *, device="cpu", inference_dtype: str = "fp32", guidance: float | None = None,
+                 transformer_dtype: str = "fp32") -> None:
         self.pipe = pipe
         self.device = torch.device(device)
         self.inference_dtype = torch_dtype(inference_dtype)
         self.transformer = pipe.transformer
         self.vae = pipe.vae
-        _freeze(pipe, (pipe.text_encoder, pipe.text_encoder_2, pipe.vae), self.device, self.inference_dtype)
+        _freeze(pipe, (pipe.text_encoder, pipe.text_encoder_2, pipe.vae), self.device, self.inference_dtype,
+                transformer_dtype)
         self.latent_channels = int(self.transformer.config.in_channels) // 4
         self.vae_scale_factor = int(pipe.vae_scale_factor)
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
@@ -430,10 +440,11 @@ class FluxFamily(ModelFamily):
 
     @classmethod
     def load(cls, model: str, *, revision: str | None = "main", device="cpu", inference_dtype: str = "fp32",
-             guidance: float | None = None) -> FluxFamily:
+             guidance: float | None = None, transformer_dtype: str = "fp32") -> FluxFamily:
         """Load from a local diffusers folder or a hub id (from the local HF cache when offline)."""
-        return cls(_load_pipeline(FluxPipeline, model, revision), device=device, inference_dtype=inference_dtype,
-                   guidance=guidance)
+        return cls(_load_pipeline(FluxPipeline, model, revision, transformer_dtype), device=device,
+                   inference_dtype=inference_dtype,
+                   guidance=guidance, transformer_dtype=transformer_dtype)
 
     # ----------------------------------------------------------------- shapes
     def _side(self, resolution: int) -> int:

@@ -184,7 +184,7 @@ class AWMTrainer:
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
         self.family = load_family(cfg.pretrained.family, cfg.pretrained.model, revision=cfg.pretrained.revision,
                                   device=self.device, inference_dtype=cfg.pretrained.dtype,
-                                  guidance=cfg.pretrained.guidance)
+                                  guidance=cfg.pretrained.guidance, transformer_dtype=cfg.pretrained.transformer_dtype)
         tr = self.family.transformer
         targets = cfg.lora.target_modules or self.family.lora_target_modules(cfg.lora.type, cfg.lora.include_attn2)
         if cfg.lora.include_attn2 and not self.family.has_dual_attention():
@@ -193,6 +193,8 @@ class AWMTrainer:
         self.lora_config = L.make_lora_config(rank=cfg.lora.rank, alpha=cfg.lora.alpha, init=cfg.lora.init,
                                               target_modules=targets)
         L.add_policy_adapters(tr, self.lora_config, with_ema=True)
+        if cfg.train.gradient_checkpointing:
+            tr.enable_gradient_checkpointing()
         # the EMA ramps continue at the step the loaded LoRA was trained for (upstream sets global_step = S)
         self.ema_step_offset = 0
         if cfg.train.lora_path:
