@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, case, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -55,6 +55,7 @@ LEADERBOARD_PARAMS = ("method", "pretrained.model", "pretrained.family", "seed",
                       "train.kl_ema_decay", "train.kl_ema_decay_type", "train.ema_beta", "train.ema",
                       "train.ema_decay", "train.learning_rate", "train.weighting")
 DEFAULT_METHOD = "awm"
+READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` connections
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -120,7 +121,9 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # `Store.reading()`: a plain (deferred) transaction, a WAL snapshot that neither takes
+            # the write lock nor waits for a writer
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
         return engine
     connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
@@ -215,6 +218,16 @@ class Store:
     def session(self) -> Iterator[Session]:
         with self._sessions() as s, s.begin():
             yield s
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads only, in one transaction (one consistent snapshot of every
+        query made through it), rolled back at the end. On SQLite it is a deferred transaction,
+        not `session()`'s BEGIN IMMEDIATE: readers (the leaderboard) never take the write lock,
+        so they neither block the workers' commits nor wait behind them."""
+        with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn, conn.begin() as tx:
+            yield conn
+            tx.rollback()
 
     def _retry(self, fn: Any, attempts: int = 8) -> Any:
         """SQLite under heavy contention can still report 'database is locked' past the

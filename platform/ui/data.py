@@ -259,7 +259,7 @@ def change_marker(store: Store) -> str:
     """Cheap fingerprint of what the pages read: changes whenever a run, checkpoint, evaluation,
     sweep or metric is written (counts and max of ids / updated_at: index lookups)."""
     parts: list[Any] = []
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         for table, stamp in ((Run, Run.updated_at), (Evaluation, Evaluation.updated_at),
                              (Checkpoint, Checkpoint.created_at), (Sweep, Sweep.updated_at)):
             row = conn.execute(sa.select(sa.func.count(), sa.func.max(table.id), sa.func.max(stamp))).one()
@@ -375,17 +375,16 @@ def _check_sort(sort: str) -> None:
 
 
 def _pivot(views: Mapping[str, BenchmarkView]) -> tuple[list[Any], ColumnElement[bool]]:
-    """Per benchmark: max(CASE WHEN <its view> THEN <column> END) for id, score, CIs, n."""
+    """Per benchmark: max(CASE WHEN <its view> THEN <column> END) for id, score, CIs, n. A
+    compare_hash names its benchmark too (it hashes it), so the view test is on it alone."""
     e = Evaluation.__table__
     cols: list[Any] = []
-    in_view = []
-    for i, (b, v) in enumerate(views.items()):
-        cond = sa.and_(e.c.benchmark == b, e.c.compare_hash == v.compare_hash)
-        in_view.append(cond)
+    for i, v in enumerate(views.values()):
+        cond = e.c.compare_hash == v.compare_hash
         for name, col in (("id", e.c.id), ("score", e.c.score), ("lo", e.c.ci_low), ("hi", e.c.ci_high),
                           ("n", e.c.num_samples)):
             cols.append(sa.func.max(sa.case((cond, col))).label(f"b{i}_{name}"))
-    return cols, sa.or_(*in_view)
+    return cols, e.c.compare_hash.in_([v.compare_hash for v in views.values()])
 
 
 def _scores(row: Any, views: Mapping[str, BenchmarkView]) -> dict[str, Score]:
@@ -400,89 +399,102 @@ def _scores(row: Any, views: Mapping[str, BenchmarkView]) -> dict[str, Score]:
 
 
 def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[LeaderboardRow]:
+    """The base model's rows (weights `base`), one per base checkpoint: a handful of evaluations,
+    fetched by an index search and put side by side here."""
     if not views:
         return []
     e = Evaluation.__table__
-    cols, in_view = _pivot(views)
-    rows = conn.execute(sa.select(e.c.checkpoint_sha256, sa.func.max(e.c.target).label("target"), *cols)
-                        .where(e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
-                               e.c.weights == BASE_WEIGHTS, in_view)
-                        .group_by(e.c.checkpoint_sha256).order_by(sa.func.max(e.c.target))).all()
+    by_hash = {v.compare_hash: b for b, v in views.items()}
+    found: dict[str, tuple[str, dict[str, Score]]] = {}
+    for r in conn.execute(sa.select(e.c.id, e.c.checkpoint_sha256, e.c.target, e.c.compare_hash, e.c.score,
+                                    e.c.ci_low, e.c.ci_high, e.c.num_samples)
+                          .where(e.c.compare_hash.in_(list(by_hash)), e.c.status == EvalStatus.COMPLETED.value,
+                                 e.c.partial == sa.false(), e.c.weights == BASE_WEIGHTS).order_by(e.c.id)):
+        target, scores = found.setdefault(r.checkpoint_sha256, (r.target, {}))
+        scores[by_hash[r.compare_hash]] = Score(evaluation_id=int(r.id), score=float(r.score),
+                                                ci_low=float(r.ci_low), ci_high=float(r.ci_high),
+                                                n=int(r.num_samples), status=EvalStatus.COMPLETED.value)
     out = []
-    for r in rows:
-        scores = _scores(r, views)
+    for sha, (target, scores) in sorted(found.items(), key=lambda kv: kv[1][0]):
         model = next((views[b].spec.get("model") for b in scores), None)
         out.append(LeaderboardRow(
-            key=f"{r.checkpoint_sha256}:{BASE_WEIGHTS}", target=r.target, weights=BASE_WEIGHTS, is_base=True,
-            run_name=None, sweep_name=None, trial_number=None, step=None, checkpoint_path=None, run_dir=None,
-            mlflow_run_id=None, method=None, base_model=model, params={}, gpu_hours=0.0, created_at=None,
-            scores=scores, reward_per_gpu_hour=None))
+            key=f"{sha}:{BASE_WEIGHTS}", target=target, weights=BASE_WEIGHTS, is_base=True, run_name=None,
+            sweep_name=None, trial_number=None, step=None, checkpoint_path=None, run_dir=None, mlflow_run_id=None,
+            method=None, base_model=model, params={}, gpu_hours=0.0, created_at=None,
+            scores={b: scores[b] for b in views if b in scores}, reward_per_gpu_hour=None))
     return out
 
 
 def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     """One page of the leaderboard: rows (checkpoint x weights) with their score in each
     benchmark's view, filtered, sorted and paginated by the database. Raises ValueError for a
-    bad sort key, page size or spec (the message names the valid values)."""
+    bad sort key, page size or spec (the message names the valid values).
+
+    The statement: `g` pivots the filtered evaluations into one row per (checkpoint, weights)
+    (covering index ix_evaluations_pivot: no table row is read); `page` sorts those rows, counts
+    them (window count) and keeps one page; only the page's rows are then joined to their run,
+    checkpoint and parameters. Sorting on a run column joins the run inside `page` instead."""
     _check_sort(query.sort)
     if not 1 <= query.page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE} (got {query.page_size})")
     if query.page < 0:
         raise ValueError(f"page must be >= 0 (got {query.page})")
     f = query.filters
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         views = _chosen_views(conn, f)
         benchmarks = list(views)
         base_rows = _base_rows(conn, views)
         if not views:
             return LeaderboardPage(rows=[], total=0, base_rows=base_rows, benchmarks=[], views={})
         sort_bench = _sort_benchmark(query, benchmarks)
-        e = Evaluation.__table__
-        cols, in_view = _pivot(views)
-        where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
-                                            e.c.weights != BASE_WEIGHTS, in_view]
-        if f.weights:
-            where.append(e.c.weights.in_(list(f.weights)))
-        run_conds = _run_conditions(f)
-        if run_conds:
-            where.append(e.c.run_name.in_(sa.select(Run.name).where(*run_conds)))
-        lo, hi = _date_bounds(f)
-        if lo is not None or hi is not None:
-            c = Checkpoint.__table__
-            date_conds = [c.c.created_at >= lo] if lo is not None else []
-            date_conds += [c.c.created_at < hi] if hi is not None else []
-            where.append(e.c.checkpoint_sha256.in_(sa.select(c.c.sha256).where(*date_conds)))
-        # rows are keyed by the checkpoint's sha256 (the evaluation key); the run and checkpoint
-        # are found by the evaluation's run_name and step (set for every checkpoint of the store)
-        grouped = (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"),
-                             sa.func.max(e.c.run_name).label("ev_run"), sa.func.max(e.c.step).label("ev_step"),
-                             sa.func.max(e.c.target).label("target"), *cols)
-                   .where(*where).group_by(e.c.checkpoint_sha256, e.c.weights).subquery("g"))
-        ck = Checkpoint.__table__
-        last_step = (sa.select(ck.c.run_id, sa.func.max(ck.c.step).label("max_step"))
-                     .group_by(ck.c.run_id).subquery("last_step"))
-        gpu_hours = sa.case((last_step.c.max_step > 0,
-                             Run.gpu_hours * ck.c.step / sa.cast(last_step.c.max_step, sa.Float)), else_=None)
+        grouped = _grouped(views, f)
         base_score = _base_score(base_rows, sort_bench)
-        sort_col = grouped.c[f"b{benchmarks.index(sort_bench)}_score"] if sort_bench else None
-        reward = (sa.case((gpu_hours > 0, (sort_col - base_score) / gpu_hours), else_=None)
-                  if sort_col is not None and base_score is not None else sa.null())
-        method, base_model = _param_value("method"), _param_value("pretrained.model")
-        stmt = (sa.select(grouped, ck.c.step, ck.c.path, ck.c.created_at.label("ckpt_created_at"),
-                          Run.id.label("run_id"), Run.name.label("run_name"), Run.sweep_name, Run.trial_number,
-                          Run.output_dir, Run.mlflow_run_id, method.label("method"),
-                          base_model.label("base_model"), gpu_hours.label("gpu_hours"),
-                          reward.label("reward_per_gpu_hour"), sa.func.count().over().label("total"))
-                .select_from(grouped)
-                .outerjoin(Run, Run.name == grouped.c.ev_run)
-                .outerjoin(ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == grouped.c.ev_step))
-                .outerjoin(last_step, last_step.c.run_id == Run.id))
-        order = [(c.desc() if query.descending else c.asc()).nulls_last()
-                 for c in _order_columns(query.sort, grouped, benchmarks, sort_bench, method, base_model, gpu_hours,
-                                         reward, ck)]
-        stmt = (stmt.order_by(*order, grouped.c.sha, grouped.c.weights)
-                .limit(query.page_size).offset(query.page * query.page_size))
-        rows = conn.execute(stmt).all()
+        score_of = (lambda t: t.c[f"b{benchmarks.index(sort_bench)}_score"]) if sort_bench else (lambda t: None)
+
+        def run_columns(g: Any) -> tuple[Any, Any, Any, list[Any]]:
+            """Run and checkpoint tables joined to `g`, with GPU-hours and reward."""
+            ck = Checkpoint.__table__.alias("ck")
+            last = (sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id)
+                    .scalar_subquery())  # the run's last checkpointed step (index search per row)
+            gpu = sa.case((last > 0, Run.gpu_hours * ck.c.step / sa.cast(last, sa.Float)), else_=None)
+            sc = score_of(g)
+            reward = (sa.case((gpu > 0, (sc - base_score) / gpu), else_=None)
+                      if sc is not None and base_score is not None else sa.null())
+            joins = [(Run, Run.name == g.c.ev_run), (ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == g.c.ev_step))]
+            return ck, gpu, reward, joins
+
+        by_run = not (query.sort == "" or query.sort.startswith("score:") or query.sort == "step")
+        inner = sa.select(grouped, sa.func.count().over().label("total"))
+        if by_run:
+            ck, gpu, reward, joins = run_columns(grouped)
+            order_cols = _order_columns(query.sort, grouped, score_of(grouped), _param_value("method"),
+                                        _param_value("pretrained.model"), gpu, reward, ck)
+            src: Any = grouped
+            for table, on in joins:
+                src = src.outerjoin(table, on)
+            inner = inner.select_from(src)
+        else:
+            order_cols = _order_columns(query.sort, grouped, score_of(grouped), None, None, None, None, None)
+        inner = inner.add_columns(*(c.label(f"o{i}") for i, c in enumerate(order_cols)))
+        ordering = [(c.desc() if query.descending else c.asc()).nulls_last() for c in order_cols]
+        page = (inner.order_by(*ordering, grouped.c.sha, grouped.c.weights)
+                .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
+        ck, gpu, reward, joins = run_columns(page)
+        src = page
+        for table, on in joins:
+            src = src.outerjoin(table, on)
+        e = Evaluation.__table__
+        target = (sa.select(sa.func.max(e.c.target)).where(e.c.checkpoint_sha256 == page.c.sha,
+                                                           e.c.weights == page.c.weights).scalar_subquery())
+        final = (sa.select(page, target.label("target"), ck.c.path, ck.c.created_at.label("ckpt_created_at"), Run.id.label("run_id"),
+                           Run.name.label("run_name"), Run.sweep_name, Run.trial_number, Run.output_dir,
+                           Run.mlflow_run_id, _param_value("method").label("method"),
+                           _param_value("pretrained.model").label("base_model"), gpu.label("gpu_hours"),
+                           reward.label("reward_per_gpu_hour"))
+                 .select_from(src)
+                 .order_by(*[(page.c[f"o{i}"].desc() if query.descending else page.c[f"o{i}"].asc()).nulls_last()
+                             for i in range(len(order_cols))], page.c.sha, page.c.weights))
+        rows = conn.execute(final).all()
         total = int(rows[0].total) if rows else _count_past_end(conn, grouped, query)
         params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
     out = [LeaderboardRow(
@@ -494,6 +506,30 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         reward_per_gpu_hour=None if r.reward_per_gpu_hour is None else float(r.reward_per_gpu_hour),
     ) for r in rows]
     return LeaderboardPage(rows=out, total=total, base_rows=base_rows, benchmarks=benchmarks, views=views)
+
+
+def _grouped(views: Mapping[str, BenchmarkView], f: Filters) -> Any:
+    """The filtered evaluations of the views, one row per (checkpoint sha256, weights), each
+    benchmark's columns pivoted by `max(CASE ...)`. Rows are keyed by the sha256 (the evaluation
+    key); run and checkpoint are found by the evaluation's run_name and step."""
+    e = Evaluation.__table__
+    cols, in_view = _pivot(views)
+    where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
+                                        e.c.weights != BASE_WEIGHTS, in_view]
+    if f.weights:
+        where.append(e.c.weights.in_(list(f.weights)))
+    run_conds = _run_conditions(f)
+    if run_conds:
+        where.append(e.c.run_name.in_(sa.select(Run.name).where(*run_conds)))
+    lo, hi = _date_bounds(f)
+    if lo is not None or hi is not None:
+        c = Checkpoint.__table__
+        date_conds = [c.c.created_at >= lo] if lo is not None else []
+        date_conds += [c.c.created_at < hi] if hi is not None else []
+        where.append(e.c.checkpoint_sha256.in_(sa.select(c.c.sha256).where(*date_conds)))
+    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"),
+                      sa.func.max(e.c.run_name).label("ev_run"), sa.func.max(e.c.step).label("ev_step"), *cols)
+            .where(*where).group_by(e.c.checkpoint_sha256, e.c.weights).subquery("g"))
 
 
 def _count_past_end(conn: sa.Connection, grouped: Any, query: LeaderboardQuery) -> int:
@@ -508,10 +544,12 @@ def _base_score(base_rows: Sequence[LeaderboardRow], benchmark: str | None) -> f
     return max(scores) if scores else None
 
 
-def _order_columns(sort: str, grouped: Any, benchmarks: Sequence[str], sort_bench: str | None, method: Any,
-                   base_model: Any, gpu_hours: Any, reward: Any, ck: Any) -> list[Any]:
+def _order_columns(sort: str, grouped: Any, score: Any, method: Any, base_model: Any, gpu_hours: Any, reward: Any,
+                   ck: Any) -> list[Any]:
     if sort == "" or sort.startswith("score:"):
-        return [grouped.c[f"b{benchmarks.index(sort_bench)}_score"]] if sort_bench else []
+        return [score] if score is not None else []
+    if sort == "step":
+        return [grouped.c.ev_step]
     if sort.startswith("param:"):
         p = RunParam.__table__
         key = sort.split(":", 1)[1]
@@ -519,7 +557,7 @@ def _order_columns(sort: str, grouped: Any, benchmarks: Sequence[str], sort_benc
         num = sa.select(sa.func.max(p.c.num_value)).where(p.c.run_id == Run.id, p.c.key == key).scalar_subquery()
         text = sa.select(sa.func.min(p.c.text_value)).where(p.c.run_id == Run.id, p.c.key == key).scalar_subquery()
         return [num, text]
-    return [{"run": Run.name, "step": ck.c.step, "created_at": ck.c.created_at, "gpu_hours": gpu_hours,
+    return [{"run": Run.name, "created_at": ck.c.created_at, "gpu_hours": gpu_hours,
              "reward_per_gpu_hour": reward, "method": method, "base_model": base_model,
              "sweep": Run.sweep_name}[sort]]
 
@@ -555,7 +593,7 @@ def rank_rows(store: Store, rows: Sequence[LeaderboardRow], benchmark: str, limi
     maps: dict[int, dict[tuple[int, int], float]] = {i: {} for i in ids}
     strata: dict[int, str] = {}
     units: dict[int, str] = {}
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         for ev_id, p, k, score, extra in conn.execute(
                 sa.select(s.c.evaluation_id, s.c.prompt_index, s.c.sample_index, s.c.score, s.c.extra)
                 .where(s.c.evaluation_id.in_(list(ids)))):
@@ -597,7 +635,7 @@ def partial_evaluations(store: Store, filters: Filters, limit: int = 200) -> lis
             .select_from(e).outerjoin(Run, Run.name == e.c.run_name)
             .outerjoin(ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == e.c.step))
             .where(*where).order_by(e.c.created_at.desc(), e.c.id.desc()).limit(int(limit)))
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         rows = conn.execute(stmt).all()
         params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
     return [LeaderboardRow(
@@ -626,7 +664,7 @@ def inloop_rows(store: Store, filters: Filters, limit: int = 200) -> list[InLoop
         where.append(ck.c.created_at >= lo)
     if hi is not None:
         where.append(ck.c.created_at < hi)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         rows = conn.execute(sa.select(ck.c.run_id, ck.c.step, Run.name, Run.sweep_name)
                             .select_from(ck).join(Run, Run.id == ck.c.run_id).where(*where)
                             .order_by(ck.c.created_at.desc(), ck.c.id.desc()).limit(int(limit))).all()
@@ -657,7 +695,7 @@ def _run_info(run: Run, method: str | None, base_model: str | None) -> RunInfo:
 def run_info(store: Store, run_name: str) -> RunInfo:
     """The run (NotFoundError if absent), with its method and base model from `run_params`."""
     run = store.get_run(run_name)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         params = _run_params(conn, [run.id]).get(run.id, {})
     method, base = params.get("method"), params.get("pretrained.model")
     return _run_info(run, None if method is None else str(method), None if base is None else str(base))
@@ -668,7 +706,7 @@ def checkpoint_detail(store: Store, run_name: str, step: int) -> CheckpointDetai
     info = run_info(store, run_name)
     ckpt = store.get_checkpoint(run_name, int(step))
     e = Evaluation.__table__
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         evs = conn.execute(sa.select(e).where(e.c.checkpoint_sha256 == ckpt.sha256)
                            .order_by(e.c.benchmark, e.c.weights, e.c.partial, e.c.id)).all()
     return CheckpointDetail(run=info, step=int(ckpt.step), checkpoint_path=ckpt.path, sha256=ckpt.sha256,
@@ -685,7 +723,7 @@ def geneval_figures(store: Store, evaluation_id: int) -> dict[str, Any]:
     s = SampleScore.__table__
     tag = s.c.extra["tag"].as_string()
     correct = sa.case((s.c.score >= 0.5, 1), else_=0)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         per_tag = {t: (int(n), int(c)) for t, n, c in conn.execute(
             sa.select(tag, sa.func.count(), sa.func.sum(correct)).where(s.c.evaluation_id == int(evaluation_id))
             .group_by(tag).order_by(tag)) if t is not None}
@@ -705,7 +743,7 @@ def run_curves(store: Store, run_name: str) -> RunCurves:
     run = store.get_run(run_name)
     m = MetricPoint.__table__
     e = Evaluation.__table__
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         metrics: dict[str, list[tuple[int, float]]] = {}
         prefix = sa.or_(m.c.key.in_(TRAIN_REWARD_KEYS), *(m.c.key.like(f"{p}%") for p in INLOOP_PREFIXES))
         for key, step, value in conn.execute(sa.select(m.c.key, m.c.step, m.c.value)
@@ -745,7 +783,7 @@ def comparable_evaluations(store: Store, row_keys: Sequence[str], benchmark: str
     if not pairs:
         return {}
     e = Evaluation.__table__
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         evs = conn.execute(sa.select(e).where(
             e.c.benchmark == benchmark, e.c.compare_hash == compare_hash, e.c.status == EvalStatus.COMPLETED.value,
             sa.or_(*(sa.and_(e.c.checkpoint_sha256 == sha, e.c.weights == w) for sha, w in pairs)))).all()
@@ -763,7 +801,7 @@ def sample_matrix(store: Store, evaluation_ids: Sequence[int]) -> SampleMatrix:
     tags: dict[int, str] = {}
     seeds: dict[tuple[int, int], int] = {}
     if ids:
-        with store.engine.connect() as conn:
+        with store.reading() as conn:
             for ev_id, p, k, score, seed, extra in conn.execute(
                     sa.select(s.c.evaluation_id, s.c.prompt_index, s.c.sample_index, s.c.score, s.c.seed, s.c.extra)
                     .where(s.c.evaluation_id.in_(ids))):
@@ -802,7 +840,7 @@ def filter_options(store: Store) -> FilterOptions:
     """What the sidebar offers: distinct values and numeric ranges, in a handful of GROUP BY queries."""
     p = RunParam.__table__
     ck = Checkpoint.__table__
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         sweeps = list(conn.execute(sa.select(Sweep.study_name).order_by(Sweep.study_name)).scalars())
         runs = list(conn.execute(sa.select(Run.name).order_by(Run.name)).scalars())
         texts: dict[str, list[str]] = {}
@@ -838,7 +876,7 @@ def sweep_list(store: Store) -> list[SweepInfo]:
         sa.func.sum(sa.case((Run.status == "FAILED", 1), else_=0)).label("failed"),
         sa.func.sum(Run.gpu_hours).label("gpu"),
     ).where(Run.sweep_name.is_not(None)).group_by(Run.sweep_name).subquery()
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         rows = conn.execute(sa.select(Sweep.study_name, Sweep.status, Sweep.created_at, counts)
                             .select_from(Sweep).outerjoin(counts, counts.c.sweep_name == Sweep.study_name)
                             .order_by(Sweep.created_at.desc(), Sweep.study_name)).all()
