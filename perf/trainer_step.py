@@ -1,9 +1,10 @@
 """How close is one AWM epoch to the cost of its transformer passes? (CPU, compute-bound model)
 
-    python perf/trainer_step.py [--epochs 3] [--threads N] [--images-per-prompt 4] [--prompts 2]
+    python perf/trainer_step.py [--family sd3|flux] [--epochs 3] [--threads N] [--images-per-prompt 4] [--prompts 2]
 
-Builds the ``perf`` tiny preset (~3.5M-param SD3 transformer, 64 px, /2 VAE -> 256 image tokens),
-measures one transformer forward (the trainer's own module, LoRA active, no grad) at the rollout
+Builds the ``perf`` tiny preset (~3.5M-param SD3 transformer, 64 px, /2 VAE -> 256 image tokens; with
+``--family flux`` the ~3.3M-param FLUX transformer, 2 double + 8 single blocks, 256 packed tokens,
+distilled guidance, FLUX's dynamic-shift grid), measures one transformer forward (the trainer's own module, LoRA active, no grad) at the rollout
 batch and at the training micro-batch, and one policy forward+backward (with grad, LoRA trainable,
 as in pass 2) at the training micro-batch; runs a few AWM epochs with the default algorithm
 (SA-Solver rollouts, T train timesteps, KL-to-reference and KL-EMA passes) and prints
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=("sd3", "flux"), default="sd3", help="the tiny model's family")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--prompts", type=int, default=2, help="prompts per epoch (m)")
@@ -57,11 +59,12 @@ def main() -> int:
     from awm_platform.config import config_from_dict
     from trainers.awm.logging import read_jsonl_metrics
     from trainers.awm.recipe import AWMTrainer
-    from trainers.awm.tiny import make_tiny, make_tiny_pipeline, transformer_num_params
+    from trainers.awm.tiny import make_tiny, make_tiny_flux_pipeline, make_tiny_pipeline, transformer_num_params
 
     tmp = Path(tempfile.mkdtemp(prefix="awm-perf-"))
-    model = make_tiny(tmp / "perf-model", preset="perf")
-    n_params = transformer_num_params(make_tiny_pipeline(preset="perf"))
+    model = make_tiny(tmp / "perf-model", family=args.family, preset="perf")
+    build = make_tiny_flux_pipeline if args.family == "flux" else make_tiny_pipeline
+    n_params = transformer_num_params(build(preset="perf"))
     m, k = args.prompts, args.images_per_prompt
     images = m * k
     cfg = config_from_dict({
@@ -132,7 +135,7 @@ def main() -> int:
     ratio = epoch / t_ideal
     fb_multiple = fb_train / f_train
     out = {
-        "transformer_params": n_params, "threads": torch.get_num_threads(), "images_per_epoch": images,
+        "family": args.family, "transformer_params": n_params, "threads": torch.get_num_threads(), "images_per_epoch": images,
         "forward_ms_per_row_rollout": 1e3 * f_roll, "forward_ms_per_row_train": 1e3 * f_train,
         "forward_backward_ms_per_row_train": 1e3 * fb_train, "forward_backward_in_forwards": fb_multiple,
         "forward_equivalents": {"rollout": fe_roll, "train": images * T * fb_multiple + no_grad_train,
@@ -145,7 +148,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"transformer: {n_params / 1e6:.2f}M params, 64 px, 256 image tokens, {out['threads']} torch threads")
+        print(f"transformer ({args.family}): {n_params / 1e6:.2f}M params, 64 px, 256 image tokens, "
+              f"{out['threads']} torch threads")
         print(f"forward: {1e3 * f_roll:.2f} ms/row at rollout batch {bs_roll}, "
               f"{1e3 * f_train:.2f} ms/row at train batch {T * B}")
         print(f"forward+backward: {1e3 * fb_train:.2f} ms/row at train batch {T * B} = {fb_multiple:.2f} forwards")

@@ -56,7 +56,7 @@ def test_run_forms(store: Store, isolated_awm_home: Path) -> None:
     assert newest.checkpoint_id == store.get_checkpoint("r1", 6).id
     assert newest.path == run_dir / "checkpoints" / "step-6"
     assert newest.lora_dir("policy") == newest.path / "lora" and newest.lora_dir("ema") == newest.path / "lora_ema"
-    assert newest.ctx == ModelContext(model="/models/tiny", revision="r1", family="sd3", resolution=64,
+    assert newest.ctx == ModelContext(model="/models/tiny", revision="r1", family="auto", resolution=64,
                                       precision="fp32", max_sequence_length=32, uses_cfg=False)
     assert newest.has_ema and not newest.is_base
     [at4] = resolve_targets(store, "r1@4")
