@@ -34,7 +34,7 @@ def streamlit_argv(host: str, port: int) -> list[str]:
     """The command `awm ui` runs (secrets never appear in it)."""
     return [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
             "--server.address", host, "--server.port", str(port), "--browser.gatherUsageStats", "false",
-            "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false", "--client.toolbarMode", "minimal"]
 
 
 def _check_bind(host: str, port: int) -> None:

@@ -150,22 +150,22 @@ def _table(page: data.LeaderboardPage, rows: list[data.LeaderboardRow], ranks: d
             rec["rank interval"] = (f"{ri.low}" if ri.low == ri.high else f"{ri.low}–{ri.high}") if ri else ""
             rec["tie group"] = ri.group if ri else None
         rec["row"] = common.row_label(r)
-        rec["page"] = (state.url("checkpoint", run=r.run_name, step=r.step) if r.run_name and r.step is not None
-                       else None)
-        rec["run"] = r.run_name or "(base model)"
-        rec["sweep/trial"] = f"{r.sweep_name}#{r.trial_number}" if r.sweep_name else ""
-        rec["step"] = r.step
-        rec["weights"] = r.weights
-        rec["method"] = r.method or ""
-        rec["base model"] = r.base_model or ""
         for b in page.benchmarks:
             s = r.scores.get(b)
             rec[b] = None if s is None else round(s.score, 4)
             rec[f"{b} 95% CI"] = "" if s is None else fmt_ci(s.ci_low, s.ci_high)
         rec["GPU-h"] = None if r.gpu_hours is None or r.is_base else round(r.gpu_hours, 3)
         rec["reward/GPU-h"] = None if r.reward_per_gpu_hour is None else round(r.reward_per_gpu_hour, 4)
+        rec["weights"] = r.weights
+        rec["run"] = r.run_name or "(base model)"
+        rec["sweep/trial"] = f"{r.sweep_name}#{r.trial_number}" if r.sweep_name else ""
+        rec["step"] = r.step
+        rec["method"] = r.method or ""
+        rec["base model"] = r.base_model or ""
         rec["date"] = common.fmt_date(r.created_at)
         rec["spec"] = "full"
+        rec["page"] = (state.url("checkpoint", run=r.run_name, step=r.step) if r.run_name and r.step is not None
+                       else None)
         rec["key"] = r.key
         records.append(rec)
     return pd.DataFrame.from_records(records)
