@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite, exactly as CI runs it (.ci/run calls this):
-#   1. install the Debian tools some tests use (tesseract-ocr, for the OCR benchmark's tesseract engine),
+#   1. install the Debian tools some tests use (tesseract-ocr, for the OCR benchmark's tesseract engine;
+#      chromium + chromium-driver, for the leaderboard's browser test),
 #   2. start the real local services (single-node SLURM with slurmdbd, PostgreSQL; their Debian packages
 #      are installed when missing), then install what is missing of the venv + project (scripts/setup.sh),
 #   3. run pytest with the services REQUIRED (AWM_REQUIRE_SERVICES=1): a test that needs SLURM or
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 export AWM_REQUIRE_SERVICES=1
 SERVICES=${AWM_SERVICES_SCRIPT:-scripts/services.sh}
-echo "[test] Debian tools the tests use (tesseract-ocr): installing what is missing"
+echo "[test] Debian tools the tests use (tesseract-ocr, chromium): installing what is missing"
 bash "$SERVICES" tools \
   || { echo "[test] FAILED: '$SERVICES tools' could not install the Debian tools (see the ERROR line above)" >&2; exit 1; }
 
