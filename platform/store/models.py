@@ -125,13 +125,11 @@ class Evaluation(Base):
     __table_args__ = (
         UniqueConstraint("checkpoint_sha256", "benchmark", "benchmark_version", "spec_hash", name="uq_evaluation_key"),
         Index("ix_evaluations_status", "status"),
-        Index("ix_evaluations_compare_hash_status", "compare_hash", "status"),
-        # covering indexes of the leaderboard's reads (awm_platform.ui.data): its views (GROUP BY
-        # benchmark, compare_hash) and its pivot (GROUP BY checkpoint_sha256, weights) never read
-        # the wide table rows (spec, sub_scores JSON)
-        Index("ix_evaluations_view", "benchmark", "compare_hash", "status", "partial", "weights"),
-        Index("ix_evaluations_pivot", "checkpoint_sha256", "weights", "benchmark", "compare_hash", "status",
-              "partial", "score", "ci_low", "ci_high", "num_samples", "id", "run_name", "step"),
+        # the comparable groups, and a covering index of the leaderboard's reads (awm_platform.ui.data):
+        # its views (GROUP BY compare_hash) and its pivot (one row per checkpoint and weights) never
+        # read the wide table rows (spec, sub_scores JSON)
+        Index("ix_evaluations_compare_hash_status", "compare_hash", "status", "partial", "weights", "benchmark",
+              "checkpoint_sha256", "score", "ci_low", "ci_high", "num_samples", "id", "run_name", "step"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

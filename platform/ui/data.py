@@ -273,11 +273,13 @@ def _views(conn: sa.Connection, *, partial: bool = False) -> dict[str, list[Benc
     """The comparable groups of COMPLETED evaluations per benchmark, most evaluations first; the
     first one is the benchmark's default view."""
     e = Evaluation.__table__
+    # by compare_hash alone (it names its benchmark): one pass over the covering index, in its order
     rows = conn.execute(
-        sa.select(e.c.benchmark, e.c.compare_hash, sa.func.count().label("n"), sa.func.max(e.c.id).label("last"))
+        sa.select(sa.func.max(e.c.benchmark).label("benchmark"), e.c.compare_hash, sa.func.count().label("n"),
+                  sa.func.max(e.c.id).label("last"))
         .where(e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.true() if partial
                else e.c.partial == sa.false())
-        .group_by(e.c.benchmark, e.c.compare_hash)).all()
+        .group_by(e.c.compare_hash)).all()
     if not rows:
         return {}
     reps = {r.last: r for r in rows}
@@ -431,7 +433,7 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     bad sort key, page size or spec (the message names the valid values).
 
     The statement: `g` pivots the filtered evaluations into one row per (checkpoint, weights)
-    (covering index ix_evaluations_pivot: no table row is read); `page` sorts those rows, counts
+    (covering index ix_evaluations_compare_hash_status: no table row is read); `page` sorts those rows, counts
     them (window count) and keeps one page; only the page's rows are then joined to their run,
     checkpoint and parameters. Sorting on a run column joins the run inside `page` instead."""
     _check_sort(query.sort)
@@ -921,7 +923,7 @@ def sweep_detail(store: Store, name: str) -> SweepDetail:
 def _load_study(store: Store, name: str) -> Any:
     # deferred: optuna (and the sweep orchestrator's imports) load only for the sweeps page
     from awm_platform.sweeps.optuna_bridge import load_study
-    from awm_platform.sweeps.orchestrator import SweepContext
+    from awm_platform.sweeps.orchestrator import SweepContext  # deferred: as above
 
     ctx = SweepContext.load(name, store=store)
     return load_study(ctx.storage_url, name).study

@@ -24,12 +24,10 @@ def upgrade() -> None:
     with op.batch_alter_table("evaluations") as batch:
         batch.add_column(sa.Column("weights", sa.String(16), nullable=False, server_default="policy"))
         batch.add_column(sa.Column("compare_hash", sa.String(16), nullable=False, server_default=""))
-    op.create_index("ix_evaluations_compare_hash_status", "evaluations", ["compare_hash", "status"])
-    op.create_index("ix_evaluations_view", "evaluations", ["benchmark", "compare_hash", "status", "partial",
-                                                          "weights"])
-    op.create_index("ix_evaluations_pivot", "evaluations", ["checkpoint_sha256", "weights", "benchmark",
-                                                           "compare_hash", "status", "partial", "score", "ci_low",
-                                                           "ci_high", "num_samples", "id", "run_name", "step"])
+    # (compare_hash, status) and the rest: a covering index of the leaderboard's reads (models.py)
+    op.create_index("ix_evaluations_compare_hash_status", "evaluations", [
+        "compare_hash", "status", "partial", "weights", "benchmark", "checkpoint_sha256", "score", "ci_low", "ci_high",
+        "num_samples", "id", "run_name", "step"])
     op.create_table(
         "run_params",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -73,8 +71,7 @@ def _backfill(conn: sa.Connection) -> None:
 
 def downgrade() -> None:
     op.drop_table("run_params")
-    for index in ("ix_evaluations_pivot", "ix_evaluations_view", "ix_evaluations_compare_hash_status"):
-        op.drop_index(index, table_name="evaluations")
+    op.drop_index("ix_evaluations_compare_hash_status", table_name="evaluations")
     with op.batch_alter_table("evaluations") as batch:
         batch.drop_column("compare_hash")
         batch.drop_column("weights")
