@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import optuna
 import pandas as pd
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -206,3 +207,17 @@ def test_no_page_ever_shows_a_password(seeded: Seeded, open_page: Open, params: 
     at = open_page(**params)
     text = page_text(at)
     assert text and SECRET not in text
+
+
+def test_compare_per_task_bars_are_the_evaluations_geneval_tags(seeded: Seeded, open_page: Open) -> None:
+    rows = [(EMA_RUN, 100), ("alpha-t1", 100)]
+    ids = [seeded.eval_ids[(r, s, "geneval", "policy")] for r, s in rows]
+    with seeded.store() as store:
+        evs = [store.get_evaluation(i) for i in ids]
+    at = open_page(view="compare", rows=",".join(f"{e.checkpoint_sha256}:policy" for e in evs), benchmark="geneval")
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 1
+    bars = pa.ipc.open_stream(charts[0].proto.datasets[0].data.data).read_all().to_pandas()
+    for (run, step), ev in zip(rows, evs):
+        got = bars[bars["row"] == f"{run}@{step}"].set_index("tag")["accuracy"].to_dict()
+        assert got == pytest.approx(ev.sub_scores["per_tag"]) and len(got) == 6
