@@ -27,9 +27,6 @@ ENV_TRACKING_URI = "AWM_UI_TRACKING_URI"
 ENV_IMAGE_ROOTS = "AWM_UI_IMAGE_ROOTS"  # os.pathsep-joined absolute folders
 APP_FILE = Path(__file__).resolve().parent / "app.py"
 
-app = typer.Typer(help="The results leaderboard (Streamlit).", invoke_without_command=True)
-
-
 def streamlit_argv(host: str, port: int) -> list[str]:
     """The command `awm ui` runs (secrets never appear in it)."""
     return [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
@@ -77,9 +74,7 @@ def _check_store(url: str) -> None:
              f"run `awm db upgrade --url URL` first")
 
 
-@app.callback()
 def ui(
-    ctx: typer.Context,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only; "
                                                      "0.0.0.0 opens it to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8501,
@@ -94,8 +89,6 @@ def ui(
     """Open the leaderboard: checkpoints x benchmarks with CIs, comparisons, galleries, sweeps.
 
     Example: awm ui --port 8501   (then browse http://127.0.0.1:8501)"""
-    if ctx.invoked_subcommand is not None:
-        return
     _check_bind(host, port)
     roots: list[str] = []
     for root in image_root or []:
@@ -116,4 +109,4 @@ def ui(
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="ui")
+    root.command("ui")(ui)
