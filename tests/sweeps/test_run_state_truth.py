@@ -70,7 +70,7 @@ def test_pruned_and_cancelled_runs_are_closed_in_mlflow(trial_base: dict[str, An
 
     # a standalone run cancelled through the CLI while it trains
     standalone = tmp_path / "standalone.yaml"
-    standalone.write_text(yaml.safe_dump({**base, "name": "standalone", "num_epochs": 200, "save_freq": 1000}))
+    standalone.write_text(yaml.safe_dump({**base, "name": "standalone", "num_epochs": 2000, "save_freq": 5000}))
     sub = subprocess.run([*AWM, "submit", str(standalone), "--cluster", "local"], capture_output=True, text=True,
                          check=False)
     assert sub.returncode == 0, sub.stderr

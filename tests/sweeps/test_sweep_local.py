@@ -119,7 +119,7 @@ def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(trial_base):
 
 
 def test_stop_cancels_in_flight_jobs(trial_base):
-    ctx = _ctx({**trial_base, "num_epochs": 50, "save_freq": 50}, "halt", n_trials=4, parallelism=2)
+    ctx = _ctx({**trial_base, "num_epochs": 500, "save_freq": 500}, "halt", n_trials=4, parallelism=2)
     pid = commands.start(ctx, detach=True, echo=print)
     store = Store.default()
     wait_for(lambda: len([r for r in store.list_runs(sweep_name="halt") if r.status == "RUNNING"]) == 2, 120,

@@ -60,8 +60,8 @@ def test_four_trials_in_flight_on_postgres(trial_base, fresh_postgres_db, postgr
 
 @pytest.mark.slurm
 def test_two_parallel_trials_on_slurm_survive_preemption(trial_base, slurm_cluster):
-    # 6 epochs: long enough to preempt trial 0 mid-training (after its first eval)
-    base = {**trial_base, "num_epochs": 6, "save_freq": 1, "eval_freq": 3,
+    # 24 epochs of 0.2 s: long enough to preempt trial 0 mid-training (after its first eval)
+    base = {**trial_base, "num_epochs": 24, "save_freq": 1, "eval_freq": 12,
             "launcher": {**trial_base["launcher"], "partition": slurm_cluster.partition, "cluster": "slurm"}}
     ctx = _ctx(base, "slurmsw", "slurm", n_trials=2, parallelism=2)
     store = Store.default()
@@ -89,4 +89,4 @@ def test_two_parallel_trials_on_slurm_survive_preemption(trial_base, slurm_clust
     assert run0.job_ids == [job]  # requeued as the same job and the same run
     assert len(study.trials) == 2
     hist = store.get_metric_history("slurmsw-t0", "eval/jpeg_compressibility")
-    assert [s for s, _ in hist] == [0, 3, 6] and study.trials[0].value == hist[-1][1]
+    assert [s for s, _ in hist] == [0, 12, 24] and study.trials[0].value == hist[-1][1]
