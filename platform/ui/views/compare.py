@@ -32,11 +32,6 @@ def _label(ev: data.EvalInfo) -> str:
     return where if ev.weights == "policy" else f"{where} ({ev.weights})"
 
 
-def _views_of(ctx: Ctx, benchmark: str) -> list[data.BenchmarkView]:
-    opts: data.FilterOptions = ctx.read(data.filter_options)
-    return opts.views.get(benchmark, [])
-
-
 def render(ctx: Ctx) -> None:
     st.title("Compare")
     keys = list(ctx.page.rows)
@@ -50,7 +45,7 @@ def render(ctx: Ctx) -> None:
         st.warning(f"benchmark {ctx.page.benchmark!r} has no completed evaluation; showing {bench}")
     bench = st.selectbox("Benchmark", benchmarks, index=benchmarks.index(bench), key="cmp_benchmark")
     chosen = dict(ctx.page.query.filters.specs).get(bench)
-    views = _views_of(ctx, bench)
+    views = opts.views[bench]  # the spec chosen on the leaderboard (?spec.B=...), else the default view
     view = next((v for v in views if v.compare_hash == chosen), views[0])
     st.caption(f"{bench} {view.benchmark_version}, spec {view.compare_hash[:8]}: the same prompts, seeds and sampler "
                "for every row, so the samples are paired.")
