@@ -210,11 +210,13 @@ def _partial(ctx: Ctx, filters: data.Filters) -> None:
                  column_config={"page": st.column_config.LinkColumn("page", display_text="open")})
 
 
-def _compare_picker(page: data.LeaderboardPage, rows: list[data.LeaderboardRow], sort_bench: str | None) -> None:
+def _compare_picker(page: data.LeaderboardPage, rows: list[data.LeaderboardRow], sort_bench: str | None,
+                    specs: tuple[tuple[str, str], ...]) -> None:
     choices = {common.row_label(r): r.key for r in [*page.base_rows, *rows]}
     picked = st.multiselect("Compare 2-4 rows", list(choices), max_selections=state.MAX_COMPARE, key="compare_pick")
     if len(picked) >= 2:
-        link = state.url("compare", rows=[choices[p] for p in picked], benchmark=sort_bench)
+        link = state.url("compare", rows=[choices[p] for p in picked], benchmark=sort_bench,
+                         **{f"spec.{b}": h for b, h in specs})  # the same views as this page
         st.markdown(f"[Compare the {len(picked)} selected rows →]({link})")
 
 
@@ -261,6 +263,6 @@ def render(ctx: Ctx) -> None:
                 "Only the base model has been evaluated so far.")
         if not page.benchmarks:
             st.code(common.SCHEDULE_HINT, language="bash")
-    _compare_picker(page, page.rows, sort_bench)
+    _compare_picker(page, page.rows, sort_bench, query.filters.specs)
     _inloop(ctx, query.filters)
     _partial(ctx, query.filters)
