@@ -132,7 +132,7 @@ def test_awm_on_flux_raises_jpeg_compressibility(tiny_flux_dir, tmp_path):
 
     # FLUX has no pos_embed.proj: its patch embedding is x_embedder (quickstart's reach otherwise)
     targets = [t for t in LEARN["lora"]["target_modules"] if t != "pos_embed.proj"] + ["x_embedder"]
-    res = train(small_config(tiny_flux_dir, **{**LEARN, "num_epochs": 10, "lora": {"target_modules": targets}}),
+    res = train(small_config(tiny_flux_dir, **{**LEARN, "num_epochs": 10, "lora": {**LEARN["lora"], "target_modules": targets}}),
                 tmp_path / "run")
     assert res.status == "completed"
     rows = read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")
