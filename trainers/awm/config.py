@@ -31,6 +31,65 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message says which key, which file, why."""
 
 
+# --------------------------------------------------------------------------- methods ----
+# One trainer loop, several methods (trainers/awm/methods/base.py is the seam). Keys keep each
+# upstream's names in the shared sections (Flow-GRPO's train.clip_range is AWM's key of the same
+# name); what a method reads and its defaults for shared keys are declared here, as data, so the
+# config validates without importing torch.
+MethodName = Literal["awm", "flow_grpo", "diffusionnft", "advantageflow"]
+#: methods whose trainer is finished; selecting another one is a config error ("not available yet")
+AVAILABLE_METHODS: frozenset[str] = frozenset({"awm"})
+#: dotted keys that only some methods read -> those methods; every key not listed is read by all.
+#: Setting a listed key to a non-default value under a method that does not read it is an error.
+METHOD_ONLY_KEYS: dict[str, frozenset[str]] = {
+    # AWM's surrogate, its times and its KL-EMA adapter
+    "time_type": frozenset({"awm"}),
+    "time_shift": frozenset({"awm"}),
+    "train.train_timesteps": frozenset({"awm"}),
+    "train.weighting": frozenset({"awm"}),
+    "train.ghuber_power": frozenset({"awm"}),
+    "train.loss_type": frozenset({"awm"}),
+    "train.kl_weight": frozenset({"awm"}),
+    "train.ema_beta": frozenset({"awm"}),
+    "train.kl_ema_weight": frozenset({"awm"}),
+    "train.kl_ema_decay": frozenset({"awm"}),
+    "train.kl_ema_decay_type": frozenset({"awm"}),
+    "train.off_policy": frozenset({"awm"}),
+    "train.use_sa_solver": frozenset({"awm"}),
+    "train.advantage_max": frozenset({"awm"}),
+    "sample.noise_window": frozenset({"awm"}),
+    "sample.sde_frac": frozenset({"awm"}),
+    # shared by the two reverse/forward samplers that inject noise
+    "sample.noise_level": frozenset({"awm", "flow_grpo"}),
+    "train.clip_range": frozenset({"awm", "flow_grpo"}),
+    "train.timestep_fraction": frozenset({"awm", "flow_grpo", "diffusionnft", "advantageflow"}),
+    # Flow-GRPO only (objectives.md section 1)
+    "sample.sde_type": frozenset({"flow_grpo"}),
+    "sample.sde_window_size": frozenset({"flow_grpo"}),
+    "sample.sde_window_range": frozenset({"flow_grpo"}),
+    "train.cfg": frozenset({"flow_grpo"}),
+    # DiffusionNFT (section 2) and AdvantageFlow (section 3, derived): the old adapter and their losses
+    "train.nft_beta": frozenset({"diffusionnft"}),
+    "train.old_decay_type": frozenset({"diffusionnft", "advantageflow"}),
+    "train.af_lambda": frozenset({"advantageflow"}),
+    "train.af_weighting": frozenset({"advantageflow"}),
+}
+#: each method's defaults for shared keys (objectives.md section 1.5 for Flow-GRPO), applied where
+#: the config does not set the key; the schema defaults below are AWM's
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "awm": {},
+    "flow_grpo": {"sample.num_steps": 10, "sample.noise_level": 0.7, "train.clip_range": 1e-4,
+                  "train.timestep_fraction": 0.99, "train.beta": 0.04, "train.steps_per_epoch": 2,
+                  "sample.zero_std_policy": "drop", "train.ema_decay": 0.9, "train.ema_update_step_interval": 8},
+    # objectives.md 2.4 (NVlabs/DiffusionNFT config/nft.py): 10 rollout steps, J = int(10 * 0.99) = 9,
+    # beta_KL 1e-4, weight EMA 0.9; AdvantageFlow reuses them (section 3.4, derived)
+    "diffusionnft": {"sample.num_steps": 10, "train.timestep_fraction": 0.99, "train.beta": 1e-4,
+                     "train.ema_decay": 0.9},
+    "advantageflow": {"sample.num_steps": 10, "train.timestep_fraction": 0.99, "train.beta": 1e-4,
+                      "train.ema_decay": 0.9},
+}
+
+
 class ConfigSection(BaseModel):
     """Base of every config section, the trainer's and the platform's: unknown keys are errors."""
 
@@ -94,6 +153,15 @@ class SampleConfig(ConfigSection):
     global_std: bool = True
     zero_std_policy: Literal["keep", "drop"] = "keep"
     max_sequence_length: int = Field(128, ge=1, le=512)
+    # Flow-GRPO (method=flow_grpo): the rollout's SDE (objectives.md section 1.1)
+    sde_type: Literal["sde", "cps"] = Field(
+        "sde", description="flow_grpo: Euler-Maruyama SDE with Gaussian log-probs (sde) or the CPS step (cps)")
+    sde_window_size: int = Field(
+        0, ge=0, description="flow_grpo: Flow-GRPO-Fast's SDE window W (steps outside it are ODE and not "
+        "trained); 0 = SDE at every step, the first int(num_steps * timestep_fraction) trained")
+    sde_window_range: tuple[int, int] | None = Field(
+        None, description="flow_grpo: the window starts at a uniform integer in [low, high - W] (inclusive, "
+        "upstream's random.randint); None = (0, num_steps - 1), so the last step is never trained")
 
     @field_validator("noise_window")
     @classmethod
@@ -102,6 +170,16 @@ class SampleConfig(ConfigSection):
         if not (0.0 <= lo <= hi <= 1.0):
             raise ValueError(f"must satisfy 0 <= low <= high <= 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _sde_window(self) -> SampleConfig:
+        if self.sde_window_size:
+            lo, hi = self.sde_window_range if self.sde_window_range is not None else (0, self.num_steps - 1)
+            if not (0 <= lo and hi - self.sde_window_size >= lo and hi <= self.num_steps):
+                raise ValueError(
+                    f"sample.sde_window_range={[lo, hi]} with sample.sde_window_size={self.sde_window_size}: need "
+                    f"0 <= low <= high - size and high <= sample.num_steps={self.num_steps}")
+        return self
 
 
 class TrainConfig(ConfigSection):
@@ -132,11 +210,28 @@ class TrainConfig(ConfigSection):
     loss_type: Literal["exp_first", "sum_first"] = "exp_first"
     weighting: Literal["Uniform", "t", "t**2", "huber", "ghuber"] = "ghuber"
     ghuber_power: float = Field(0.25, gt=0.0, le=1.0)
-    cfg: bool = False
+    cfg: bool = Field(False, description="flow_grpo: CFG (sample.guidance_scale) in the training forwards, as in "
+                      "its rollouts; AWM refuses it (upstream's train.cfg=True is broken)")
     ema: bool = True
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
     ema_update_step_interval: int = Field(1, ge=1)
     off_policy: bool = False
+    # DiffusionNFT / AdvantageFlow (objectives.md sections 2, 3)
+    nft_beta: float = Field(
+        1.0, gt=0.0, le=100.0, description="diffusionnft: mixing coefficient of the implicit policies "
+        "v+ = beta v + (1 - beta) v_old, v- = (1 + beta) v_old - beta v (upstream config.beta: 1.0; OCR 0.1). "
+        "Not the KL coefficient, which is train.beta for every method (upstream config.train.beta, trap 11)")
+    old_decay_type: Literal[0, 1, 2] = Field(
+        1, description="diffusionnft, advantageflow: schedule of the old (rollout) adapter update "
+        "old <- d old + (1 - d) theta after each epoch (upstream decay_type): 0 d = 0; 1 d = min(0.001 step, 0.5); "
+        "2 (NFT OCR) d = 0 for step < 75, then min(0.0075 (step - 75), 0.999)")
+    af_lambda: float = Field(
+        2.0, gt=1.0, le=1000.0, description="advantageflow (derived, not the paper's code): weight lambda of the "
+        "rollout-policy regulariser lambda ||v - v_old||^2; must exceed max |A~| = 1 so that every sample's "
+        "loss is convex (objectives.md 3.2, trap 13); suggested sweep 1.25, 2, 4")
+    af_weighting: Literal["velocity", "x0", "nft_adaptive"] = Field(
+        "x0", description="advantageflow (derived, not the paper's code): time weight w(t) of the loss: velocity "
+        "(1), x0 (t^2: least squares on the x0 prediction), nft_adaptive (t^2 / sg(mean |x0_hat - x0|))")
     use_sa_solver: bool = True
     gradient_checkpointing: bool = Field(
         False, description="recompute the transformer blocks' activations in the backward pass (memory for "
@@ -152,14 +247,6 @@ class TrainConfig(ConfigSection):
         if self.lora_path_step is not None and not self.lora_path:
             raise ValueError("train.lora_path_step is set but train.lora_path is not; set both or neither")
         return self
-
-    @field_validator("cfg")
-    @classmethod
-    def _no_cfg(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("CFG in training is not supported (upstream's train.cfg=True is broken, "
-                             "see trainers/awm/README.md); use sample.guidance_scale for rollouts")
-        return v
 
 
 class EvalConfig(ConfigSection):
@@ -181,6 +268,9 @@ class TrainerConfig(ConfigSection):
     is passed to `derive_topology` explicitly."""
 
     name: str = Field("awm-run", validation_alias=AliasChoices("name", "run_name"))
+    method: MethodName = Field(
+        "awm", description="training method: awm (default), flow_grpo; diffusionnft and advantageflow "
+        "(derived) when available. Keys only other methods read are errors (METHOD_ONLY_KEYS)")
     seed: int = Field(42, ge=0)
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
     resolution: int = Field(512, ge=8, le=4096)
@@ -218,6 +308,31 @@ class TrainerConfig(ConfigSection):
                              "or a custom 'package.module:factory'")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_keys(cls, data: Any) -> Any:
+        """Refuse unavailable methods and keys the method does not read; fill the method's defaults."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "awm")
+        if not isinstance(method, str) or method not in _METHOD_NAMES:
+            return data  # a wrong type or an unknown name: the Literal field reports it
+        if method not in AVAILABLE_METHODS:
+            raise ValueError(f"method={method!r} is not available yet (available: {', '.join(sorted(AVAILABLE_METHODS))})")
+        errors = []
+        for key, readers in METHOD_ONLY_KEYS.items():
+            found, value = _raw_get(data, key)
+            if not found or method in readers or _is_default(key, value):
+                continue
+            errors.append(f"'{key}' is not read by method={method} (only by {', '.join(sorted(readers))})"
+                          f"{_closest_for(method, key)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        defaults = METHOD_DEFAULTS.get(method, {})
+        if defaults:
+            data = _with_defaults(data, defaults)
+        return data
+
     @model_validator(mode="after")
     def _science(self) -> TrainerConfig:
         k = self.sample.num_image_per_prompt
@@ -236,6 +351,9 @@ class TrainerConfig(ConfigSection):
             raise ValueError(
                 f"pretrained.transformer_dtype={td} needs mixed_precision={td} (a {td} transformer computes under "
                 f"{td} autocast; mixed_precision is {self.mixed_precision!r})")
+        if self.train.cfg and self.sample.guidance_scale <= 1.0:
+            raise ValueError("train.cfg=true needs sample.guidance_scale > 1 (the CFG scale of the rollouts, "
+                             "used in training as well)")
         unknown = set(self.reward_kwargs) - set(self.reward_fn) - set(self.eval.rewards or {})
         if unknown:
             raise ValueError(f"reward_kwargs has options for rewards not in reward_fn: {sorted(unknown)}")
@@ -256,6 +374,67 @@ class TrainerConfig(ConfigSection):
         `ExperimentConfig` overrides it (secrets redacted first) so it equals the platform's config hash."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_METHOD_NAMES = ("awm", "flow_grpo", "diffusionnft", "advantageflow")
+_SECTIONS: dict[str, type[BaseModel]] = {"sample": SampleConfig, "train": TrainConfig, "lora": LoraConfig,
+                                         "pretrained": PretrainedConfig, "eval": EvalConfig}
+
+
+def _raw_get(data: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in key.split("."):
+        if isinstance(node, BaseModel):
+            if part not in node.model_fields_set:
+                return False, None
+            node = getattr(node, part)
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False, None
+    return True, node
+
+
+def _field(key: str):
+    parts = key.split(".")
+    model = _SECTIONS[parts[0]] if len(parts) == 2 else TrainerConfig
+    return model.model_fields[parts[-1]]
+
+
+def _is_default(key: str, value: Any) -> bool:
+    """A key at its schema default (e.g. in a dumped config of another method) is not "set"."""
+    default = _field(key).get_default(call_default_factory=True)
+    norm = lambda v: json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True)  # noqa: E731
+    try:
+        return norm(value) == norm(default)
+    except TypeError:
+        return False
+
+
+def _closest_for(method: str, key: str) -> str:
+    """'; did you mean X?' with the closest key of the same section that `method` reads."""
+    parts = key.split(".")
+    fields = list((_SECTIONS[parts[0]] if len(parts) == 2 else TrainerConfig).model_fields)
+    prefix = f"{parts[0]}." if len(parts) == 2 else ""
+    valid = [f for f in fields if method in METHOD_ONLY_KEYS.get(prefix + f, frozenset({method}))
+             and f != parts[-1]]
+    close = difflib.get_close_matches(parts[-1], valid, n=1, cutoff=0.5)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else "; remove it"
+
+
+def _with_defaults(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key, value in defaults.items():
+        parts = key.split(".")
+        if len(parts) == 1:
+            out.setdefault(parts[0], value)
+            continue
+        section = out.get(parts[0])
+        if section is None:
+            out[parts[0]] = {parts[1]: value}
+        elif isinstance(section, dict) and parts[1] not in section:
+            out[parts[0]] = {**section, parts[1]: value}
+    return out
 
 
 # ---------------------------------------------------------------------- topology ----

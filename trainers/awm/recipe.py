@@ -1,25 +1,29 @@
-"""The AWM training loop (spec sections 1 and 2.8; README.md maps every equation to code).
+"""The training loop, shared by every method (spec sections 1 and 2.8; README.md maps every equation to code).
 
 ``train(cfg, run_dir, *, logger=None, stop=None) -> TrainResult`` runs in-process, as a plain
-single process or under ``accelerate launch`` (DDP; gloo on CPU). Per epoch:
+single process or under ``accelerate launch`` (DDP; gloo on CPU). What differs between methods
+(``cfg.method``: AWM, Flow-GRPO, ...) is a strategy object from ``trainers/awm/methods`` (the
+seam: ``methods/base.py``); everything else here is one copy for all. Per epoch:
 
 1. **Rollout** (no grad): the seeded group sampler deals this process its slots; each round
    encodes the prompts, draws every sample's initial noise (and SDE noise) from its own
-   generator seeded by ``(seed, epoch, group, member)``, runs SA-Solver (default) or Euler
-   SDE/ODE with the policy (the ``"ema"`` adapter when off-policy), decodes, and submits the
-   images to the reward thread pool, which scores them while the next round samples.
-   Only ``x0``, the text conditioning and the time grid are kept.
+   generator seeded by ``(seed, epoch, group, member)``, runs the method's sampler with the
+   method's rollout adapter (AWM: SA-Solver or Euler SDE/ODE with the policy, the ``"ema"``
+   adapter when off-policy), decodes, and submits the images to the reward thread pool, which
+   scores them while the next round samples. ``x0``, the text conditioning and the method's
+   per-sample ``extras`` are kept.
 2. **Advantages**: rewards are gathered over processes (rank order), grouped by
    ``(epoch, group index)`` (never by decoded text, trap 9.12), A = (r - mean_g)/(std + 1e-4),
-   A' = clamp(A, +-c)/c * advantage_max (``advantages.py``).
-3. **Pass 1**: per micro-batch, ``(t, eps)`` come from a generator seeded by
-   ``(seed, epoch, rank, micro-batch)``, so pass 1 and pass 2 see identical values; old
+   A' = clamp(A, +-c)/c * advantage_max (``advantages.py``); the method picks what its loss uses.
+3. **prepare_epoch** (AWM's pass 1): per micro-batch, ``(t, eps)`` come from a generator seeded
+   by ``(seed, epoch, rank, micro-batch)``, so pass 1 and pass 2 see identical values; old
    log-probs are computed (no grad) only when needed: off-policy (``"ema"`` adapter) or for
    micro-batches after the epoch's first optimizer step (pre-update policy).
-4. **Pass 2**: reference (adapters disabled) and ``"ema"``-adapter forwards without grad
-   (skipped when their coefficient is 0), the policy forward with grad, the AWM loss
-   (``loss.py``), backward with DDP sync only on the last micro-batch of an optimizer step,
-   grad clipping, AdamW, LR schedule; then the weight EMA and the KL-EMA adapter update.
+4. **Update**: per micro-batch, the method's chunk losses (AWM: reference and ``"ema"``-adapter
+   forwards without grad, skipped when their coefficient is 0, the policy forward with grad, the
+   AWM loss of ``loss.py``), backward with DDP sync only on the last chunk of an optimizer step,
+   grad clipping, AdamW, LR schedule; then the weight EMA and the method's ``after_step`` (AWM:
+   the KL-EMA adapter update); after the epoch's last step the method's ``end_epoch``.
 5. Log, evaluate (every ``eval_freq`` epochs, at step 0 and at the end), checkpoint (every
    ``save_freq`` epochs, at the end, and when ``stop`` is set).
 """
@@ -49,16 +53,15 @@ from trainers.awm import lora as L
 from trainers.awm.accelerate_compat import reset_accelerate_state
 from trainers.awm.advantages import compute_advantages
 from trainers.awm.config import TrainerConfig, derive_topology
-from trainers.awm.ema import WeightEMA, kl_ema_mixing, update_ema_adapter_
+from trainers.awm.ema import WeightEMA
 from trainers.awm.evaluation import run_eval, write_samples
 from trainers.awm.generate import cfg_velocity
 from trainers.awm.logging import JsonlMetricLogger, MetricLogger, NullLogger, Progress
-from trainers.awm.loss import compute_awm_loss, flow_matching_target, noised_latents, per_sample_log_prob
+from trainers.awm.methods import build_method
 from trainers.awm.model import Cond, load_family
-from trainers.awm.prompts import GroupSampler, derive_seed, eval_seed, load_prompts, rollout_seed, train_seed
+from trainers.awm.prompts import GroupSampler, derive_seed, eval_seed, load_prompts, rollout_seed
 from trainers.awm.rewards import AsyncRewardPool, build_reward
-from trainers.awm.samplers import euler_sample, randn_per_sample, sa_solver_sample
-from trainers.awm.timesteps import sample_training_times
+from trainers.awm.samplers import randn_per_sample
 
 try:  # optional: only train.use_8bit_adam needs it
     import bitsandbytes as bnb
@@ -92,18 +95,21 @@ class EpochBuffer:
     advantages: Any  # (N,) float32, A'
     keep: Any  # (N,) bool
     keep_all: Any  # (W*N,) bool, gathered in rank order
-    lp_old: dict[int, Any] = field(default_factory=dict)  # micro-batch -> (T, B) float64
+    lp_old: dict[int, Any] = field(default_factory=dict)  # AWM: micro-batch -> (T, B) float64
+    extras: dict[str, Any] = field(default_factory=dict)  # the method's per-sample rollout tensors (N, ...)
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "x0": self.x0.cpu(), "embeds": self.embeds.cpu(), "pooled": self.pooled.cpu(),
                 "advantages": self.advantages.cpu(), "keep": self.keep.cpu(), "keep_all": self.keep_all.cpu(),
-                "lp_old": {str(k): v.cpu() for k, v in self.lp_old.items()}}
+                "lp_old": {str(k): v.cpu() for k, v in self.lp_old.items()},
+                "extras": {k: v.cpu() for k, v in self.extras.items()}}
 
     @classmethod
     def from_state(cls, s: dict[str, Any], device) -> EpochBuffer:
         return cls(int(s["epoch"]), s["x0"].to(device), s["embeds"].to(device), s["pooled"].to(device),
                    s["advantages"].to(device), s["keep"].to(device), s["keep_all"],
-                   {int(k): v.to(device) for k, v in s["lp_old"].items()})
+                   {int(k): v.to(device) for k, v in s["lp_old"].items()},
+                   {k: v.to(device) for k, v in s.get("extras", {}).items()})
 
 
 def _lr_lambda(decay_steps: float, kind: str):
@@ -182,6 +188,7 @@ class AWMTrainer:
         acc.wait_for_everyone()
 
         set_seed(cfg.seed)  # same on every rank: identical LoRA init; rollout noise is per-slot seeded
+        self.method = build_method(cfg)
         self.family = load_family(cfg.pretrained.family, cfg.pretrained.model, revision=cfg.pretrained.revision,
                                   device=self.device, inference_dtype=cfg.pretrained.dtype,
                                   guidance=cfg.pretrained.guidance, transformer_dtype=cfg.pretrained.transformer_dtype)
@@ -340,9 +347,10 @@ class AWMTrainer:
         plan = self.sampler.plan(epoch)
         slots = plan.for_rank(self.rank, self.world)
         bs = self.topo.sample_train_batch_size
-        x0s, conds, futures = [], [], []
+        x0s, conds, futures, extras = [], [], [], []
         t0 = time.perf_counter()
-        adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if cfg.train.off_policy else contextlib.nullcontext()
+        adapter = self.method.rollout_adapter()
+        adapter_ctx = L.using_adapter(self.unwrapped, adapter) if adapter is not None else contextlib.nullcontext()
         task = self.progress.task(f"epoch {epoch} rollouts", len(slots))
         nfe = 0
         with adapter_ctx:
@@ -357,14 +365,10 @@ class AWMTrainer:
                 lat = randn_per_sample((len(chunk), *self.latent_shape), gens, device=self.device, dtype=torch.float32)
                 vfn = self.velocity_factory(self.unwrapped, cond)
                 with torch.no_grad(), acc.autocast():
-                    if cfg.train.use_sa_solver:
-                        out = sa_solver_sample(vfn, lat, self.sigmas, noise_level=s.noise_level,
-                                               noise_window=tuple(s.noise_window), generator=gens)
-                    else:
-                        out = euler_sample(vfn, lat, self.sigmas, noise_level=s.noise_level, sde_frac=s.sde_frac,
-                                           generator=gens)
+                    out = self.method.sample(self, vfn, lat, gens)
                 nfe += out.nfe * len(chunk)
-                x0 = out.x0.float()
+                x0 = out.x0
+                extras.append(out.extras)
                 images = self.family.decode(x0)
                 futures.append(self.pool.submit(images, texts, metas))
                 x0s.append(x0)
@@ -379,6 +383,7 @@ class AWMTrainer:
         local = {k: np.concatenate([r[k] for r in results]) for k in keys}
         x0 = torch.cat(x0s)
         cond = Cond.cat(conds)
+        extra = {k: torch.cat([e[k] for e in extras]) for k in extras[0]}
 
         # ---- gather (rank order) and advantages
         n_local = len(slots)
@@ -395,8 +400,8 @@ class AWMTrainer:
                                  advantage_max=cfg.train.advantage_max, zero_std_policy=s.zero_std_policy)
         sl_ = slice(self.rank * n_local, (self.rank + 1) * n_local)
         buf = EpochBuffer(epoch=epoch, x0=x0, embeds=cond.prompt_embeds, pooled=cond.pooled,
-                          advantages=res.advantages[sl_].to(self.device), keep=res.keep[sl_].to(self.device),
-                          keep_all=res.keep.cpu())
+                          advantages=self.method.advantages(res)[sl_].to(self.device),
+                          keep=res.keep[sl_].to(self.device), keep_all=res.keep.cpu(), extras=extra)
         metrics: dict[str, float] = {}
         for j, k in enumerate(keys):
             col = rew_all[:, j].numpy()
@@ -415,48 +420,10 @@ class AWMTrainer:
     def _perm(self, epoch: int, rank: int, n: int):
         return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(0x5348, self.cfg.seed, epoch, rank)))
 
-    def _draw(self, epoch: int, mb: int, b: int):
-        """(t (T,B), eps (T,B,*latent_shape)) of a micro-batch, identical in pass 1 and pass 2."""
-        cfg = self.cfg
-        gen = torch.Generator().manual_seed(train_seed(cfg.seed, epoch, self.rank, mb))
-        t = sample_training_times(cfg.time_type, grid=self.grid, num_train_timesteps=cfg.train.train_timesteps,
-                                  timestep_fraction=cfg.train.timestep_fraction, batch_size=b,
-                                  time_shift=cfg.time_shift, generator=gen, mu=self.time_shift_mu)
-        eps = torch.randn((cfg.train.train_timesteps, b, *self.latent_shape), generator=gen, dtype=torch.float32)
-        return t.to(self.device), eps.to(self.device)
-
-    def _mb_inputs(self, buf: EpochBuffer, idx, epoch: int, mb: int):
-        T = self.cfg.train.train_timesteps
-        b = len(idx)
-        t, eps = self._draw(epoch, mb, b)
-        x0 = buf.x0[idx]
-        xt = noised_latents(x0.unsqueeze(0).expand(T, *x0.shape), eps, t)
-        cond = Cond(buf.embeds[idx], buf.pooled[idx]).repeat(T)
-        flat_x = xt.reshape(T * b, *x0.shape[1:])
-        flat_t = t.reshape(T * b)
-        target = flow_matching_target(eps, x0.unsqueeze(0).expand_as(eps))
-        return t, flat_x, flat_t, cond, target
-
-    def _forward(self, module, flat_x, flat_t, cond, shape):
+    def forward(self, module, flat_x, flat_t, cond, shape):
+        """The family's velocity of a flat batch, reshaped to ``shape`` (methods call it)."""
         v = self.family.velocity(module, flat_x, flat_t, cond)
         return v.reshape(*shape)
-
-    def _pass1(self, buf: EpochBuffer, order, n_mb: int) -> None:
-        """Old log-probs on the pre-update (or "ema") policy where needed (L1227-1240)."""
-        cfg, acc = self.cfg, self.accelerator
-        B, T = self.topo.train_batch_size, cfg.train.train_timesteps
-        need = [i for i in range(n_mb) if cfg.train.off_policy or i >= self.topo.gradient_accumulation_steps]
-        if not need:
-            return
-        ctx = L.using_adapter(self.unwrapped, L.EMA) if cfg.train.off_policy else contextlib.nullcontext()
-        with ctx, torch.no_grad(), acc.autocast():
-            for i in need:
-                idx = order[i * B:(i + 1) * B].to(self.device)
-                t, flat_x, flat_t, cond, target = self._mb_inputs(buf, idx, buf.epoch, i)
-                v = self._forward(self.unwrapped, flat_x, flat_t, cond, (T, len(idx), *self.latent_shape))
-                lp, _ = per_sample_log_prob(v, target, t, weighting=cfg.train.weighting,
-                                            ghuber_power=cfg.train.ghuber_power)
-                buf.lp_old[i] = lp.detach()
 
     def _step_weights(self, buf: EpochBuffer, n_local: int) -> list[float]:
         """Kept samples per optimizer step summed over all processes (loss normaliser)."""
@@ -470,55 +437,34 @@ class AWMTrainer:
         return counts
 
     def train_step(self, buf: EpochBuffer, step_in_epoch: int, order, counts: list[float]) -> dict[str, float]:
-        """Micro-batches of one optimizer step + the step itself + EMA updates."""
-        acc, tcfg = self.accelerator, self.cfg.train
-        B, GA, T = self.topo.train_batch_size, self.topo.gradient_accumulation_steps, tcfg.train_timesteps
-        sums: dict[str, float] = {}
+        """Micro-batches of one optimizer step (the method's chunk losses) + the step itself + EMA updates."""
+        acc, tcfg, method = self.accelerator, self.cfg.train, self.method
+        B, GA = self.topo.train_batch_size, self.topo.gradient_accumulation_steps
+        n_chunks = method.num_chunks(self)
+        keys = method.metric_keys
+        sums: dict[str, Any] = {}
         n_terms = 0
         total_kept = counts[step_in_epoch]
         for j in range(GA):
             i = step_in_epoch * GA + j
             idx = order[i * B:(i + 1) * B].to(self.device)
-            t, flat_x, flat_t, cond, target = self._mb_inputs(buf, idx, buf.epoch, i)
-            shape = (T, len(idx), *self.latent_shape)
-            v_ref = v_ema = None
-            with torch.no_grad(), acc.autocast():
-                if tcfg.beta > 0:
-                    with L.adapters_disabled(self.unwrapped):
-                        v_ref = self._forward(self.unwrapped, flat_x, flat_t, cond, shape)
-                if tcfg.ema_beta > 0:
-                    with L.using_adapter(self.unwrapped, L.EMA):
-                        v_ema = self._forward(self.unwrapped, flat_x, flat_t, cond, shape)
-            last = j == GA - 1
-            sync_ctx = contextlib.nullcontext() if last or self.world == 1 else acc.no_sync(self.model)
-            with sync_ctx:
-                with acc.autocast():
-                    pred = self._forward(self.model, flat_x, flat_t, cond, shape)
-                keep = buf.keep[idx]
-                n_keep = int(keep.sum())
-                if n_keep == 0 or total_kept == 0:
-                    loss = pred.sum() * 0.0
-                    out = None
-                else:
-                    cols = keep.nonzero().flatten() if n_keep < len(idx) else slice(None)
-                    lp_old = None
-                    if tcfg.off_policy or i >= GA:
-                        lp_old = buf.lp_old[i][:, cols]
-                    out = compute_awm_loss(
-                        pred[:, cols], target[:, cols], t[:, cols], buf.advantages[idx][cols],
-                        weighting=tcfg.weighting, ghuber_power=tcfg.ghuber_power, clip_range=tcfg.clip_range,
-                        loss_type=tcfg.loss_type, beta=tcfg.beta, ema_beta=tcfg.ema_beta, lp_old=lp_old,
-                        pred_ref=None if v_ref is None else v_ref[:, cols],
-                        pred_ema=None if v_ema is None else v_ema[:, cols],
-                        kl_weighting=tcfg.kl_weight, kl_ema_weighting=tcfg.kl_ema_weight)
-                    # mean over all kept samples of the step, across processes (DDP averages ranks)
-                    loss = out["loss"] * (n_keep * self.world / total_kept)
-                acc.backward(loss)
-            if out is not None:  # accumulate on the device; one sync per optimizer step
-                n_terms += 1
-                for k in ("policy_loss", "kl_loss", "ema_kl_loss", "loss", "clipfrac", "approx_kl", "ratio_mean"):
-                    sums[k] = sums.get(k, 0.0) + out[k].detach().double()
-                sums["mse"] = sums.get("mse", 0.0) + out["mse"].mean().double()
+            keep = buf.keep[idx]
+            n_keep = int(keep.sum())
+            cols = None
+            if n_keep > 0 and total_kept > 0:
+                cols = keep.nonzero().flatten() if n_keep < len(idx) else slice(None)
+            # mean over all kept samples of the step, across processes (DDP averages ranks), and chunks
+            scale = n_keep * self.world / total_kept / n_chunks if cols is not None else 1.0
+            for c in range(n_chunks):
+                last = j == GA - 1 and c == n_chunks - 1
+                sync_ctx = contextlib.nullcontext() if last or self.world == 1 else acc.no_sync(self.model)
+                with sync_ctx:
+                    loss, out = method.chunk_loss(self, buf, idx, i, c, cols)
+                    acc.backward(loss * scale if out is not None else loss)
+                if out is not None:  # accumulate on the device; one sync per optimizer step
+                    n_terms += 1
+                    for k in keys:
+                        sums[k] = sums.get(k, 0.0) + out[k].detach().double()
         grad_norm = acc.clip_grad_norm_(self.policy_params, tcfg.max_grad_norm)
         self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -527,7 +473,6 @@ class AWMTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         # fixed keys + a count, summed over ranks (a rank whose samples were all dropped still joins)
-        keys = ("policy_loss", "kl_loss", "ema_kl_loss", "loss", "clipfrac", "approx_kl", "ratio_mean", "mse")
         vec = torch.zeros(len(keys) + 1, dtype=torch.float64, device=self.device)
         for j, k in enumerate(keys):
             if k in sums:
@@ -546,9 +491,7 @@ class AWMTrainer:
             d = self.wema.update(self.policy_named, ema_step)
             if d is not None:
                 metrics["train/weight_ema_decay"] = float(d)
-        d = kl_ema_mixing(ema_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)
-        update_ema_adapter_(self.ema_adapter_params, self.policy_params, d)
-        metrics["train/kl_ema_decay"] = float(d)
+        metrics.update(method.after_step(self, ema_step))
         metrics["train/epoch"] = float(buf.epoch)
         return metrics
 
@@ -681,11 +624,13 @@ class AWMTrainer:
             t_train = time.perf_counter()
             order = self._perm(epoch, self.rank, n_local)
             if first == 0:
-                self._pass1(buf, order, self.topo.train_num_batches_per_epoch)
+                self.method.prepare_epoch(self, buf, order)
             counts = self._step_weights(buf, n_local)
             for s in range(first, self.topo.steps_per_epoch):
                 metrics = self.train_step(buf, s, order, counts)
                 last = s == self.topo.steps_per_epoch - 1
+                if last:
+                    metrics.update(self.method.end_epoch(self, epoch))
                 if s == first:
                     metrics.update(epoch_metrics)
                 if last:
