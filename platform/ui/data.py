@@ -14,6 +14,7 @@ their results on `change_marker`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -257,14 +258,18 @@ class SweepDetail:
 # ------------------------------------------------------------------ change marker ----
 def change_marker(store: Store) -> str:
     """Cheap fingerprint of what the pages read: changes whenever a run, checkpoint, evaluation,
-    sweep or metric is written (counts and max of ids / updated_at: index lookups)."""
+    sweep or metric is written. Each part is one index lookup (a lone max() of an indexed column)
+    or an index-only count: runs and evaluations by count + max(updated_at) (every write sets
+    it), checkpoints and metrics by count / max(id) (rows are added, not changed), sweeps likewise."""
     parts: list[Any] = []
     with store.reading() as conn:
-        for table, stamp in ((Run, Run.updated_at), (Evaluation, Evaluation.updated_at),
-                             (Checkpoint, Checkpoint.created_at), (Sweep, Sweep.updated_at)):
-            row = conn.execute(sa.select(sa.func.count(), sa.func.max(table.id), sa.func.max(stamp))).one()
-            parts.extend(row)
-        parts.append(conn.execute(sa.select(sa.func.max(MetricPoint.id))).scalar())
+        for stmt in (sa.select(sa.func.count()).select_from(Run), sa.select(sa.func.max(Run.updated_at)),
+                     sa.select(sa.func.count()).select_from(Evaluation),
+                     sa.select(sa.func.max(Evaluation.updated_at)),
+                     sa.select(sa.func.count()).select_from(Checkpoint), sa.select(sa.func.max(Checkpoint.id)),
+                     sa.select(sa.func.max(Sweep.updated_at)), sa.select(sa.func.count()).select_from(Sweep),
+                     sa.select(sa.func.max(MetricPoint.id))):
+            parts.append(conn.execute(stmt).scalar())
     return "|".join("" if p is None else str(p) for p in parts)
 
 
@@ -377,15 +382,12 @@ def _check_sort(sort: str) -> None:
 
 
 def _pivot(views: Mapping[str, BenchmarkView]) -> tuple[list[Any], ColumnElement[bool]]:
-    """Per benchmark: max(CASE WHEN <its view> THEN <column> END) for id, score, CIs, n. A
-    compare_hash names its benchmark too (it hashes it), so the view test is on it alone."""
+    """Per benchmark: max(CASE WHEN <its view> THEN score END), the only pivoted column (the rest
+    of a score is joined for the page's rows only). A compare_hash names its benchmark too (it
+    hashes it), so the view test is on it alone."""
     e = Evaluation.__table__
-    cols: list[Any] = []
-    for i, v in enumerate(views.values()):
-        cond = e.c.compare_hash == v.compare_hash
-        for name, col in (("id", e.c.id), ("score", e.c.score), ("lo", e.c.ci_low), ("hi", e.c.ci_high),
-                          ("n", e.c.num_samples)):
-            cols.append(sa.func.max(sa.case((cond, col))).label(f"b{i}_{name}"))
+    cols = [sa.func.max(sa.case((e.c.compare_hash == v.compare_hash, e.c.score))).label(f"b{i}_score")
+            for i, v in enumerate(views.values())]
     return cols, e.c.compare_hash.in_([v.compare_hash for v in views.values()])
 
 
@@ -411,13 +413,13 @@ def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[
     for r in conn.execute(sa.select(e.c.id, e.c.checkpoint_sha256, e.c.target, e.c.compare_hash, e.c.score,
                                     e.c.ci_low, e.c.ci_high, e.c.num_samples)
                           .where(e.c.compare_hash.in_(list(by_hash)), e.c.status == EvalStatus.COMPLETED.value,
-                                 e.c.partial == sa.false(), e.c.weights == BASE_WEIGHTS).order_by(e.c.id)):
+                                 e.c.partial == sa.false(), e.c.weights == BASE_WEIGHTS)):
         target, scores = found.setdefault(r.checkpoint_sha256, (r.target, {}))
         scores[by_hash[r.compare_hash]] = Score(evaluation_id=int(r.id), score=float(r.score),
                                                 ci_low=float(r.ci_low), ci_high=float(r.ci_high),
                                                 n=int(r.num_samples), status=EvalStatus.COMPLETED.value)
     out = []
-    for sha, (target, scores) in sorted(found.items(), key=lambda kv: kv[1][0]):
+    for sha, (target, scores) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0])):
         model = next((views[b].spec.get("model") for b in scores), None)
         out.append(LeaderboardRow(
             key=f"{sha}:{BASE_WEIGHTS}", target=target, weights=BASE_WEIGHTS, is_base=True, run_name=None,
@@ -432,10 +434,11 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     benchmark's view, filtered, sorted and paginated by the database. Raises ValueError for a
     bad sort key, page size or spec (the message names the valid values).
 
-    The statement: `g` pivots the filtered evaluations into one row per (checkpoint, weights)
-    (covering index ix_evaluations_compare_hash_status: no table row is read); `page` sorts those rows, counts
-    them (window count) and keeps one page; only the page's rows are then joined to their run,
-    checkpoint and parameters. Sorting on a run column joins the run inside `page` instead."""
+    The statement: `g` pivots the filtered evaluations' scores into one row per (checkpoint,
+    weights) (an index-only pass over ix_evaluations_compare_hash_status); `page` sorts those rows,
+    counts them (window count) and keeps one page; only the page's rows are then joined to their
+    evaluations (ids, CIs), run, checkpoint and parameters. Sorting on a run column joins the run
+    inside `page` instead."""
     _check_sort(query.sort)
     if not 1 <= query.page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE} (got {query.page_size})")
@@ -449,26 +452,27 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         if not views:
             return LeaderboardPage(rows=[], total=0, base_rows=base_rows, benchmarks=[], views={})
         sort_bench = _sort_benchmark(query, benchmarks)
-        grouped = _grouped(views, f)
+        by_run = not (query.sort == "" or query.sort.startswith("score:"))
+        grouped = _grouped(views, f, with_run=by_run)
         base_score = _base_score(base_rows, sort_bench)
-        score_of = (lambda t: t.c[f"b{benchmarks.index(sort_bench)}_score"]) if sort_bench else (lambda t: None)
 
-        def run_columns(g: Any) -> tuple[Any, Any, Any, list[Any]]:
-            """Run and checkpoint tables joined to `g`, with GPU-hours and reward."""
-            ck = Checkpoint.__table__.alias("ck")
+        def score_of(t: Any) -> Any:
+            return t.c[f"b{benchmarks.index(sort_bench)}_score"] if sort_bench else None
+
+        def run_columns(run_name: Any, step: Any, score: Any) -> tuple[Any, Any, Any, list[Any]]:
+            """Run and checkpoint joined by (run name, step), with GPU-hours and reward."""
+            ck = _checkpoint_alias()
             last = (sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id)
                     .scalar_subquery())  # the run's last checkpointed step (index search per row)
             gpu = sa.case((last > 0, Run.gpu_hours * ck.c.step / sa.cast(last, sa.Float)), else_=None)
-            sc = score_of(g)
-            reward = (sa.case((gpu > 0, (sc - base_score) / gpu), else_=None)
-                      if sc is not None and base_score is not None else sa.null())
-            joins = [(Run, Run.name == g.c.ev_run), (ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == g.c.ev_step))]
+            reward = (sa.case((gpu > 0, (score - base_score) / gpu), else_=None)
+                      if score is not None and base_score is not None else sa.null())
+            joins = [(Run, Run.name == run_name), (ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == step))]
             return ck, gpu, reward, joins
 
-        by_run = not (query.sort == "" or query.sort.startswith("score:") or query.sort == "step")
         inner = sa.select(grouped, sa.func.count().over().label("total"))
         if by_run:
-            ck, gpu, reward, joins = run_columns(grouped)
+            ck, gpu, reward, joins = run_columns(grouped.c.ev_run, grouped.c.ev_step, score_of(grouped))
             order_cols = _order_columns(query.sort, grouped, score_of(grouped), _param_value("method"),
                                         _param_value("pretrained.model"), gpu, reward, ck)
             src: Any = grouped
@@ -481,16 +485,26 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         ordering = [(c.desc() if query.descending else c.asc()).nulls_last() for c in order_cols]
         page = (inner.order_by(*ordering, grouped.c.sha, grouped.c.weights)
                 .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
-        ck, gpu, reward, joins = run_columns(page)
+        # the page's evaluations, one join per benchmark (the evaluation key's index: sha256 first)
+        evs = [_evaluation_alias(i) for i in range(len(views))]
         src = page
+        for ev, v in zip(evs, views.values()):
+            src = src.outerjoin(ev, sa.and_(ev.c.checkpoint_sha256 == page.c.sha, ev.c.weights == page.c.weights,
+                                            ev.c.compare_hash == v.compare_hash,
+                                            ev.c.status == EvalStatus.COMPLETED.value, ev.c.partial == sa.false()))
+        run_name = sa.func.coalesce(*(ev.c.run_name for ev in evs), None) if len(evs) > 1 else evs[0].c.run_name
+        step = sa.func.coalesce(*(ev.c.step for ev in evs), None) if len(evs) > 1 else evs[0].c.step
+        target = sa.func.coalesce(*(ev.c.target for ev in evs), None) if len(evs) > 1 else evs[0].c.target
+        ck, gpu, reward, joins = run_columns(run_name, step, score_of(page))
         for table, on in joins:
             src = src.outerjoin(table, on)
-        e = Evaluation.__table__
-        target = (sa.select(sa.func.max(e.c.target)).where(e.c.checkpoint_sha256 == page.c.sha,
-                                                           e.c.weights == page.c.weights).scalar_subquery())
-        final = (sa.select(page, target.label("target"), ck.c.path, ck.c.created_at.label("ckpt_created_at"), Run.id.label("run_id"),
-                           Run.name.label("run_name"), Run.sweep_name, Run.trial_number, Run.output_dir,
-                           Run.mlflow_run_id, _param_value("method").label("method"),
+        ev_cols = [c for i, ev in enumerate(evs) for c in (
+            ev.c.id.label(f"b{i}_id"), ev.c.ci_low.label(f"b{i}_lo"), ev.c.ci_high.label(f"b{i}_hi"),
+            ev.c.num_samples.label(f"b{i}_n"))]
+        final = (sa.select(page, *ev_cols, run_name.label("ev_run_name"), step.label("ev_step_of"),
+                           target.label("target"), ck.c.path, ck.c.created_at.label("ckpt_created_at"),
+                           Run.id.label("run_id"), Run.name.label("run_name"), Run.sweep_name, Run.trial_number,
+                           Run.output_dir, Run.mlflow_run_id, _param_value("method").label("method"),
                            _param_value("pretrained.model").label("base_model"), gpu.label("gpu_hours"),
                            reward.label("reward_per_gpu_hour"))
                  .select_from(src)
@@ -501,7 +515,7 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
     out = [LeaderboardRow(
         key=f"{r.sha}:{r.weights}", target=r.target, weights=r.weights, is_base=False, run_name=r.run_name,
-        sweep_name=r.sweep_name, trial_number=r.trial_number, step=r.ev_step, checkpoint_path=r.path,
+        sweep_name=r.sweep_name, trial_number=r.trial_number, step=r.ev_step_of, checkpoint_path=r.path,
         run_dir=r.output_dir, mlflow_run_id=r.mlflow_run_id, method=r.method, base_model=r.base_model,
         params=params.get(r.run_id, {}), gpu_hours=None if r.gpu_hours is None else float(r.gpu_hours),
         created_at=as_utc(r.ckpt_created_at), scores=_scores(r, views),
@@ -510,14 +524,25 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     return LeaderboardPage(rows=out, total=total, base_rows=base_rows, benchmarks=benchmarks, views=views)
 
 
-def _grouped(views: Mapping[str, BenchmarkView], f: Filters) -> Any:
+@functools.cache
+def _evaluation_alias(i: int) -> Any:
+    # an alias of a mapped table builds a proxy per column (~5 ms each time): made once, reused
+    return Evaluation.__table__.alias(f"e{i}")
+
+
+@functools.cache
+def _checkpoint_alias() -> Any:
+    return Checkpoint.__table__.alias("ck")
+
+
+def _grouped(views: Mapping[str, BenchmarkView], f: Filters, *, with_run: bool = False) -> Any:
     """The filtered evaluations of the views, one row per (checkpoint sha256, weights), each
-    benchmark's columns pivoted by `max(CASE ...)`. Rows are keyed by the sha256 (the evaluation
-    key); run and checkpoint are found by the evaluation's run_name and step."""
+    benchmark's score pivoted by `max(CASE ...)`; `with_run`: also the run name and step (to
+    join the run when sorting on its columns)."""
     e = Evaluation.__table__
     cols, in_view = _pivot(views)
-    where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
-                                        e.c.weights != BASE_WEIGHTS, in_view]
+    where: list[ColumnElement[bool]] = [in_view, e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
+                                        e.c.weights != BASE_WEIGHTS]
     if f.weights:
         where.append(e.c.weights.in_(list(f.weights)))
     run_conds = _run_conditions(f)
@@ -529,8 +554,8 @@ def _grouped(views: Mapping[str, BenchmarkView], f: Filters) -> Any:
         date_conds = [c.c.created_at >= lo] if lo is not None else []
         date_conds += [c.c.created_at < hi] if hi is not None else []
         where.append(e.c.checkpoint_sha256.in_(sa.select(c.c.sha256).where(*date_conds)))
-    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"),
-                      sa.func.max(e.c.run_name).label("ev_run"), sa.func.max(e.c.step).label("ev_step"), *cols)
+    run_cols = [sa.func.max(e.c.run_name).label("ev_run"), sa.func.max(e.c.step).label("ev_step")] if with_run else []
+    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), *run_cols, *cols)
             .where(*where).group_by(e.c.checkpoint_sha256, e.c.weights).subquery("g"))
 
 
@@ -550,8 +575,6 @@ def _order_columns(sort: str, grouped: Any, score: Any, method: Any, base_model:
                    ck: Any) -> list[Any]:
     if sort == "" or sort.startswith("score:"):
         return [score] if score is not None else []
-    if sort == "step":
-        return [grouped.c.ev_step]
     if sort.startswith("param:"):
         p = RunParam.__table__
         key = sort.split(":", 1)[1]
@@ -559,7 +582,7 @@ def _order_columns(sort: str, grouped: Any, score: Any, method: Any, base_model:
         num = sa.select(sa.func.max(p.c.num_value)).where(p.c.run_id == Run.id, p.c.key == key).scalar_subquery()
         text = sa.select(sa.func.min(p.c.text_value)).where(p.c.run_id == Run.id, p.c.key == key).scalar_subquery()
         return [num, text]
-    return [{"run": Run.name, "created_at": ck.c.created_at, "gpu_hours": gpu_hours,
+    return [{"run": Run.name, "step": grouped.c.ev_step, "created_at": ck.c.created_at, "gpu_hours": gpu_hours,
              "reward_per_gpu_hour": reward, "method": method, "base_model": base_model,
              "sweep": Run.sweep_name}[sort]]
 
@@ -624,7 +647,13 @@ def partial_evaluations(store: Store, filters: Filters, limit: int = 200) -> lis
     full ones: the page shows them apart). The run-level and weights filters apply."""
     e = Evaluation.__table__
     ck = Checkpoint.__table__
-    where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.true()]
+    with store.reading() as conn:
+        hashes = [v.compare_hash for vs in _views(conn, partial=True).values() for v in vs]
+    if not hashes:
+        return []
+    # by compare_hash: an index search, not a pass over every completed evaluation
+    where: list[ColumnElement[bool]] = [e.c.compare_hash.in_(hashes), e.c.status == EvalStatus.COMPLETED.value,
+                                        e.c.partial == sa.true()]
     if filters.weights:
         where.append(e.c.weights.in_([*filters.weights, BASE_WEIGHTS]))
     run_conds = _run_conditions(filters)
@@ -658,8 +687,9 @@ def inloop_rows(store: Store, filters: Filters, limit: int = 200) -> list[InLoop
     ck = Checkpoint.__table__
     e = Evaluation.__table__
     m = MetricPoint.__table__
-    where: list[ColumnElement[bool]] = [~sa.exists().where(e.c.checkpoint_sha256 == ck.c.sha256,
-                                                           e.c.status == EvalStatus.COMPLETED.value)]
+    # NOT IN: the completed keys are collected once (an index-only pass), then probed per checkpoint
+    where: list[ColumnElement[bool]] = [ck.c.sha256.not_in(
+        sa.select(e.c.checkpoint_sha256).where(e.c.status == EvalStatus.COMPLETED.value))]
     where += _run_conditions(filters)
     lo, hi = _date_bounds(filters)
     if lo is not None:

@@ -469,3 +469,25 @@ def test_import_evaluations_records_completed_rows_as_ensure_does(store: Store) 
     with pytest.raises(StoreError, match="already in the store"):
         store.import_evaluations(records[:1] + [dict(records[0], checkpoint_sha256="9" * 64)])
     assert store.find_evaluation("9" * 64, "ocr", "v1", "s") is None  # one transaction: nothing written
+
+
+def test_sqlite_planner_statistics_follow_the_store_size(store: Store) -> None:
+    import sqlalchemy as sa
+
+    if store.dialect != "sqlite":
+        assert not store.refresh_statistics(force=True)  # PostgreSQL analyzes by itself
+        return
+    assert not store.refresh_statistics()  # empty: nothing to learn
+    _eval(store, sha="e" * 64)
+    _eval(store, sha="f" * 64)
+    assert store.refresh_statistics()  # 0 -> 2 evaluations: no statistics yet
+    assert not store.refresh_statistics()  # nothing changed
+    for i in range(3):
+        _eval(store, sha=f"{i}" * 64)
+    assert store.refresh_statistics()  # 2 -> 5: more than doubled
+    with store.engine.connect() as conn:
+        stat = conn.execute(sa.text("SELECT stat FROM sqlite_stat1 WHERE tbl = 'evaluations'")).scalars().first()
+    assert stat is not None and stat.split()[0] == "5"
+    ro = Store(store.url, read_only=True)
+    assert not ro.refresh_statistics(force=True)  # a read-only store writes nothing
+    ro.close()

@@ -28,6 +28,9 @@ def upgrade() -> None:
     op.create_index("ix_evaluations_compare_hash_status", "evaluations", [
         "compare_hash", "status", "partial", "weights", "benchmark", "checkpoint_sha256", "score", "ci_low", "ci_high",
         "num_samples", "id", "run_name", "step"])
+    # the leaderboard's change marker: max(updated_at) by index
+    op.create_index("ix_runs_updated_at", "runs", ["updated_at"])
+    op.create_index("ix_evaluations_updated_at", "evaluations", ["updated_at"])
     op.create_table(
         "run_params",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -72,6 +75,8 @@ def _backfill(conn: sa.Connection) -> None:
 def downgrade() -> None:
     op.drop_table("run_params")
     op.drop_index("ix_evaluations_compare_hash_status", table_name="evaluations")
+    op.drop_index("ix_evaluations_updated_at", table_name="evaluations")
+    op.drop_index("ix_runs_updated_at", table_name="runs")
     with op.batch_alter_table("evaluations") as batch:
         batch.drop_column("compare_hash")
         batch.drop_column("weights")
