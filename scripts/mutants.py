@@ -84,7 +84,7 @@ PLANTS: list[Plant] = [
           "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if False", OFF_POLICY),
     # ---- time sampling
     Plant("time-shift", "time_shift hard-wired",
-          RECIPE, "time_shift=cfg.time_shift, generator=gen)", "time_shift=3.0, generator=gen)",
+          "trainers/awm/methods/awm.py", "time_shift=cfg.time_shift, generator=gen,", "time_shift=3.0, generator=gen,",
           knobs("test_time_sampler_receives_knob")),
     Plant("time-fraction", "train.timestep_fraction hard-wired",
           RECIPE, "timestep_fraction=cfg.train.timestep_fraction,", "timestep_fraction=0.9,",
