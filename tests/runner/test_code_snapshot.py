@@ -85,10 +85,13 @@ def test_snapshot_is_content_addressed_and_wins_imports(
     assert json.loads((run_dir / "capsule" / "code.json").read_text())["sha256"] == first.sha256
 
     # A job process started in the repository root (which holds trainers/ and benchmarks/, and
-    # `python -m`/`-c` put the working directory first on sys.path) imports the snapshot.
+    # `python -m`/`-c` put the working directory first on sys.path) imports the snapshot. The probe
+    # asks the import system for the file each import would load (find_spec: the parent packages
+    # are imported, the module itself is not: the trainer's torch imports take ~8 s per probe).
     probe = (
-        "import awm_platform.runner.job as j, trainers.awm.recipe as r, benchmarks.ocr as b;"
-        "print(j.__file__, r.__file__, b.__file__)"
+        "import importlib.util as u;"
+        "print(*(u.find_spec(m).origin"
+        "        for m in ('awm_platform.runner.job', 'trainers.awm.recipe', 'benchmarks.ocr')))"
     )
 
     def where(env: dict[str, str]) -> list[str]:
