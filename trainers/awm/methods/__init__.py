@@ -14,11 +14,13 @@ from trainers.awm.config import AVAILABLE_METHODS
 from trainers.awm.methods.advantageflow import AdvantageFlowMethod
 from trainers.awm.methods.awm import AWMMethod
 from trainers.awm.methods.base import Method, RolloutChunk
+from trainers.awm.methods.flow_grpo import FlowGRPOMethod
 from trainers.awm.methods.nft import NFTMethod
 
 __all__ = ["Method", "RolloutChunk", "build_method"]
 
-_BUILDERS: dict[str, Any] = {"awm": AWMMethod, "diffusionnft": NFTMethod, "advantageflow": AdvantageFlowMethod}
+_BUILDERS: dict[str, Any] = {"awm": AWMMethod, "flow_grpo": FlowGRPOMethod, "diffusionnft": NFTMethod,
+                             "advantageflow": AdvantageFlowMethod}
 
 
 def build_method(cfg: Any) -> Method:
