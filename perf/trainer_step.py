@@ -59,7 +59,12 @@ def main() -> int:
     from awm_platform.config import config_from_dict
     from trainers.awm.logging import read_jsonl_metrics
     from trainers.awm.recipe import AWMTrainer
-    from trainers.awm.tiny import make_tiny, make_tiny_flux_pipeline, make_tiny_pipeline, transformer_num_params
+    from trainers.awm.tiny import (
+        make_tiny,
+        make_tiny_flux_pipeline,
+        make_tiny_pipeline,
+        transformer_num_params,
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="awm-perf-"))
     model = make_tiny(tmp / "perf-model", family=args.family, preset="perf")
