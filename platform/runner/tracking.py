@@ -658,6 +658,7 @@ def build_logger(spec: Any, run_dir: Path) -> CompositeLogger:
         "mlflow.user": user_name(),
         "mlflow.source.name": "awm_platform.runner",
         "awm.config_hash": config_hash(cfg),
+        "awm.method": cfg.method,  # the training method (also the `method` param): MLflow UI search/grouping
         "awm.run_dir": str(run_dir),
         **({"mlflow.source.git.commit": git["commit"]} if git.get("commit") else {}),
         **({"mlflow.source.git.branch": git["branch"]} if git.get("branch") else {}),

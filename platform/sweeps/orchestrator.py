@@ -63,6 +63,7 @@ from awm_platform.sweeps.optuna_bridge import (
 from awm_platform.sweeps.spec import SweepSpec
 from awm_platform.sweeps.tracking import log_study_summary, start_parent_run, summarize_study
 from benchmarks.files import atomic_write
+from trainers.awm.config import method_switched
 
 SWEEP_RUNNING, SWEEP_STOPPING, SWEEP_STOPPED = "RUNNING", "STOPPING", "STOPPED"
 SWEEP_COMPLETED, SWEEP_INTERRUPTED = "COMPLETED", "INTERRUPTED"
@@ -156,6 +157,8 @@ def trial_config(cfg: ExperimentConfig, study_name: str, number: int, params: di
     """The experiment config of one trial: the study's config without its `sweep:` section,
     the trial's params applied as dotted overrides, its own name and seed."""
     data = cfg.model_dump(mode="json", exclude={"sweep"})
+    if "method" in params:  # a searched method: its own defaults, without keys only the study's method reads
+        data = method_switched(data, params["method"])
     for key, value in params.items():
         data = set_dotted(data, key, value)
     data["name"] = trial_run_name(study_name, number)

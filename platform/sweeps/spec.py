@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from awm_platform.dotted import get_dotted, set_dotted
-from trainers.awm.config import TrainerConfig
+from trainers.awm.config import TrainerConfig, method_switched
 
 
 class _Spec(BaseModel):
@@ -139,7 +139,7 @@ class SweepSpec(_Spec):
             except KeyError:
                 raise ValueError(f"sweep.params: '{key}' is not a key of the experiment config") from None
             for value in spec.boundary_values():
-                trial = set_dotted(base, key, value)
+                trial = set_dotted(method_switched(base, value) if key == "method" else base, key, value)
                 try:
                     type(cfg).model_validate(trial)
                 except ValidationError as exc:

@@ -90,6 +90,7 @@ def test_submit_status_logs_rerun_over_http(
     else:  # not a checkout: no git tags at all rather than empty ones
         assert not {"mlflow.source.git.commit", "mlflow.source.git.branch", "awm.git_dirty"} & set(tags)
     assert run.data.params["train.beta"] == "0.001" and run.data.params["name"] == "e2e"
+    assert tags["awm.method"] == "awm" and run.data.params["method"] == "awm"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [1, 2]
     assert sorted(
         m.step for m in client.get_metric_history(run.info.run_id, "eval/jpeg_compressibility")

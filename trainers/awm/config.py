@@ -401,14 +401,19 @@ def _field(key: str):
     return model.model_fields[parts[-1]]
 
 
-def _is_default(key: str, value: Any) -> bool:
-    """A key at its schema default (e.g. in a dumped config of another method) is not "set"."""
-    default = _field(key).get_default(call_default_factory=True)
-    norm = lambda v: json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True)  # noqa: E731
+def _is_default_value(value: Any, default: Any) -> bool:
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):  # 10 == 10.0, but True != 1
+        return isinstance(value, bool) == isinstance(default, bool) and value == default
+    norm = lambda v: json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True)
     try:
         return norm(value) == norm(default)
     except TypeError:
         return False
+
+
+def _is_default(key: str, value: Any) -> bool:
+    """A key at its schema default (e.g. in a dumped config of another method) is not "set"."""
+    return _is_default_value(value, _field(key).get_default(call_default_factory=True))
 
 
 def _closest_for(method: str, key: str) -> str:
@@ -420,6 +425,36 @@ def _closest_for(method: str, key: str) -> str:
              and f != parts[-1]]
     close = difflib.get_close_matches(parts[-1], valid, n=1, cutoff=0.5)
     return f"; did you mean '{prefix}{close[0]}'?" if close else "; remove it"
+
+
+def method_switched(data: dict[str, Any], new: str) -> dict[str, Any]:
+    """A copy of ``data`` (a config of method ``data["method"]``, e.g. a full dump) as a config of method
+    ``new``, for a sweep whose trials choose the method: keys ``new`` does not read are dropped, and so
+    are keys still at the old method's default (its METHOD_DEFAULTS, else the schema default) where
+    ``new`` has its own default, so ``new``'s defaults apply; values set away from them are kept."""
+    old = str(data.get("method", "awm"))
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+
+    def drop(key: str) -> None:
+        parts = key.split(".")
+        node = out if len(parts) == 1 else out.get(parts[0])
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+
+    for key, readers in METHOD_ONLY_KEYS.items():
+        if new not in readers:
+            drop(key)
+    for key in METHOD_DEFAULTS.get(new, {}):
+        found, value = _raw_get(out, key)
+        old_default = METHOD_DEFAULTS.get(old, {}).get(key, _field(key).get_default(call_default_factory=True))
+        if found and _is_default_value(value, old_default):
+            drop(key)
+    for key in METHOD_DEFAULTS.get(old, {}):  # the old method's defaults of keys `new` leaves at the schema's
+        found, value = _raw_get(out, key)
+        if found and key not in METHOD_DEFAULTS.get(new, {}) and _is_default_value(value, METHOD_DEFAULTS[old][key]):
+            drop(key)
+    out["method"] = new
+    return out
 
 
 def _with_defaults(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
