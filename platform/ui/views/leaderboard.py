@@ -171,14 +171,18 @@ def _table(page: data.LeaderboardPage, rows: list[data.LeaderboardRow], ranks: d
     return pd.DataFrame.from_records(records)
 
 
-def _column_config(benchmarks: list[str]) -> dict[str, Any]:
+def _column_config(df: pd.DataFrame, benchmarks: list[str]) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "page": st.column_config.LinkColumn("page", display_text="open"),
         "key": None,  # hidden: the row id (compare links)
         "tie group": st.column_config.NumberColumn("tie group", help="rows in one group are statistically tied"),
     }
     for b in benchmarks:
-        cfg[b] = st.column_config.NumberColumn(b, format="%.4f")
+        values = df[b].dropna() if b in df else pd.Series(dtype=float)
+        if len(values) and values.between(0.0, 1.0).all():  # accuracies, similarities: a bar reads faster
+            cfg[b] = st.column_config.ProgressColumn(b, format="%.4f", min_value=0.0, max_value=1.0)
+        else:
+            cfg[b] = st.column_config.NumberColumn(b, format="%.4f")
     return cfg
 
 
@@ -250,7 +254,7 @@ def render(ctx: Ctx) -> None:
     st.markdown(f"**{page.total} rows** · showing {first + 1 if page.rows else 0}–{first + len(page.rows)} · "
                 f"page {query.page + 1} of {n_pages}")
     df = _table(page, [*page.base_rows, *page.rows], ranks, first - len(page.base_rows))
-    st.dataframe(df, hide_index=True, column_config=_column_config(page.benchmarks), key="leaderboard_table")
+    st.dataframe(df, hide_index=True, column_config=_column_config(df, page.benchmarks), key="leaderboard_table")
     if n_pages > 1:
         cols = st.columns(3)
         for col, page_no, text in ((cols[0], query.page - 1, "← previous page"), (cols[2], query.page + 1,
