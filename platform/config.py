@@ -27,7 +27,7 @@ from awm_platform.evals.spec import PlatformEvalConfig
 from awm_platform.paths import validate_run_name
 from awm_platform.redaction import redact, setup_hash
 from awm_platform.sweeps.spec import SweepSpec
-from trainers.awm.config import ConfigError, ConfigSection, Topology, TrainerConfig, derive_topology
+from trainers.awm.config import ConfigError, ConfigSection, Topology, TrainerConfig, derive_topology, method_switched
 
 TAG_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -240,6 +240,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 if spelling in data and canonical not in data:
                     data[canonical] = data.pop(spelling)
             parts[0] = canonical
+        if parts == ["method"] and isinstance(value, str):
+            # switching a config's method (`--set method=flow_grpo` on an AWM config): the keys only its
+            # method reads are dropped and the new method's defaults apply, as in a sweep over `method`
+            data = method_switched(data, value)
         try:
             data = set_dotted(data, parts, value)
         except NotASectionError as exc:

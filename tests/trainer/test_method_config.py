@@ -1,0 +1,93 @@
+"""The `method` config key: AWM by default, Flow-GRPO's defaults and keys, errors for keys the chosen
+method does not read (with the closest valid key), unavailable methods, switching a config's method with
+`--set method=...`, round trips of dumped configs, and the Flow-GRPO 8-GPU config at upstream defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from awm_platform.config import ConfigError, config_from_dict, load_config
+from trainers.awm.config import AVAILABLE_METHODS, METHOD_DEFAULTS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_method_is_awm_with_its_defaults():
+    cfg = config_from_dict({})
+    assert cfg.method == "awm"
+    assert (cfg.train.clip_range, cfg.sample.noise_level, cfg.train.beta, cfg.sample.zero_std_policy) == \
+        (1.0, 0.4, 0.001, "keep")
+    assert cfg.resolved(1)["method"] == "awm"
+
+
+def test_flow_grpo_defaults_and_round_trip():
+    cfg = config_from_dict({"method": "flow_grpo"})
+    for key, value in METHOD_DEFAULTS["flow_grpo"].items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value, key
+    assert config_from_dict({"method": "flow_grpo", "train": {"clip_range": 0.2}}).train.clip_range == 0.2
+    # a dumped config (AWM-only keys at their defaults) validates again to the same config
+    again = config_from_dict(cfg.model_dump(mode="json"))
+    assert again.model_dump() == cfg.model_dump()
+
+
+@pytest.mark.parametrize("data, needles", [
+    ({"method": "flow_grpo", "train": {"weighting": "huber"}},
+     ["'train.weighting' is not read by method=flow_grpo (only by awm); remove it"]),
+    ({"method": "flow_grpo", "train": {"train_timesteps": 3}}, ["'train.train_timesteps' is not read"]),
+    ({"method": "flow_grpo", "time_type": "uniform"}, ["'time_type' is not read by method=flow_grpo"]),
+    ({"sample": {"sde_type": "cps"}},
+     ["'sample.sde_type' is not read by method=awm (only by flow_grpo); did you mean 'sample.sde_frac'?"]),
+    ({"train": {"cfg": True}}, ["'train.cfg' is not read by method=awm"]),
+    ({"method": "flow_grpo", "train": {"cfg": True}}, ["train.cfg=true needs sample.guidance_scale > 1"]),
+    ({"method": "grpo"}, ["'method'", "flow_grpo"]),
+    ({"method": "flow_grpo", "sample": {"num_steps": 6, "sde_window_size": 3, "sde_window_range": [2, 4]}},
+     ["sample.sde_window_range=[2, 4] with sample.sde_window_size=3"]),
+])
+def test_bad_method_keys_name_the_key(data, needles):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data, source="c.yaml")
+    msg = str(err.value)
+    assert all(n in msg for n in needles), msg
+    assert "Traceback" not in msg
+
+
+def test_unavailable_method_is_refused():
+    missing = sorted({"diffusionnft", "advantageflow"} - AVAILABLE_METHODS)
+    if not missing:
+        pytest.skip("every method is available")
+    with pytest.raises(ConfigError, match=f"method='{missing[0]}' is not available yet"):
+        config_from_dict({"method": missing[0]})
+
+
+def test_set_method_switches_the_quickstart():
+    """`awm train configs/quickstart.yaml --set method=flow_grpo`: the AWM-only keys of the file are dropped,
+    its values at AWM's defaults follow Flow-GRPO's, the rest is kept."""
+    qs = load_config(REPO / "configs" / "quickstart.yaml")
+    fg = load_config(REPO / "configs" / "quickstart.yaml", overrides=["method=flow_grpo"])
+    assert qs.method == "awm" and qs.train.train_timesteps == 3
+    assert fg.method == "flow_grpo" and fg.train.train_timesteps == 6  # dropped: the (unread) default
+    assert fg.train.timestep_fraction == 0.99 and fg.train.beta == 0.04  # the file's AWM defaults -> FG's
+    assert fg.train.learning_rate == qs.train.learning_rate == 2e-2 and fg.sample.num_steps == 6  # kept
+    assert fg.lora == qs.lora
+    # an explicit method in the file with an AWM-only key is an error, not a switch
+    with pytest.raises(ConfigError, match="train.train_timesteps"):
+        config_from_dict({"method": "flow_grpo", "train": {"train_timesteps": 3}})
+
+
+def test_flow_grpo_8gpu_config_is_at_upstream_defaults():
+    """objectives.md 1.5, geneval_sd3: N 10 / eval 40, CFG 4.5 in rollout and training, a 0.7 SDE, J 9,
+    groups of 24 x 48 prompts, clip 1e-4, KL 0.04, 2 steps per epoch, lr 3e-4, wd 1e-4, EMA 0.9 / 8."""
+    cfg = load_config(REPO / "configs" / "sd35m_geneval_flow_grpo_8gpu.yaml")
+    s, t = cfg.sample, cfg.train
+    assert cfg.method == "flow_grpo" and cfg.pretrained.model == "stabilityai/stable-diffusion-3.5-medium"
+    assert (s.num_steps, s.eval_num_steps, s.guidance_scale, t.cfg) == (10, 40, 4.5, True)
+    assert (s.noise_level, s.sde_type, s.sde_window_size, int(s.num_steps * t.timestep_fraction)) == (0.7, "sde", 0, 9)
+    assert (s.num_image_per_prompt, s.prompts_per_epoch, s.zero_std_policy, s.global_std) == (24, 48, "drop", True)
+    assert (t.clip_range, t.beta, t.steps_per_epoch, t.learning_rate, t.adam_weight_decay) == (1e-4, 0.04, 2, 3e-4, 1e-4)
+    assert (t.max_grad_norm, t.adv_clip_max, t.ema, t.ema_decay, t.ema_update_step_interval) == (1.0, 5.0, True, 0.9, 8)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.type, cfg.resolution, cfg.mixed_precision) == (32, 64, "attn", 512, "fp16")
+    topo = cfg.resolved(8)["derived"]
+    assert (topo["images_per_epoch"], topo["sample_train_batch_size"], topo["gradient_accumulation_steps"]) == (1152, 9, 8)
