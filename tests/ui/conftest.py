@@ -153,7 +153,7 @@ class _Seeder:
 
     def evaluate(self, *, sha: str, bench: str, weights: str, quality: float, run: str | None, step: int | None,
                  checkpoint_path: str | None, target: str, with_images: bool, limit: int | None = None,
-                 fail: str | None = None) -> int:
+                 fail: str | None = None, checkpoint_id: int | None = None) -> int:
         spec = _spec(weights, limit)
         gen_key = generation_key(sha, spec, PROMPT_SHA)
         eval_key = hashlib.sha256(f"{sha}{bench}{spec.hash}".encode()).hexdigest()[:16]
@@ -161,7 +161,7 @@ class _Seeder:
         ev, created = self.store.ensure_evaluation(
             checkpoint_sha256=sha, benchmark=bench, benchmark_version=VERSIONS[bench], spec_hash=spec.hash,
             spec=spec.model_dump(mode="json"), target=target, num_shards=1, run_name=run, step=step,
-            checkpoint_path=checkpoint_path, partial=spec.partial, images_dir=str(images_dir))
+            checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=spec.partial, images_dir=str(images_dir))
         assert created
         n_prompts = limit or N_PROMPTS
         shard = self.store.claim_shard(ev.id, "seed", lease_s=600)
@@ -258,7 +258,7 @@ def seed(home: Path) -> Seeded:
                                              "eval_ema/jpeg_compressibility": q * 0.92}, step=step)
                     sha = hashlib.sha256(f"{name}/{step}".encode()).hexdigest()
                     path = run_dir / "checkpoints" / f"checkpoint-{step}"
-                    store.add_checkpoint(name, step=step, path=path, sha256=sha, formats=["diffusers"])
+                    ck = store.add_checkpoint(name, step=step, path=path, sha256=sha, formats=["diffusers"]).id
                     if step == INLOOP_STEP:
                         continue
                     for bench in BENCHMARKS:
@@ -266,18 +266,19 @@ def seed(home: Path) -> Seeded:
                         if (name, step, bench) == (FAILED_RUN, FAILED_STEP, "ocr"):
                             fail = "shard 0: CUDA out of memory (tried to allocate 2.00 GiB)"
                         ev_id = seeder.evaluate(sha=sha, bench=bench, weights="policy", quality=q, run=name, step=step,
-                                                checkpoint_path=str(path), target=f"run:{name}@{step}",
+                                                checkpoint_path=str(path), target=f"run:{name}@{step}", checkpoint_id=ck,
                                                 with_images=name in IMAGE_RUNS and bench != "pickscore", fail=fail)
                         if fail:
                             out.failed_id, out.failed_error = ev_id, fail
                         if name == EMA_RUN and step in (50, 100):
                             seeder.evaluate(sha=sha, bench=bench, weights="ema", quality=q + 0.03, run=name,
                                             step=step, checkpoint_path=str(path), target=f"run:{name}@{step}",
-                                            with_images=False)
+                                            with_images=False, checkpoint_id=ck)
                         if (name, step, bench) == (PARTIAL_RUN, PARTIAL_STEP, "ocr"):
                             out.partial_id = seeder.evaluate(
                                 sha=sha, bench=bench, weights="policy", quality=q, run=name, step=step,
-                                checkpoint_path=str(path), target=f"run:{name}@{step}", with_images=False, limit=6)
+                                checkpoint_path=str(path), target=f"run:{name}@{step}", with_images=False, limit=6,
+                                checkpoint_id=ck)
                 final = quality
                 values = [final, final * 1.1 - 0.2 * power] if sweep == "beta" else [final]
                 trials.append((n, {"train.beta": beta, "train.ghuber_power": power}, state, values))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -80,6 +81,12 @@ def test_url_filters_give_the_rows_sql_gives(seeded: Seeded, open_page: Open) ->
     assert _total(at) == 2 and set(_board(at)["weights"][1:]) == {"ema"}
     at = open_page(run="alpha-t0,alpha-t1")
     assert _total(at) == 22 and set(_board(at)["run"][1:]) == {"alpha-t0", "alpha-t1"}
+    with seeded.store() as store:  # checkpoint dates: the seed wrote them all today (UTC)
+        days = {c.created_at.date() for r in seeded.runs for c in store.list_checkpoints(r)}
+    assert _total(open_page(since=min(days).isoformat(), until=max(days).isoformat())) == len(_rows(seeded.store()))
+    at = open_page(since=(max(days) + timedelta(days=1)).isoformat())
+    assert _total(at) == 0 and any("No checkpoint matches" in i.value for i in at.info)
+    assert len(_board(at)) == 1  # the base row stays
 
 
 def test_a_sidebar_filter_changes_the_rows_and_the_url(seeded: Seeded, open_page: Open) -> None:

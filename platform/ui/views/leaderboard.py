@@ -93,11 +93,11 @@ def _sidebar(opts: data.FilterOptions, query: data.LeaderboardQuery, benchmarks:
                               key=f"f_spec.{bench}")
         if picked != hashes[0]:
             specs.append((bench, picked))
-    lo, hi = opts.first_date, opts.last_date
+    span = f"checkpoints from {opts.first_date} to {opts.last_date}" if opts.first_date else None
     _seed("f_since", f.since)
     _seed("f_until", f.until)
-    since = sb.date_input("Checkpoints since", min_value=lo, max_value=hi, key="f_since")
-    until = sb.date_input("Checkpoints until", min_value=lo, max_value=hi, key="f_until")
+    since = sb.date_input("Checkpoints since", key="f_since", help=span)
+    until = sb.date_input("Checkpoints until", key="f_until", help=span)
     sb.header("Order")
     sorts = [f"score:{b}" for b in benchmarks] + list(FIXED_SORTS) + [f"param:{k}" for k in sorted(opts.params)]
     current_sort = query.sort or (sorts[0] if benchmarks else "run")
