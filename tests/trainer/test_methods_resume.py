@@ -115,3 +115,32 @@ def test_lora_loads_in_diffusers(baseline):
         with L.adapters_disabled(fam.transformer):
             base = fam.velocity(fam.transformer, x, t, cond)
     assert torch.equal(got, want) and not torch.equal(got, base)
+
+
+def test_flow_grpo_cfg_in_training_and_fast_window(tiny_dir, tmp_path):
+    """CFG in rollout and training (train.cfg) and a Fast window: the first step of an epoch is on-policy
+    (ratio 1, nothing clipped: the training forward recomputes the rollout's CFG velocity), and only the
+    window's transitions are kept."""
+    from awm_platform.config import config_from_dict
+    from trainers.awm.logging import read_jsonl_metrics
+    from trainers.awm.recipe import AWMTrainer
+
+    d = method_config_dict(tiny_dir, "flow_grpo")
+    d.update(num_epochs=1, save_freq=5)
+    d["eval"]["at_start"] = False
+    d["sample"].update(guidance_scale=3.0, sde_window_size=2, sde_window_range=[1, 4])
+    d["train"].update(cfg=True, beta=0.04)
+    cfg = config_from_dict(d)
+    tr = AWMTrainer(cfg, tmp_path / "run")
+    try:
+        tr.setup()
+        buf, _ = tr.rollout(0)
+        steps = buf.extras["step_index"]
+        assert steps.shape == (len(buf.x0), 2) and int(steps.min()) >= 1 and int(steps.max()) <= 3
+        res = tr.run()
+    finally:
+        tr.close()
+    assert res.status == "completed" and res.global_step == STEPS
+    first = next(r for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl") if "train/ratio_mean" in r)
+    assert first["train/ratio_mean"] == pytest.approx(1.0, abs=1e-5) and first["train/clipfrac"] == 0.0
+    assert first["train/kl_loss"] >= 0.0 and first["train/grad_norm"] > 0
