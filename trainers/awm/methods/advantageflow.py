@@ -31,7 +31,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["AF_WEIGHTINGS", "AFWeighting", "advantageflow_loss", "check_lambda", "time_weight"]
+from trainers.awm.loss import flow_matching_target
+from trainers.awm.methods.nft import ForwardProcessMethod
+
+__all__ = ["AF_WEIGHTINGS", "AFWeighting", "AdvantageFlowMethod", "advantageflow_loss", "check_lambda",
+           "time_weight"]
 
 AFWeighting = Literal["velocity", "x0", "nft_adaptive"]
 AF_WEIGHTINGS: tuple[str, ...] = ("velocity", "x0", "nft_adaptive")
@@ -136,3 +140,17 @@ def advantageflow_loss(
         "mse": mse.detach(),
         "roll_deviate": roll.detach().mean(),
     }
+
+
+class AdvantageFlowMethod(ForwardProcessMethod):
+    """AdvantageFlow (derived, not the paper's code) on the trainer seam: DiffusionNFT's infrastructure
+    (old-adapter ODE rollouts, J per-sample grid sigmas, end-of-epoch old update; section 3.4) with
+    :func:`advantageflow_loss` (``train.af_lambda``, ``train.af_weighting``, ``train.beta`` = beta_KL)."""
+
+    name = "advantageflow"
+    metric_keys = ("policy_loss", "kl_loss", "loss", "data_loss", "roll_loss", "roll_deviate", "mse")
+
+    def _loss(self, pred, v_old, xt, x0, eps, t, adv, v_ref):
+        tcfg = self.cfg.train
+        return advantageflow_loss(pred, v_old, flow_matching_target(eps, x0), t, adv, lam=tcfg.af_lambda,
+                                  weighting=tcfg.af_weighting, kl_beta=tcfg.beta, pred_ref=v_ref)

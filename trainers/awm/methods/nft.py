@@ -20,17 +20,40 @@ the division by beta, the factor ``adv_clip_max`` and the adaptive weights):
 Naming (trap 11): the mixing coefficient upstream calls ``config.beta`` is ``nft_beta`` here; the KL
 coefficient (upstream ``config.train.beta``) is ``kl_beta``. They never share a name.
 
+The trainer strategy (``NFTMethod``, and ``ForwardProcessMethod`` which AdvantageFlow shares) is at
+the end of the module: rollouts with the ``old`` adapter (the trainer's ``"ema"`` adapter) on an Euler
+ODE, J = int(N * train.timestep_fraction) per-sample grid sigmas, one backward per column, and
+``old <- d old + (1 - d) theta`` after each epoch (``train.old_decay_type``).
+
 Precision: everything is computed in float64 (upstream computes the squared errors in the
 prediction's dtype and only the adaptive weights in float64); on CPU fp32 the difference is rounding.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
 
+from trainers.awm import lora as L
+from trainers.awm.advantages import AdvantageResult, rescale_advantages
+from trainers.awm.ema import update_ema_adapter_
+from trainers.awm.loss import noised_latents
+from trainers.awm.methods.base import RolloutChunk
+from trainers.awm.model import Cond
+from trainers.awm.prompts import derive_seed, train_seed
+from trainers.awm.samplers import VelocityFn, euler_sample
+
+if TYPE_CHECKING:  # the trainer passes itself; importing it at run time would be circular
+    from trainers.awm.recipe import AWMTrainer, EpochBuffer
+
 __all__ = [
     "NFT_DECAY_TYPES",
+    "ForwardProcessMethod",
+    "NFTMethod",
+    "draw_grid_times",
+    "grid_columns",
     "implicit_policies",
     "nft_loss",
     "old_adapter_decay",
@@ -150,3 +173,112 @@ def nft_loss(
             "old_deviate": ((v - pred_old.double()) ** 2).mean(),
         }
     return {"loss": total, "policy_loss": policy, "kl_loss": kl.detach() if pred_ref is not None else zero, **stats}
+
+
+# ------------------------------------------------------------------ the method on the trainer seam ----
+# DiffusionNFT's infrastructure (section 2.2, 2.5), which AdvantageFlow reuses (section 3.4): rollouts
+# with the "old" adapter on a deterministic ODE, x0 re-noised at J per-sample grid sigmas with fresh
+# noise, one backward per trained column j (upstream's loop), the old adapter updated at the end of
+# the epoch. The trainer's "ema" adapter IS the old adapter (a copy of the policy at step 0).
+
+_TAG_NFT_NOISE = 0x4E4654  # derive_seed tag of the per-(micro-batch, column) training noise
+
+
+def grid_columns(num_grid: int, fraction: float) -> int:
+    """J = int(N * timestep_fraction) trained columns per sample (upstream 10 * 0.99 = 9), at least 1."""
+    return max(1, min(num_grid, int(num_grid * fraction)))
+
+
+def draw_grid_times(grid: Tensor, batch: int, columns: int, generator: torch.Generator) -> Tensor:
+    """(J, B) sigmas: each sample gets its own random permutation of the N grid points, first J kept
+    (L810-818; sigma = 1 and the last nonzero sigma can both be trained, trap 3)."""
+    idx = torch.stack([torch.randperm(len(grid), generator=generator)[:columns] for _ in range(batch)])  # (B, J)
+    return grid.cpu()[idx].T.contiguous()
+
+
+class ForwardProcessMethod:
+    """Shared trainer strategy of DiffusionNFT and AdvantageFlow; subclasses give ``name``,
+    ``metric_keys`` and ``_loss``."""
+
+    name = ""
+    metric_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------ rollout
+    def rollout_adapter(self) -> str | None:
+        return L.EMA  # the old adapter (trap 21)
+
+    def sample(self, tr: AWMTrainer, vfn: VelocityFn, latents: Tensor, gens: list[Any]) -> RolloutChunk:
+        # deterministic Euler ODE over the rollout grid (upstream: DPM-Solver-2, also deterministic; any
+        # black-box sampler gives valid x0, section 2.6); x0 is the last state
+        out = euler_sample(vfn, latents, tr.sigmas, noise_level=0.0, generator=gens)
+        return RolloutChunk(x0=out.x0.float(), nfe=out.nfe)
+
+    def advantages(self, res: AdvantageResult) -> Tensor:
+        # A~ = clip(A, +-c)/c (NFT's r = A~/2 + 1/2 and AdvantageFlow's weight), whatever advantage_max says
+        return rescale_advantages(res.raw_advantages, adv_clip_max=self.cfg.train.adv_clip_max, advantage_max=1.0)
+
+    def prepare_epoch(self, tr: AWMTrainer, buf: EpochBuffer, order: Tensor) -> None:
+        return None
+
+    # --------------------------------------------------------------- loss
+    def num_chunks(self, tr: AWMTrainer) -> int:
+        return grid_columns(len(tr.grid), self.cfg.train.timestep_fraction)
+
+    def _pair(self, tr: AWMTrainer, buf: EpochBuffer, idx: Tensor, mb: int, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(t (B,), eps (B, *latent), x0 (B, *latent)) of column ``chunk`` of micro-batch ``mb``."""
+        cfg, b = self.cfg, len(idx)
+        gen = torch.Generator().manual_seed(train_seed(cfg.seed, buf.epoch, tr.rank, mb))
+        t = draw_grid_times(tr.grid, b, self.num_chunks(tr), gen)[chunk]
+        noise_gen = torch.Generator().manual_seed(derive_seed(_TAG_NFT_NOISE, cfg.seed, buf.epoch, tr.rank, mb, chunk))
+        eps = torch.randn((b, *tr.latent_shape), generator=noise_gen, dtype=torch.float32)
+        return t.to(tr.device), eps.to(tr.device), buf.x0[idx]
+
+    def chunk_loss(self, tr: AWMTrainer, buf: EpochBuffer, idx: Tensor, mb: int, chunk: int,
+                   cols: Tensor | slice | None) -> tuple[Tensor, dict[str, Tensor] | None]:
+        acc, tcfg = tr.accelerator, self.cfg.train
+        t, eps, x0 = self._pair(tr, buf, idx, mb, chunk)
+        xt = noised_latents(x0, eps, t)
+        cond = Cond(buf.embeds[idx], buf.pooled[idx])
+        shape = (1, len(idx), *tr.latent_shape)
+        v_ref = None
+        with torch.no_grad(), acc.autocast():
+            with L.using_adapter(tr.unwrapped, L.EMA):
+                v_old = tr.forward(tr.unwrapped, xt, t, cond, shape)
+            if tcfg.beta > 0:
+                with L.adapters_disabled(tr.unwrapped):
+                    v_ref = tr.forward(tr.unwrapped, xt, t, cond, shape)
+        with acc.autocast():
+            pred = tr.forward(tr.model, xt, t, cond, shape)
+        if cols is None:
+            return pred.sum() * 0.0, None
+        out = self._loss(pred[:, cols], v_old[:, cols], xt.unsqueeze(0)[:, cols], x0.unsqueeze(0)[:, cols],
+                         eps.unsqueeze(0)[:, cols], t.unsqueeze(0)[:, cols], buf.advantages[idx][cols],
+                         None if v_ref is None else v_ref[:, cols])
+        return out["loss"], {k: out[k].detach().double().mean() for k in self.metric_keys}
+
+    def _loss(self, pred: Tensor, v_old: Tensor, xt: Tensor, x0: Tensor, eps: Tensor, t: Tensor, adv: Tensor,
+              v_ref: Tensor | None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- state
+    def after_step(self, tr: AWMTrainer, ema_step: int) -> dict[str, float]:
+        return {}
+
+    def end_epoch(self, tr: AWMTrainer, epoch: int) -> dict[str, float]:
+        """old <- d old + (1 - d) theta on the LoRA factors, d from the global step after the epoch (trap 22)."""
+        d = old_adapter_decay(tr.global_step + tr.ema_step_offset, self.cfg.train.old_decay_type)
+        update_ema_adapter_(tr.ema_adapter_params, tr.policy_params, d)
+        return {"train/old_decay": float(d)}
+
+
+class NFTMethod(ForwardProcessMethod):
+    name = "diffusionnft"
+    metric_keys = ("policy_loss", "kl_loss", "loss", "positive_loss", "negative_loss", "old_deviate")
+
+    def _loss(self, pred, v_old, xt, x0, eps, t, adv, v_ref):
+        tcfg = self.cfg.train
+        return nft_loss(pred, v_old, xt, x0, t, adv, nft_beta=tcfg.nft_beta, adv_clip_max=tcfg.adv_clip_max,
+                        kl_beta=tcfg.beta, pred_ref=v_ref)
