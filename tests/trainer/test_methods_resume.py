@@ -17,6 +17,8 @@ from tests.trainer.test_train import _assert_bitwise_equal, _final_state, _metri
 # mid-epoch and the resume needs the checkpointed epoch buffer.
 METHODS: dict[str, dict] = {
     "flow_grpo": {"sample": {"zero_std_policy": "keep"}},
+    "diffusionnft": {"train": {"nft_beta": 0.5}},  # NFT's defaults otherwise (beta_KL 1e-4: the reference pass runs)
+    "advantageflow": {"train": {"af_weighting": "nft_adaptive"}},
 }
 # small_config_dict's AWM-only keys (a non-default value of a key another method does not read is an error)
 _AWM_ONLY = {"train": ("train_timesteps", "timestep_fraction")}

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 # config validates without importing torch.
 MethodName = Literal["awm", "flow_grpo", "diffusionnft", "advantageflow"]
 #: methods whose trainer is finished; selecting another one is a config error ("not available yet")
-AVAILABLE_METHODS: frozenset[str] = frozenset({"awm", "flow_grpo"})
+AVAILABLE_METHODS: frozenset[str] = frozenset({"awm", "flow_grpo", "diffusionnft", "advantageflow"})
 #: dotted keys that only some methods read -> those methods; every key not listed is read by all.
 #: Setting a listed key to a non-default value under a method that does not read it is an error.
 METHOD_ONLY_KEYS: dict[str, frozenset[str]] = {
