@@ -300,8 +300,26 @@ def _views(conn: sa.Connection, *, partial: bool = False) -> dict[str, list[Benc
     return out
 
 
+_VIEWS_CACHE: dict[tuple[Any, ...], dict[str, list[BenchmarkView]]] = {}
+
+
+def _full_views(conn: sa.Connection) -> dict[str, list[BenchmarkView]]:
+    """`_views` of full evaluations, recomputed only when the evaluations changed: the key is the
+    row count (deletions), the largest id (new evaluations) and the latest updated_at (status
+    changes): index lookups instead of grouping every evaluation on each leaderboard page."""
+    e = Evaluation.__table__
+    key = (str(conn.engine.url), conn.execute(sa.select(sa.func.count()).select_from(e)).scalar(),
+           conn.execute(sa.select(sa.func.max(e.c.id))).scalar(),
+           conn.execute(sa.select(sa.func.max(e.c.updated_at))).scalar())
+    if key not in _VIEWS_CACHE:
+        if len(_VIEWS_CACHE) >= 16:
+            _VIEWS_CACHE.pop(next(iter(_VIEWS_CACHE)))
+        _VIEWS_CACHE[key] = _views(conn)
+    return _VIEWS_CACHE[key]
+
+
 def _chosen_views(conn: sa.Connection, filters: Filters) -> dict[str, BenchmarkView]:
-    available = _views(conn)
+    available = _full_views(conn)
     chosen = {b: vs[0] for b, vs in available.items()}
     for benchmark, chash in filters.specs:
         match = [v for v in available.get(benchmark, []) if v.compare_hash == chash]
@@ -781,7 +799,7 @@ def run_curves(store: Store, run_name: str) -> RunCurves:
         for key, step, value in conn.execute(sa.select(m.c.key, m.c.step, m.c.value)
                                              .where(m.c.run_id == run.id, prefix).order_by(m.c.key, m.c.step)):
             metrics.setdefault(key, []).append((int(step), float(value)))
-        defaults = [(b, vs[0].compare_hash) for b, vs in _views(conn).items()]
+        defaults = [(b, vs[0].compare_hash) for b, vs in _full_views(conn).items()]
         bench: dict[tuple[str, str], list[tuple[int, float, float, float]]] = {}
         if defaults:
             in_view = sa.or_(*(sa.and_(e.c.benchmark == b, e.c.compare_hash == h) for b, h in defaults))
@@ -883,7 +901,7 @@ def filter_options(store: Store) -> FilterOptions:
             sa.select(p.c.key, sa.func.min(p.c.num_value), sa.func.max(p.c.num_value))
             .where(p.c.num_value.is_not(None)).group_by(p.c.key).order_by(p.c.key))}
         first, last = conn.execute(sa.select(sa.func.min(ck.c.created_at), sa.func.max(ck.c.created_at))).one()
-        views = _views(conn)
+        views = _full_views(conn)
     special = {"method", "pretrained.model", "tag"}
     params: dict[str, tuple[float, float] | list[str]] = {}
     for key in sorted((set(texts) | set(ranges)) - special):

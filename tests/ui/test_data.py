@@ -339,3 +339,19 @@ def test_sweeps_without_a_reachable_study(seeded_store: Seed) -> None:
     assert [(t.number, t.run_name, t.state) for t in detail.trials] == [(i, f"r{i}", "COMPLETE") for i in range(4)]
     assert detail.objectives == [{"metric": "eval/r", "direction": "maximize"}]
     assert set(detail.search_space) == {"train.beta", "lora.rank"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_default_view_follows_new_evaluations(backend: str, tmp_path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
+    with Store(url) as store:
+        s, rng = Seed(store), random.Random(1)
+        _evaluate(s, rng, key_sha=sha("a"), bench="ocr", sp=spec("policy"), quality=0.5, run=None, step=None)
+        first = compare_hash("ocr", "ocr-1", spec("policy"), False)
+        assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == first
+        for k in ("b", "c"):  # another spec overtakes it: the cached views are recomputed
+            _evaluate(s, rng, key_sha=sha(k), bench="ocr", sp=spec("policy", num_steps=8), quality=0.5, run=None,
+                      step=None)
+        page = data.leaderboard(store, LeaderboardQuery())
+        assert page.views["ocr"].compare_hash == compare_hash("ocr", "ocr-1", spec("policy", num_steps=8), False)
+        assert page.total == 2 and page.views["ocr"].n_completed == 2
