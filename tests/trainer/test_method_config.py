@@ -91,3 +91,36 @@ def test_flow_grpo_8gpu_config_is_at_upstream_defaults():
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.type, cfg.resolution, cfg.mixed_precision) == (32, 64, "attn", 512, "fp16")
     topo = cfg.resolved(8)["derived"]
     assert (topo["images_per_epoch"], topo["sample_train_batch_size"], topo["gradient_accumulation_steps"]) == (1152, 9, 8)
+
+
+@pytest.mark.parametrize("method", ["diffusionnft", "advantageflow"])
+def test_nft_and_advantageflow_8gpu_configs_are_at_upstream_defaults(method):
+    """objectives.md 2.4 (sd3_geneval; AdvantageFlow reuses it, 3.4): N 10 / eval 40, no CFG, J 9, groups of
+    24 x 48 prompts, one step per epoch, KL 1e-4 under train.beta and the mixing coefficient under
+    train.nft_beta (trap 11), old decay type 1, lr 3e-4, EMA 0.9; AdvantageFlow's lambda 2, x0 weighting."""
+    cfg = load_config(REPO / "configs" / f"sd35m_geneval_{method}_8gpu.yaml")
+    s, t = cfg.sample, cfg.train
+    assert cfg.method == method and cfg.pretrained.model == "stabilityai/stable-diffusion-3.5-medium"
+    assert (s.num_steps, s.eval_num_steps, s.guidance_scale, int(s.num_steps * t.timestep_fraction)) == (10, 40, 1.0, 9)
+    assert (s.num_image_per_prompt, s.prompts_per_epoch, s.zero_std_policy, s.global_std) == (24, 48, "keep", True)
+    assert (t.beta, t.steps_per_epoch, t.learning_rate, t.adam_weight_decay, t.max_grad_norm) == (1e-4, 1, 3e-4, 1e-4, 1.0)
+    assert (t.adv_clip_max, t.old_decay_type, t.ema, t.ema_decay, t.ema_update_step_interval) == (5.0, 1, True, 0.9, 1)
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.type, cfg.resolution, cfg.mixed_precision) == (32, 64, "attn", 512, "fp16")
+    if method == "diffusionnft":
+        assert t.nft_beta == 1.0
+    else:
+        assert (t.af_lambda, t.af_weighting) == (2.0, "x0")
+    assert cfg.resolved(8)["derived"]["gradient_accumulation_steps"] == 16
+    # the mixing coefficient and lambda are their method's keys only (trap 11)
+    with pytest.raises(ConfigError, match="'train.nft_beta' is not read by method=advantageflow"):
+        config_from_dict({"method": "advantageflow", "train": {"nft_beta": 0.1}})
+    with pytest.raises(ConfigError, match="'train.af_lambda' is not read by method=diffusionnft"):
+        config_from_dict({"method": "diffusionnft", "train": {"af_lambda": 4.0}})
+    with pytest.raises(ConfigError, match="af_lambda"):
+        config_from_dict({"method": "advantageflow", "train": {"af_lambda": 0.5}})  # <= max |A~| = 1 (trap 13)
+
+
+def test_set_method_switches_the_quickstart_to_nft_and_advantageflow():
+    for method in ("diffusionnft", "advantageflow"):
+        cfg = load_config(REPO / "configs" / "quickstart.yaml", overrides=[f"method={method}"])
+        assert cfg.method == method and cfg.train.timestep_fraction == 0.99 and cfg.train.beta == 1e-4
