@@ -103,3 +103,29 @@ def test_eval_service_generates_and_scores_a_flux_checkpoint(flux_baseline, isol
     shown = ok_json(awm_here("eval", "show", str(rec["id"]), "--json", home=isolated_awm_home))
     assert (shown["spec"]["family"], shown["spec"]["guidance"], shown["spec"]["num_steps"]) == ("auto", 5.0, 2)
     assert len(list(Path(shown["images_dir"]).glob("*.png"))) >= 2
+
+
+def _other_methods() -> list[str]:
+    from trainers.awm.config import AVAILABLE_METHODS
+
+    return sorted(AVAILABLE_METHODS - {"awm"})  # AWM: the tests above
+
+
+@pytest.mark.parametrize("method", _other_methods())
+def test_every_selectable_method_trains_on_flux(method, tiny_flux_dir, tmp_path):
+    """Each method of the methods seam runs on the tiny FLUX with the settings its own tests use on SD3
+    (test_methods_resume.method_config_dict): packed latents, FLUX's grid and the distilled guidance
+    go through every method's rollout and loss; every optimizer step moves the LoRA."""
+    import math
+
+    from awm_platform.config import config_from_dict
+    from tests.trainer.test_methods_resume import EPOCHS, STEPS, method_config_dict
+    from trainers.awm.logging import read_jsonl_metrics
+    from trainers.awm.recipe import train
+
+    res = train(config_from_dict(method_config_dict(tiny_flux_dir, method)), tmp_path / "run")
+    assert res.status == "completed" and res.global_step == EPOCHS * STEPS
+    rows = [r for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == EPOCHS * STEPS
+    assert all(math.isfinite(r["train/loss"]) and r["train/grad_norm"] > 0 for r in rows)
+    assert math.isfinite(res.final_metrics["eval/jpeg_compressibility"])
