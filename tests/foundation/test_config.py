@@ -171,7 +171,8 @@ def test_group_size_one_with_per_prompt_stats_is_rejected() -> None:
 
 
 def test_training_cfg_true_is_rejected_with_reason() -> None:
-    with pytest.raises(ConfigError, match="CFG in training is not supported"):
+    # CFG in training is Flow-GRPO's (train.cfg); AWM's upstream train.cfg=True is broken (README)
+    with pytest.raises(ConfigError, match=r"'train.cfg' is not read by method=awm \(only by flow_grpo\)"):
         config_from_dict({"train": {"cfg": True}})
 
 
