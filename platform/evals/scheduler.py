@@ -187,6 +187,10 @@ def check_weights(service: EvalServiceConfig, benchmarks: Iterable[str]) -> None
 
 
 MIRROR_GRACE_ENV = "AWM_EVAL_MIRROR_GRACE_S"
+# `wait`'s longest poll interval (default 30 s); a test waiting on a short real evaluation sets it
+# to 1 s, where the growing interval (2, 3, 4.5, 6.8, 10 s...) would overshoot its end by seconds
+WAIT_MAX_POLL_ENV = "AWM_EVAL_WAIT_MAX_POLL_S"
+DEFAULT_WAIT_MAX_POLL_S = 30.0
 
 
 class Scheduler:
@@ -523,13 +527,15 @@ class Scheduler:
             except MirrorError as exc:  # MLflow down: the next pass mirrors it
                 self.echo(str(exc))
 
-    def wait(self, eval_ids: Sequence[int], *, poll_s: float = 2.0, max_poll_s: float = 30.0,
+    def wait(self, eval_ids: Sequence[int], *, poll_s: float = 2.0, max_poll_s: float | None = None,
              timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> list[Evaluation]:
         """Until every evaluation is terminal: resubmit dead work, fail exhausted shards, then mirror.
-        The poll interval grows from `poll_s` to `max_poll_s` (an hours-long wait must not put a
-        scheduler query every 2 s on a SLURM controller)."""
+        The poll interval grows from `poll_s` to `max_poll_s` (default `AWM_EVAL_WAIT_MAX_POLL_S`,
+        30 s: an hours-long wait must not put a scheduler query every 2 s on a SLURM controller)."""
+        if max_poll_s is None:
+            max_poll_s = float(os.environ.get(WAIT_MAX_POLL_ENV, DEFAULT_WAIT_MAX_POLL_S))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        delay = poll_s
+        delay = min(poll_s, max_poll_s)
         while True:
             evals = [self.store.get_evaluation(i) for i in eval_ids]
             if all(ev.status in EVAL_TERMINAL_STATUSES for ev in evals):

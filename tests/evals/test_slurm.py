@@ -32,7 +32,9 @@ def test_shards_of_two_evaluations_run_as_one_slurm_array(trained_run: TrainedRu
 
     with Store.default() as store:
         register_run(store, trained_run)
-    env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "AWM_HOME": str(isolated_awm_home), "OMP_NUM_THREADS": "1",
+           # --wait polls every second, not 2, 3, 4.5, 6.8, 10 s...: that overshoots the end by a third
+           "AWM_EVAL_WAIT_MAX_POLL_S": "1"}
     out = subprocess.run(
         [AWM, "eval", "run", f"{RUN_NAME}@2", "--benchmarks", "ocr", "--cluster", "slurm", "--shards", "2",
          "--weights", "both", "--limit", "4", "--wait", "--json",
