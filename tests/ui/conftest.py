@@ -209,7 +209,7 @@ def _study(storage: str, name: str, sweep_cfg: dict[str, Any], trials: list[tupl
 def seed(home: Path) -> Seeded:
     t0 = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)
-    out = Seeded(home=home, url=f"sqlite:///{home / 'platform.db'}", optuna_url=f"sqlite:///{home / 'optuna.db'}",
+    out = Seeded(home=home, url=f"sqlite:///{home / 'awm.db'}", optuna_url=f"sqlite:///{home / 'optuna.db'}",
                  evals_root=images.evals_root(home))
     base_yaml = yaml.safe_load((REPO / "configs" / "quickstart_sweep.yaml").read_text())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -293,7 +293,7 @@ def seed(home: Path) -> Seeded:
 @pytest.fixture(scope="session")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     """The seeded store (module docstring); built once per test session."""
-    home = tmp_path_factory.mktemp("leaderboard") / "awm_home"
+    home = (tmp_path_factory.mktemp("leaderboard") / "awm_home").resolve()
     prev = os.environ.get("AWM_HOME")
     os.environ["AWM_HOME"] = str(home)  # anything that defaults to $AWM_HOME while seeding lands there
     try:
@@ -327,7 +327,8 @@ def start_ui(seeded: Seeded, log: Path, *extra: str, timeout: float = 60.0) -> U
     env = {**os.environ, "AWM_HOME": str(seeded.home)}
     env.pop("AWM_UI_DB_URL", None)
     with log.open("w") as fh:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "awm"), "ui", "--port", str(port), "--db", seeded.url,
+        # no --db: the default is $AWM_HOME's store, where the seed wrote it
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "awm"), "ui", "--port", str(port),
                                  "--tracking-uri", TRACKING_URI, *extra], stdout=fh, stderr=subprocess.STDOUT,
                                 text=True, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
