@@ -4,7 +4,8 @@ An image path comes from the store (an evaluation's `images_dir`) plus a prompt 
 the store is data, so every path is checked before a byte is read: it is resolved (symlinks
 followed, `..` collapsed) and must then lie inside one of the allowed roots, resolved the same
 way. Allowed roots: `$AWM_HOME/evals`, the evals folder an evaluation's recorded `images_dir` is in
-(`<root>/<eval key>/images`, the layout `awm_platform.evals.images` writes), and the folders given
+(`<root>/<eval key>/images`, the layout `awm_platform.evals.images` writes, and only when `<root>`
+holds the image cache `<root>/images/`), and the folders given
 with `awm ui --image-root`. Anything else (`..`, a symlink pointing out, an absolute path
 elsewhere, a device file) raises `MediaError`.
 
@@ -42,7 +43,9 @@ def allowed_roots(extra: Iterable[Path | str] = (), images_dirs: Iterable[str | 
     candidates += list(extra)
     for d in images_dirs:
         root = evaluation_root(d)
-        if root is not None:
+        # only a folder laid out as an evals root (it holds the image cache): a stray images_dir
+        # such as /etc/x/images must not open /etc
+        if root is not None and (root / images.IMAGES_DIR).is_dir():
             candidates.append(root)
     out: list[Path] = []
     for c in candidates:

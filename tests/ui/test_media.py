@@ -101,6 +101,11 @@ def test_roots_are_home_evals_recorded_evaluation_roots_and_extra_folders(evals:
                                 home_evals=evals)
     assert media.safe_image(img, roots) == img.resolve()
     assert Path("/etc").resolve() not in roots and Path("/").resolve() not in roots
+    stray = tmp_path / "stray"
+    stray_img = _png(stray / "ssl" / "x.png")  # recorded as <stray>/<key>/images, but no image cache there
+    roots = media.allowed_roots(images_dirs=[str(stray / ("56" * 8) / "images")], home_evals=evals)
+    with pytest.raises(MediaError, match="outside the image roots"):
+        media.safe_image(stray_img, roots)
     with pytest.raises(MediaError):
         media.safe_image(extra_img, roots)
     roots = media.allowed_roots(extra=[extra], home_evals=evals)
