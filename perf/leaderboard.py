@@ -47,10 +47,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from awm_platform.store import Store, compare_hash  # noqa: E402
-from awm_platform.ui import data  # noqa: E402
+from awm_platform.store import Store
+from awm_platform.ui import data
 
 BENCHES = ("geneval", "ocr", "pickscore")
 VERSIONS = {b: f"{b}-1.0+perf" for b in BENCHES}
@@ -138,7 +138,7 @@ def seed_store(store: Store, ckpts: list[dict[str, Any]]) -> None:
 
 
 def seed_mlflow(uri: str, root: Path, ckpts: list[dict[str, Any]]) -> str:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking import MlflowClient
@@ -209,9 +209,9 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
     mlflow_seed_s = time.perf_counter() - t0
     print(f"[{name}] seeded {len(ckpts)} checkpoints x {len(BENCHES)} benchmarks: store {seed_s:.0f} s, "
           f"MLflow {mlflow_seed_s:.0f} s", flush=True)
-    if store.dialect == "postgresql":
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE")
+    if store.dialect == "postgresql":  # what autovacuum does after a bulk load: statistics, visibility map
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
     query = data.LeaderboardQuery(filters=data.Filters(sweeps=(FILTER_SWEEP,)), sort="score:ocr", page_size=50)
     unfiltered = data.LeaderboardQuery(sort="score:ocr", page_size=50)
 
@@ -286,8 +286,15 @@ def make_pg_db(admin_url: str, name: str) -> str:
 
 def drop_pg_db(admin_url: str, name: str) -> None:
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for attempt in range(10):  # an autovacuum worker on the fresh database cannot be forced out: wait for it
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            break
+        except sa.exc.ProgrammingError:
+            if attempt == 9:
+                raise
+            time.sleep(3)
     engine.dispose()
 
 

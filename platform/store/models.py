@@ -130,6 +130,9 @@ class Evaluation(Base):
         # read the wide table rows (spec, sub_scores JSON)
         Index("ix_evaluations_compare_hash_status", "compare_hash", "status", "partial", "weights", "benchmark",
               "checkpoint_sha256", "score", "ci_low", "ci_high", "num_samples", "id", "run_name", "step"),
+        # the same pivot for the leaderboard's run filters (sweep, tag, parameter: run_name IN ...)
+        Index("ix_evaluations_run_pivot", "run_name", "compare_hash", "status", "partial", "weights",
+              "checkpoint_sha256", "score"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

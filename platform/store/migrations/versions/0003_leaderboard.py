@@ -28,6 +28,8 @@ def upgrade() -> None:
     op.create_index("ix_evaluations_compare_hash_status", "evaluations", [
         "compare_hash", "status", "partial", "weights", "benchmark", "checkpoint_sha256", "score", "ci_low", "ci_high",
         "num_samples", "id", "run_name", "step"])
+    op.create_index("ix_evaluations_run_pivot", "evaluations", ["run_name", "compare_hash", "status", "partial",
+                                                               "weights", "checkpoint_sha256", "score"])
     # the leaderboard's change marker: max(updated_at) by index
     op.create_index("ix_runs_updated_at", "runs", ["updated_at"])
     op.create_index("ix_evaluations_updated_at", "evaluations", ["updated_at"])
@@ -74,6 +76,7 @@ def _backfill(conn: sa.Connection) -> None:
 
 def downgrade() -> None:
     op.drop_table("run_params")
+    op.drop_index("ix_evaluations_run_pivot", table_name="evaluations")
     op.drop_index("ix_evaluations_compare_hash_status", table_name="evaluations")
     op.drop_index("ix_evaluations_updated_at", table_name="evaluations")
     op.drop_index("ix_runs_updated_at", table_name="runs")
