@@ -113,7 +113,7 @@ def test_a_dead_jobs_shard_is_resubmitted_and_completes(trained_run: TrainedRun,
     assert ev.status == "RUNNING" and shard.status == "RUNNING" and shard.attempts == 1
     if not sch.has_work(ev):  # the dead worker's lease has not expired yet: nothing to resubmit
         assert sch.submit([ev]).submitted == 0
-    final = sch.wait([ev_id], poll_s=0.5, timeout_s=240)
+    final = sch.wait([ev_id], poll_s=0.5, max_poll_s=1.0, timeout_s=240)  # not 0.5 .. 30 s: ends within 1 s
     [ev] = final
     assert ev.status == "COMPLETED", ev.error
     assert len(ev.job_ids) == 2  # the dead job and its replacement
@@ -165,7 +165,7 @@ def test_on_checkpoint_enqueues_the_new_checkpoints_evaluation(eval_tiny_model: 
         evals = store.list_evaluations(run_name="hooked")
         if evals and all(ev.status in ("COMPLETED", "FAILED") for ev in evals):
             break
-        time.sleep(1.0)
+        time.sleep(0.2)
     log = (sub.run_dir / "eval_on_checkpoint.log")
     assert [(ev.target, ev.benchmark, ev.status) for ev in evals] == [("hooked@2", "ocr", "COMPLETED")], \
         log.read_text() if log.exists() else "no hook log"
