@@ -99,6 +99,7 @@ def test_sde_step_matches_the_paper_sde_and_the_gaussian_log_prob(shape):
     b = (-1,) + (1,) * (len(shape) - 1)
     t, dt = sigma.view(b), (sigma_next - sigma).view(b)
     st = (a * torch.sqrt(sigma / (1 - sigma))).view(b)  # sigma_t = a sqrt(t / (1 - t)) (no sigma = 1 here)
+    assert torch.allclose(s, st.flatten(), rtol=1e-14)
     # paper: dx = [v + sigma_t^2 / (2t) (x + (1 - t) v)] dt + sigma_t dw, Euler-Maruyama in decreasing t
     drift = v + st**2 / (2 * t) * (x + (1 - t) * v)
     assert torch.allclose(mean, x + drift * dt, rtol=1e-13, atol=1e-13)
@@ -203,7 +204,7 @@ def test_rollout_keeps_each_trained_transition_and_its_log_prob(window, window_r
     out = m.sample(tr, _velocity, lat, gens)
     ex = out.extras
     J = m.J
-    assert out.nfe == n and ex["latents"].shape == (4, J, 2, 4, 4) and ex["log_probs"].shape == (4, J)
+    assert out.nfe == n and ex["latents"].shape == (4, J + 1, 2, 4, 4) and ex["log_probs"].shape == (4, J)
     assert ex["log_probs"].dtype == torch.float32 and ex["step_index"].dtype == torch.long
     steps = ex["step_index"]
     lo, hi = window_range if window_range is not None else (0, n - 1)
@@ -212,15 +213,15 @@ def test_rollout_keeps_each_trained_transition_and_its_log_prob(window, window_r
         assert torch.equal(steps - steps[:, :1], torch.arange(J).expand(4, J))
     else:
         assert torch.equal(steps, torch.arange(J).expand(4, J))  # steps 0..J-1, the last never (trap 1)
-    # chained: x_{j+1} of step j is x_j of step j+1
-    assert torch.equal(ex["next_latents"][:, :-1], ex["latents"][:, 1:])
+    if not window:  # the last kept state of the full window is x_J, before the untrained last step(s)
+        assert not torch.equal(ex["latents"][:, -1], out.x0)
     # the stored log-prob is the one training recomputes on the stored transition with the same policy
     sig = tr.sigmas.float()
     for j in range(J):
         k = steps[:, j]
         x = ex["latents"][:, j]
         _, lp, _, _ = sde_step_with_logprob(x, _velocity(x, sig[k]), sig[k], sig[k + 1], sig[1], 0.7,
-                                            prev_sample=ex["next_latents"][:, j])
+                                            prev_sample=ex["latents"][:, j + 1])
         assert torch.allclose(lp, ex["log_probs"][:, j], rtol=1e-6, atol=1e-6)
     # deterministic from the per-sample generators
     again = m.sample(tr, _velocity, lat, [torch.Generator().manual_seed(10 + i) for i in range(4)])

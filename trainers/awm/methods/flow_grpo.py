@@ -148,7 +148,8 @@ class FlowGRPOMethod:
         return None
 
     def sample(self, tr: AWMTrainer, vfn: VelocityFn, latents: Tensor, gens: list[Any]) -> RolloutChunk:
-        """SDE rollout keeping, per sample, its J trained transitions (x_j, x_{j+1}), fp32 log-probs, indices."""
+        """SDE rollout keeping, per sample, the J + 1 states of its J trained transitions, their fp32
+        log-probs and sigma indices (extras ``latents`` (b, J+1, ...), ``log_probs`` and ``step_index`` (b, J))."""
         a = float(self.cfg.sample.noise_level)
         sig = tr.sigmas.to(device=latents.device, dtype=torch.float32)
         n, b = len(sig) - 1, latents.shape[0]
@@ -176,8 +177,11 @@ class FlowGRPOMethod:
         traj = torch.stack(states, dim=1)  # (b, N+1, ...)
         lps = torch.stack(logps, dim=1)  # (b, N)
         rows = torch.arange(b, device=x.device).unsqueeze(1)
-        extras = {"latents": traj[rows, steps], "next_latents": traj[rows, steps + 1],
-                  "log_probs": lps[rows, steps].float(), "step_index": steps.long()}
+        # the trained steps are consecutive: J + 1 states hold every transition x_j -> x_{j+1} (half of
+        # storing x_j and x_{j+1} apart, in memory and in mid-epoch checkpoints)
+        states_kept = torch.cat([steps, steps[:, -1:] + 1], dim=1)
+        extras = {"latents": traj[rows, states_kept], "log_probs": lps[rows, steps].float(),
+                  "step_index": steps.long()}
         return RolloutChunk(x0=x.float(), nfe=n, extras=extras)
 
     def advantages(self, res: AdvantageResult) -> Tensor:
@@ -201,7 +205,7 @@ class FlowGRPOMethod:
         acc, tcfg = tr.accelerator, self.cfg.train
         rows = idx[:1] if cols is None else idx[cols]  # dropped samples are not computed at all
         ex = buf.extras
-        x, x_next = ex["latents"][rows, chunk], ex["next_latents"][rows, chunk]
+        x, x_next = ex["latents"][rows, chunk], ex["latents"][rows, chunk + 1]
         k = ex["step_index"][rows, chunk]
         sig = tr.sigmas.to(device=x.device, dtype=torch.float32)
         sigma, sigma_next = sig[k], sig[k + 1]
