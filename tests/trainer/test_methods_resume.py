@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import StopAfter, small_config_dict
-from tests.trainer.test_train import _assert_bitwise_equal, _final_state, _metric_keys, _train, sigkill_then_resume
+from tests.trainer.test_train import (
+    _assert_bitwise_equal,
+    _final_state,
+    _metric_keys,
+    _train,
+    sigkill_then_resume,
+)
 
 # method -> overrides of small_config_dict. Two optimizer steps per epoch, so that StopAfter(1) stops
 # mid-epoch and the resume needs the checkpointed epoch buffer.
@@ -64,7 +70,7 @@ def test_trains_and_logs(baseline):
 def test_mid_epoch_stop_then_resume_is_bitwise(baseline, tmp_path):
     import json
 
-    method, _, cfg, run0 = baseline
+    _, _, cfg, run0 = baseline
     run = tmp_path / "run"
     r1 = _train(cfg, run, stop=StopAfter(1))
     assert r1.status == "interrupted" and r1.global_step == 1
