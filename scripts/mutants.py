@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "trainers/awm/recipe.py"
+AWM = "trainers/awm/methods/awm.py"  # the AWM method on the methods seam (its rollout, passes and loss)
 
 
 def knobs(test: str) -> list[str]:
@@ -57,42 +58,42 @@ class Plant:
 PLANTS: list[Plant] = [
     # ---- the loss (the first three are the mutants of issue 10)
     Plant("loss-kl-weighting", "train.kl_weight hard-wired to Uniform in the trainer's loss call",
-          RECIPE, "kl_weighting=tcfg.kl_weight,", 'kl_weighting="Uniform",', LOSS_KNOBS),
+          AWM, "kl_weighting=tcfg.kl_weight,", 'kl_weighting="Uniform",', LOSS_KNOBS),
     Plant("loss-kl-ema-weighting", "train.kl_ema_weight hard-wired to Uniform",
-          RECIPE, "kl_ema_weighting=tcfg.kl_ema_weight)", 'kl_ema_weighting="Uniform")', LOSS_KNOBS),
+          AWM, "kl_ema_weighting=tcfg.kl_ema_weight)", 'kl_ema_weighting="Uniform")', LOSS_KNOBS),
     Plant("loss-type", "train.loss_type hard-wired to exp_first",
-          RECIPE, "loss_type=tcfg.loss_type,", 'loss_type="exp_first",', LOSS_KNOBS),
+          AWM, "loss_type=tcfg.loss_type,", 'loss_type="exp_first",', LOSS_KNOBS),
     Plant("loss-pass1-weighting", "pass-1 old log-probs ignore train.weighting",
-          RECIPE, "per_sample_log_prob(v, target, t, weighting=cfg.train.weighting,",
+          AWM, "per_sample_log_prob(v, target, t, weighting=cfg.train.weighting,",
           'per_sample_log_prob(v, target, t, weighting="ghuber",', OFF_POLICY),
     Plant("loss-clip-math", "PPO clip upper bound wrong in the loss itself",
           "trainers/awm/loss.py", "torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)",
           "torch.clamp(ratio, 1.0 - clip_range, 1.0 + 2 * clip_range)", ["tests/trainer_math/test_loss.py"]),
     # ---- samplers
     Plant("sampler-noise-window", "sample.noise_window ignored by the SA-Solver rollout",
-          RECIPE, "noise_window=tuple(s.noise_window)", "noise_window=(0.3, 0.9)",
+          AWM, "noise_window=tuple(s.noise_window)", "noise_window=(0.3, 0.9)",
           knobs("test_rollout_solver_and_its_knobs")),
     Plant("sampler-sde-frac", "sample.sde_frac ignored by the Euler rollout",
-          RECIPE, "sde_frac=s.sde_frac,", "sde_frac=0.0,", knobs("test_rollout_solver_and_its_knobs")),
+          AWM, "sde_frac=s.sde_frac,", "sde_frac=0.0,", knobs("test_rollout_solver_and_its_knobs")),
     Plant("sampler-guidance", "classifier-free guidance scale dropped",
-          RECIPE, "return vu + g * (vc - vu)", "return vc", knobs("test_rollout_guidance_scale")),
+          "trainers/awm/generate.py", "return vu + g * (vc - vu)", "return vc", knobs("test_rollout_guidance_scale")),
     Plant("eval-guidance", "eval.guidance_scale ignored (evaluation tied to the rollout guidance)",
           RECIPE, "guidance_scale=self.eval_guidance_scale,", "guidance_scale=None,",
           knobs("test_eval_guidance_scale")),
     Plant("sampler-off-policy", "off-policy rollouts sampled with the live policy",
-          RECIPE, "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if cfg.train.off_policy",
-          "adapter_ctx = L.using_adapter(self.unwrapped, L.EMA) if False", OFF_POLICY),
+          AWM, "return L.EMA if self.cfg.train.off_policy else None", "return None", OFF_POLICY),
     # ---- time sampling
     Plant("time-shift", "time_shift hard-wired",
-          "trainers/awm/methods/awm.py", "time_shift=cfg.time_shift, generator=gen,", "time_shift=3.0, generator=gen,",
+          AWM, "time_shift=cfg.time_shift, generator=gen,", "time_shift=3.0, generator=gen,",
           knobs("test_time_sampler_receives_knob")),
     Plant("time-fraction", "train.timestep_fraction hard-wired",
-          RECIPE, "timestep_fraction=cfg.train.timestep_fraction,", "timestep_fraction=0.9,",
+          AWM, "timestep_fraction=cfg.train.timestep_fraction,", "timestep_fraction=0.9,",
           knobs("test_time_sampler_receives_knob")),
     # ---- EMAs
     Plant("ema-kl-decay-type", "train.kl_ema_decay_type ignored",
-          RECIPE, "kl_ema_mixing(ema_step, tcfg.kl_ema_decay, tcfg.kl_ema_decay_type)",
-          'kl_ema_mixing(ema_step, tcfg.kl_ema_decay, "linear")', knobs("test_kl_ema_adapter_mixing_follows_config")),
+          AWM, "kl_ema_mixing(ema_step, self.cfg.train.kl_ema_decay, self.cfg.train.kl_ema_decay_type)",
+          'kl_ema_mixing(ema_step, self.cfg.train.kl_ema_decay, "linear")',
+          knobs("test_kl_ema_adapter_mixing_follows_config")),
     Plant("ema-lora-path-step", "train.lora_path restarts the EMA ramps at step 0 (upstream continues at S)",
           RECIPE, "ema_step = self.global_step + self.ema_step_offset", "ema_step = self.global_step",
           ["tests/trainer/test_lora_path.py"]),

@@ -90,6 +90,7 @@ def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
     import trainers.awm.loss as loss_mod
     import trainers.awm.samplers as samplers_mod
     import trainers.awm.timesteps as time_mod
+    from trainers.awm.methods.awm import AWMMethod
     from trainers.awm.model import SD3Family
     from trainers.awm.recipe import AWMTrainer
 
@@ -100,8 +101,8 @@ def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
             if getattr(user, name, None) is original:
                 monkeypatch.setattr(user, name, spy)
 
-    def phase_of(method: str, phase: str) -> None:
-        real = getattr(AWMTrainer, method)
+    def phase_of(owner: type, method: str, phase: str) -> None:
+        real = getattr(owner, method)
 
         @functools.wraps(real)
         def spy(self, *a, **k):
@@ -111,7 +112,7 @@ def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
             finally:
                 rec.phase = old
 
-        monkeypatch.setattr(AWMTrainer, method, spy)
+        monkeypatch.setattr(owner, method, spy)
 
     real_setup = AWMTrainer.setup
 
@@ -120,9 +121,10 @@ def _install_spies(monkeypatch: pytest.MonkeyPatch, rec: Recording) -> None:
         return real_setup(self)
 
     monkeypatch.setattr(AWMTrainer, "setup", setup_spy)
-    for method, phase in (("rollout", "rollout"), ("_pass1", "pass1"), ("train_step", "train"),
-                          ("evaluate", "eval")):
-        phase_of(method, phase)
+    # pass 1 is the AWM method's prepare_epoch (trainers/awm/methods/awm.py, the methods seam)
+    for owner, method, phase in ((AWMTrainer, "rollout", "rollout"), (AWMMethod, "prepare_epoch", "pass1"),
+                                 (AWMTrainer, "train_step", "train"), (AWMTrainer, "evaluate", "eval")):
+        phase_of(owner, method, phase)
 
     real_loss = loss_mod.compute_awm_loss
 
