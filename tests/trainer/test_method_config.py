@@ -124,3 +124,25 @@ def test_set_method_switches_the_quickstart_to_nft_and_advantageflow():
     for method in ("diffusionnft", "advantageflow"):
         cfg = load_config(REPO / "configs" / "quickstart.yaml", overrides=[f"method={method}"])
         assert cfg.method == method and cfg.train.timestep_fraction == 0.99 and cfg.train.beta == 1e-4
+
+
+def test_advantageflow_is_labelled_derived():
+    """The leaderboard's method column and the checkpoint page show AdvantageFlow as derived (objectives 3)."""
+    from trainers.awm.config import method_label
+
+    assert method_label("advantageflow") == "advantageflow (derived)"
+    assert [method_label(m) for m in ("awm", "flow_grpo", "diffusionnft")] == ["awm", "flow_grpo", "diffusionnft"]
+
+
+def test_method_reaches_the_run_params_and_mlflow_params():
+    """The store's run params (the leaderboard's method column and filter) and the MLflow params come
+    from the resolved config, which carries the method."""
+    from awm_platform.config import resolved_config
+    from awm_platform.runner.tracking import run_params
+    from awm_platform.store.store import leaderboard_params
+
+    for method in ("awm", "flow_grpo"):
+        resolved = resolved_config(config_from_dict({"method": method}), 1)
+        rows = {r["key"]: r for r in leaderboard_params(resolved)}
+        assert rows["method"]["text_value"] == method
+        assert run_params(resolved)["method"] == method
