@@ -74,6 +74,16 @@ METHOD_ONLY_KEYS: dict[str, frozenset[str]] = {
     "train.af_lambda": frozenset({"advantageflow"}),
     "train.af_weighting": frozenset({"advantageflow"}),
 }
+#: how a method is shown (leaderboard column, checkpoint page): AdvantageFlow's loss is derived in
+#: objectives.md section 3, not the paper's code, and says so wherever it is shown
+METHOD_LABELS: dict[str, str] = {"advantageflow": "advantageflow (derived)"}
+
+
+def method_label(method: str) -> str:
+    """The display name of a method (``advantageflow (derived)``; the others as they are)."""
+    return METHOD_LABELS.get(method, method)
+
+
 #: each method's defaults for shared keys (objectives.md section 1.5 for Flow-GRPO), applied where
 #: the config does not set the key; the schema defaults below are AWM's
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {

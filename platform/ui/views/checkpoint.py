@@ -13,6 +13,7 @@ from awm_platform.store import NotFoundError
 from awm_platform.ui import data
 from awm_platform.ui.views import common, state
 from awm_platform.ui.views.common import Ctx, fmt, fmt_ci
+from trainers.awm.config import method_label
 
 
 def _evaluations(detail: data.CheckpointDetail) -> None:
@@ -122,7 +123,7 @@ def render(ctx: Ctx) -> None:
     to_step = next((r.gpu_hours for r in rows if r.step == step), None)
     cols = st.columns(5)
     cols[0].metric("run status", run.status)
-    cols[1].metric("method", run.method)
+    cols[1].metric("method", method_label(run.method))
     cols[2].metric("GPU-hours (run)", fmt(run.gpu_hours, 2))
     cols[3].metric("GPU-hours to this step", fmt(to_step, 2))
     cols[4].metric("sweep / trial", f"{run.sweep_name}#{run.trial_number}" if run.sweep_name else "–")

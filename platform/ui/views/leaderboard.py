@@ -14,6 +14,7 @@ import streamlit as st
 from awm_platform.ui import data
 from awm_platform.ui.views import common, state
 from awm_platform.ui.views.common import Ctx, fmt_ci
+from trainers.awm.config import method_label
 
 RANK_LIMIT = 200  # rank intervals over the top N rows of the current sort
 PAGE_SIZES = (25, 50, 100, 200, 500)
@@ -93,6 +94,8 @@ def _sidebar(opts: data.FilterOptions, query: data.LeaderboardQuery, benchmarks:
                               key=f"f_spec.{bench}")
         if picked != hashes[0]:
             specs.append((bench, picked))
+    # a link's spec that no view has: kept, so the page says so instead of silently showing another
+    specs += [(b, h) for b, h in f.specs if h not in {v.compare_hash for v in opts.views.get(b, [])}]
     span = f"checkpoints from {opts.first_date} to {opts.last_date}" if opts.first_date else None
     _seed("f_since", f.since)
     _seed("f_until", f.until)
@@ -160,7 +163,7 @@ def _table(page: data.LeaderboardPage, rows: list[data.LeaderboardRow], ranks: d
         rec["run"] = r.run_name or "(base model)"
         rec["sweep/trial"] = f"{r.sweep_name}#{r.trial_number}" if r.sweep_name else ""
         rec["step"] = r.step
-        rec["method"] = r.method or ""
+        rec["method"] = method_label(r.method) if r.method else ""
         rec["base model"] = r.base_model or ""
         rec["date"] = common.fmt_date(r.created_at)
         rec["spec"] = "full"
