@@ -176,6 +176,7 @@ def test_unreachable_store_shows_its_url_without_the_password(open_page: Open,
     ({"p.train.beta": "0.1:0.01"}, "the low end is above the high end"),
     ({"since": "yesterday"}, "since='yesterday': expected a date"),
     ({"view": "nope"}, "view='nope'"),
+    ({"spec.ocr": "deadbeefdeadbeef"}, "bad filter: no completed full evaluations of 'ocr' with spec"),
     ({"view": "compare", "rows": "abc"}, "compare takes 2 to 4"),
     ({"view": "checkpoint", "run": "alpha-t0"}, "step: the checkpoint page needs"),
 ])
