@@ -34,10 +34,23 @@ def job_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWM_MLFLOW_FLUSH_S", "5")
 
 
+@pytest.fixture
+def quickstart_trial(tiny_model: Path, job_env: None) -> dict[str, Any]:
+    """The quickstart experiment, shortened to 1 epoch (evals at steps 0 and 1), at the quickstart's
+    own sizes (an epoch: 2.3 s of CPU)."""
+    data = yaml.safe_load((REPO / "configs" / "quickstart_sweep.yaml").read_text())
+    data.pop("sweep")
+    data["pretrained"]["model"] = str(tiny_model)
+    data["num_epochs"] = 1
+    data["save_freq"] = 1
+    return copy.deepcopy(data)
+
+
 # A trial's epoch at the smallest sizes the trainer accepts (trainers.awm.tiny's experiment: 2 prompts
 # x 2 images, 1 train timestep, 4/3 ODE steps, 2 eval prompts): 0.2 s of CPU instead of the quickstart's
 # 2.3 s. The sweep tests check orchestration (concurrency, retries, pruning, adoption, tracking), which
-# no epoch size changes; a test that needs a trial to stay in training sets its own num_epochs.
+# no epoch size changes; a test that needs a trial to stay in training sets its own num_epochs, or takes
+# `quickstart_trial`.
 SMALL_EPOCH = {
     "sample": {"num_steps": 4, "eval_num_steps": 3, "num_image_per_prompt": 2, "prompts_per_epoch": 2,
                "max_batch_size_per_gpu": 4, "test_batch_size": 2},
@@ -47,18 +60,13 @@ SMALL_EPOCH = {
 
 
 @pytest.fixture
-def trial_base(tiny_model: Path, job_env: None) -> dict[str, Any]:
-    """The quickstart experiment (its LoRA targets, EMA, evaluation at start), shortened to 1
-    epoch (evals at steps 0 and 1) of `SMALL_EPOCH`'s sizes: a trial is mostly the job's
-    start-up (imports)."""
-    data = yaml.safe_load((REPO / "configs" / "quickstart_sweep.yaml").read_text())
-    data.pop("sweep")
-    data["pretrained"]["model"] = str(tiny_model)
-    data["num_epochs"] = 1
-    data["save_freq"] = 1
+def trial_base(quickstart_trial: dict[str, Any]) -> dict[str, Any]:
+    """`quickstart_trial` (its LoRA targets, EMA, evaluation at start) at `SMALL_EPOCH`'s sizes: a
+    trial is mostly the job's start-up (imports)."""
+    data = copy.deepcopy(quickstart_trial)
     for section, values in SMALL_EPOCH.items():
         data[section] = {**data[section], **values}
-    return copy.deepcopy(data)
+    return data
 
 
 class OrchestratorThread:

@@ -49,10 +49,12 @@ def _tracking_ready(store: Store, name: str) -> bool:
     return run is not None and run.status == "RUNNING" and run.mlflow_run_id is not None
 
 
-def test_pruned_and_cancelled_runs_are_closed_in_mlflow(trial_base: dict[str, Any], tmp_path: Path) -> None:
+def test_pruned_and_cancelled_runs_are_closed_in_mlflow(quickstart_trial: dict[str, Any], tmp_path: Path) -> None:
     from awm_platform.config import config_from_dict
 
-    base = {**trial_base, "num_epochs": 4, "eval_freq": 2, "save_freq": 4}  # evals at steps 0, 2, 4
+    # evals at steps 0, 2, 4; the quickstart's epoch sizes keep t1 training long enough for its MLflow
+    # run (created at the logger's first flush, late on a busy box) to exist before its step-2 eval
+    base = {**quickstart_trial, "num_epochs": 4, "eval_freq": 2, "save_freq": 4}
     cfg = config_from_dict({**base, "name": "truth", "sweep": sweep_section(
         n_trials=2, parallelism=1, poll_interval_s=0.3,
         pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})})
