@@ -39,3 +39,16 @@ def isolated_awm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight SD3 pipeline (`trainers.awm.tiny.make_tiny`, seed 0), built once per
+    session (6 s) for every test that trains or submits on it (runner, sweeps, security): tests
+    and their jobs only read it. This process computes with one thread (the box runs jobs too)."""
+    import torch  # deferred: only the tests that train need torch
+
+    from trainers.awm.tiny import make_tiny
+
+    torch.set_num_threads(1)
+    return Path(make_tiny(tmp_path_factory.mktemp("tiny-model") / "pipe"))

@@ -1,4 +1,4 @@
-"""Shared runner-test helpers: a tiny SD3 pipeline (built once per session) and tiny configs."""
+"""Shared runner-test helpers: tiny configs on tests/conftest.py's tiny SD3 pipeline (`tiny_model`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,6 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # jobs start child processes: keep them at 1 thread
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    from trainers.awm.tiny import make_tiny
-
-    return make_tiny(tmp_path_factory.mktemp("tiny-model") / "pipe")
 
 
 def tiny_config_dict(model: Path, name: str, **over: Any) -> dict[str, Any]:

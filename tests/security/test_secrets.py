@@ -190,16 +190,6 @@ def test_slurm_job_gets_the_setup_lines_only_from_the_0600_file(tmp_path: Path, 
 
 
 # ----------------------------------------------------------------------- e2e ----
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from trainers.awm.tiny import make_tiny
-
-    torch.set_num_threads(1)
-    return Path(make_tiny(tmp_path_factory.mktemp("tiny") / "tiny"))
-
-
 def _awm(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "awm_platform.cli.main", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=REPO, check=False)

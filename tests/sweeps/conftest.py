@@ -1,4 +1,5 @@
-"""Fixtures for sweeps that run real training jobs (tiny model, a few seconds of CPU each)."""
+"""Fixtures for sweeps that run real training jobs (tests/conftest.py's tiny model, a few seconds of
+CPU each)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from trainers.awm.tiny import make_tiny
-
-    torch.set_num_threads(1)
-    return Path(make_tiny(tmp_path_factory.mktemp("tiny") / "tiny"))
 
 
 @pytest.fixture
