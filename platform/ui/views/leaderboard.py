@@ -28,7 +28,10 @@ def _seed(key: str, value: Any) -> None:
 
 
 def _multiselect(label: str, key: str, options: list[str], chosen: tuple[str, ...]) -> tuple[str, ...]:
-    _seed(key, [c for c in chosen if c in options])
+    # a link's value the store does not know (a sweep since deleted) stays selected: the page then
+    # shows no rows for it instead of silently dropping the filter
+    options = [*options, *(c for c in chosen if c not in options)]
+    _seed(key, list(chosen))
     st.session_state[key] = [c for c in st.session_state[key] if c in options]
     return tuple(st.sidebar.multiselect(label, options, key=key))
 
