@@ -77,6 +77,7 @@ def test_url_filters_give_the_rows_sql_gives(seeded: Seeded, open_page: Open) ->
     assert set(board["run"][1:]) <= alpha
     at = open_page(**{"p.train.beta": "0.0005:0.005"})
     assert _total(at) == want_beta_range and set(_board(at)["run"][1:]) <= in_range
+    assert _total(open_page(**{"p.train.beta": "0.5:0.6"})) == 0  # a range outside every run
     at = open_page(sweep="ghost")  # a link to a sweep the store does not have: no rows, not every row
     assert _total(at) == 0 and at.multiselect(key="f_sweep").value == ["ghost"]
     at = open_page(tag="family:beta")  # the configs' `tags:` (run_params)

@@ -49,6 +49,10 @@ def _param_widgets(opts: data.FilterOptions, current: tuple[data.ParamFilter, ..
                     continue  # one value: nothing to filter
                 want = (max(lo, pf.low) if pf and pf.low is not None else lo,
                         min(hi, pf.high) if pf and pf.high is not None else hi)
+                if pf is not None and want[0] > want[1]:  # a link's range outside the data: kept, no rows
+                    st.caption(f"{key}: {pf.low}..{pf.high} (outside the runs' {lo:.4g}..{hi:.4g})")
+                    out.append(pf)
+                    continue
                 _seed(wkey, want)
                 got = st.slider(key, min_value=lo, max_value=hi, step=(hi - lo) / 200, format="%.4g", key=wkey)
                 if got[0] > lo or got[1] < hi:
