@@ -52,8 +52,10 @@ if TYPE_CHECKING:
     from awm_platform.store import Run, RunStatus, Store
 
 # The trainer stopped (exit 3) although this controller got no preemption signal: how long to
-# let one that was sent to the whole step arrive before the controller raises it itself.
-OWN_SIGNAL_WAIT_S = 5.0
+# let one that was sent to the whole step arrive before the controller raises it itself
+# (AWM_OWN_SIGNAL_WAIT_S overrides it: a test whose signal reaches one node only need not wait 5 s).
+OWN_SIGNAL_WAIT_ENV = "AWM_OWN_SIGNAL_WAIT_S"
+DEFAULT_OWN_SIGNAL_WAIT_S = 5.0
 
 
 def worker_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -308,7 +310,8 @@ class TrainJob(submitit.helpers.Checkpointable):
                 # is about to run here) or another node's preemption (the ranks agree on stopping).
                 # Give our own signal a moment, then raise it: submitit's handler calls checkpoint()
                 # (the trainer has already stopped) and requeues the job, as for a signal of ours.
-                deadline = time.monotonic() + OWN_SIGNAL_WAIT_S
+                wait_s = float(os.environ.get(OWN_SIGNAL_WAIT_ENV, DEFAULT_OWN_SIGNAL_WAIT_S))
+                deadline = time.monotonic() + wait_s
                 while time.monotonic() < deadline:
                     time.sleep(0.1)
                 if env is not None:

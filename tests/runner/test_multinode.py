@@ -142,6 +142,9 @@ def test_two_nodes_stay_identical_and_requeue_together(
         # two "nodes" on one machine share its devices: gloo on CPU even where a GPU is present
         "ACCELERATE_USE_CPU": "true",
         "CUDA_VISIBLE_DEVICES": "",
+        # the signal reaches node 1 only: the rank-0 controller, whose trainer stopped with node 1's,
+        # gives a signal of its own 0.5 s (not 5) to arrive before it raises one and requeues the job
+        "AWM_OWN_SIGNAL_WAIT_S": "0.5",
     }
     run_dir = sub.run_dir
     job = _run_job_script(script, env)
