@@ -333,11 +333,10 @@ def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
             signal.signal(s, h)
 
 
-def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path, *, first: int = 1, last: int = 3) -> None:
-    """A real `kill -9` of `awm train` (on the config `cfg_dict`) after its first checkpoint (step
-    `first`; the run ends at step `last`); the rerun resumes and ends bitwise equal to the uninterrupted
-    run `run0`, with no duplicate metrics. Shared by the SD3 test below, the FLUX one
-    (tests/trainer/test_flux.py) and every method's (tests/trainer/test_methods_resume.py)."""
+def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path) -> None:
+    """A real `kill -9` of `awm train` (on the config `cfg_dict`) after its first checkpoint; the
+    rerun resumes and ends bitwise equal to the uninterrupted run `run0`, with no duplicate metrics.
+    Shared by the SD3 test below and the FLUX one (tests/trainer/test_flux.py)."""
     import os
     import signal
     import subprocess
@@ -356,14 +355,14 @@ def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path, *, first: in
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
-        while not (run / "checkpoints" / f"step-{first}" / "manifest.json").exists():
+        while not (run / "checkpoints" / "step-1" / "manifest.json").exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
-        assert not (run / "checkpoints" / f"step-{last}").exists()  # killed before the end
+        assert not (run / "checkpoints" / "step-3").exists()  # killed before the end
     finally:
         if proc.poll() is None:
             proc.kill()
