@@ -261,16 +261,14 @@ def change_marker(store: Store) -> str:
     sweep or metric is written. Each part is one index lookup (a lone max() of an indexed column)
     or an index-only count: runs and evaluations by count + max(updated_at) (every write sets
     it), checkpoints and metrics by count / max(id) (rows are added, not changed), sweeps likewise."""
-    parts: list[Any] = []
-    with store.reading() as conn:
-        for stmt in (sa.select(sa.func.count()).select_from(Run), sa.select(sa.func.max(Run.updated_at)),
-                     sa.select(sa.func.count()).select_from(Evaluation),
-                     sa.select(sa.func.max(Evaluation.updated_at)),
-                     sa.select(sa.func.count()).select_from(Checkpoint), sa.select(sa.func.max(Checkpoint.id)),
-                     sa.select(sa.func.max(Sweep.updated_at)), sa.select(sa.func.count()).select_from(Sweep),
-                     sa.select(sa.func.max(MetricPoint.id))):
-            parts.append(conn.execute(stmt).scalar())
-    return "|".join("" if p is None else str(p) for p in parts)
+    parts = (sa.select(sa.func.count()).select_from(Run), sa.select(sa.func.max(Run.updated_at)),
+             sa.select(sa.func.count()).select_from(Evaluation), sa.select(sa.func.max(Evaluation.updated_at)),
+             sa.select(sa.func.count()).select_from(Checkpoint), sa.select(sa.func.max(Checkpoint.id)),
+             sa.select(sa.func.max(Sweep.updated_at)), sa.select(sa.func.count()).select_from(Sweep),
+             sa.select(sa.func.max(MetricPoint.id)))
+    with store.reading() as conn:  # one statement: each scalar subquery is its own index lookup
+        row = conn.execute(sa.select(*(p.scalar_subquery() for p in parts))).one()
+    return "|".join("" if p is None else str(p) for p in row)
 
 
 # ------------------------------------------------------------------------- views ----
