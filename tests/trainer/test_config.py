@@ -8,7 +8,7 @@ from awm_platform.config import ExperimentConfig, config_from_dict, config_hash,
 from benchmarks.registry import REWARDS
 from trainers.awm.config import ConfigError, TrainerConfig, derive_topology
 
-PLATFORM_SECTIONS = {"launcher", "tracking", "storage", "sweep"}
+PLATFORM_SECTIONS = {"launcher", "tracking", "storage", "sweep", "tags"}  # tags: leaderboard labels
 # the platform's keys inside the trainer's `eval` section (the evaluation service's)
 PLATFORM_EVAL_KEYS = {"on_checkpoint", "service"}
 
@@ -17,7 +17,7 @@ def test_the_experiment_config_is_the_trainer_config_plus_the_platform_sections(
     trainer_keys = list(TrainerConfig.model_fields)
     assert not PLATFORM_SECTIONS & set(trainer_keys)
     # the trainer's keys first: every dump (resolved config, hash input) keeps today's key order
-    assert list(ExperimentConfig.model_fields) == [*trainer_keys, "launcher", "tracking", "storage", "sweep"]
+    assert list(ExperimentConfig.model_fields) == [*trainer_keys, "launcher", "tracking", "storage", "sweep", "tags"]
     assert isinstance(ExperimentConfig(), TrainerConfig)
 
 
