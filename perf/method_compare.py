@@ -336,7 +336,7 @@ def plot(path: Path, results: dict[str, list[dict[str, Any]]], title: str) -> No
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
     axes[0].set_xlabel("epoch (= optimizer step)")
     axes[1].set_xlabel("counted transformer forward-equivalents (backward = 2)")
-    axes[0].set_ylabel(f"eval {REWARD} (live weights; mean, min-max over seeds)")
+    axes[0].set_ylabel(f"eval {REWARD}, live weights\n(mean; band: min-max over seeds)")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
