@@ -25,9 +25,9 @@ Output (in --out): ``curves.csv`` (method, seed, step, forward-equivalents, eval
 ``method_compare.png`` (mean and min-max band over seeds against epochs and against
 forward-equivalents), ``summary.json``; the last stdout line is the same JSON: per method the final
 eval reward (mean/min/max over seeds), forward-equivalents per epoch (and the split), and
-``speedup_vs_flow_grpo`` = FE Flow-GRPO needs to reach its own final mean eval reward / FE the method
-needs to reach it (first crossing of the seed-mean curve, linear between eval points; null when not
-reached or when Flow-GRPO is not available). A method that is not selectable yet is reported as
+``speedup_vs_flow_grpo`` = FE Flow-GRPO needs to first reach its own final mean eval reward / FE the
+method needs to first reach it (first crossing of the seed-mean curve, linear between eval points; null,
+with ``speedup_note``, when not reached or when Flow-GRPO is not available). A method that is not selectable yet is reported as
 ``{"available": false}``, never run.
 
 ``--quick`` (the test suite's mode): the full setup cut to 1 seed, 2 epochs and 4 eval prompts; the test checks that every
@@ -40,7 +40,6 @@ import argparse
 import csv
 import itertools
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -253,8 +252,8 @@ def compute_to_reach(curve: list[tuple[int, float, float]], target: float) -> fl
 def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, bool]) -> dict[str, Any]:
     """Per-method figures and the speedups.
 
-    ``speedup_vs_flow_grpo`` = FE Flow-GRPO spent to reach its final mean eval reward (its compute at the
-    final evaluation) / FE the method's seed-mean curve needs to first reach that reward. It is null, with
+    ``speedup_vs_flow_grpo`` = FE Flow-GRPO's seed-mean curve needs to first reach its own final mean eval
+    reward / FE the method's seed-mean curve needs to first reach that reward (the same rule for both). It is null, with
     ``speedup_note`` saying why, when Flow-GRPO did not run, when its final reward is not above the common
     starting reward (then there is nothing to reach), or when the method never reached it."""
     out: dict[str, Any] = {}
@@ -262,6 +261,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
     fg = curves.get("flow_grpo")
     target = fg[-1][2] if fg else None
     start = fg[0][2] if fg else None
+    fg_fe = compute_to_reach(fg, target) if fg else None  # Flow-GRPO's own first crossing: its speedup is 1
     for m in METHODS:
         if not available.get(m):
             out[m] = {"available": False}
@@ -285,7 +285,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
             if m_fe is None:
                 note = f"did not reach flow_grpo's final eval reward {target:.4f} in {curves[m][-1][0]} epochs"
             else:
-                speedup = fg[-1][1] / m_fe
+                speedup = fg_fe / m_fe
         out[m] = {
             "available": True,
             "label": LABELS[m],
@@ -302,7 +302,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
             "seconds": statistics.fmean(r["seconds"] for r in rs),
         }
     out["flow_grpo_final_reward_target"] = target
-    out["flow_grpo_fe_at_final"] = fg[-1][1] if fg else None
+    out["flow_grpo_fe_to_its_final"] = fg_fe
     return out
 
 
@@ -346,6 +346,29 @@ def plot(path: Path, results: dict[str, list[dict[str, Any]]], title: str) -> No
     plt.close(fig)
 
 
+def _finish(out: Path, results: dict[str, list[dict[str, Any]]], available: dict[str, bool], setup: Setup) -> None:
+    summary = summarise(results, available)
+    summary["setup"] = {**setup.__dict__, "reward": REWARD, "model": "make_tiny (sd3, 64 px)"}
+    write_csv(out / "curves.csv", results)
+    if any(results.values()):
+        plot(out / "method_compare.png", results,
+             f"tiny SD3, {REWARD}, {setup.prompts_per_epoch}x{setup.images_per_prompt} images/epoch, "
+             f"1 optimizer step/epoch, N={setup.num_steps}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "runs.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out / 'curves.csv'}, {out / 'method_compare.png'}, {out / 'summary.json'}", flush=True)
+    print(json.dumps(summary, separators=(",", ":")))
+
+
+def _resummarise(out: Path) -> int:
+    results = json.loads((out / "runs.json").read_text())
+    old = json.loads((out / "summary.json").read_text())
+    setup = Setup(**{k: old["setup"][k] for k in Setup.__dataclass_fields__})
+    available = {m: bool(old.get(m, {}).get("available")) for m in results}
+    _finish(out, results, available, setup)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the test suite's mode: 1 seed, 2 small epochs")
@@ -354,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: a new temporary one)")
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes of 1 torch thread each)")
+    ap.add_argument("--resummarise", type=Path, default=None,
+                    help="rebuild the summary, CSV and plot of an earlier --out folder from its runs.json (no training)")
     args = ap.parse_args(argv)
+    if args.resummarise is not None:
+        return _resummarise(args.resummarise)
 
     from trainers.awm.config import AVAILABLE_METHODS
     from trainers.awm.tiny import make_tiny
@@ -400,18 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         for m, seed in todo:
             results[m].append(run_one(m, seed, model, setup, out))
             report(results[m][-1])
-    summary = summarise(results, available)
-    summary["setup"] = {**setup.__dict__, "reward": REWARD, "model": "make_tiny (sd3, 64 px)"}
-    write_csv(out / "curves.csv", results)
-    if any(results.values()):
-        plot(out / "method_compare.png", results,
-             f"tiny SD3, {REWARD}, {setup.prompts_per_epoch}x{setup.images_per_prompt} images/epoch, "
-             f"1 optimizer step/epoch, N={setup.num_steps}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "runs.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out / 'curves.csv'}, {out / 'method_compare.png'}, {out / 'summary.json'}", flush=True)
-    print(json.dumps(summary, separators=(",", ":"), default=lambda x: None if isinstance(x, float) and
-                     math.isnan(x) else x))
+    _finish(out, results, available, setup)
     return 0
 
 
