@@ -146,3 +146,10 @@ def test_method_reaches_the_run_params_and_mlflow_params():
         rows = {r["key"]: r for r in leaderboard_params(resolved)}
         assert rows["method"]["text_value"] == method
         assert run_params(resolved)["method"] == method
+
+
+@pytest.mark.parametrize("method", ["diffusionnft", "advantageflow"])
+def test_nft_and_advantageflow_refuse_cfg_rollouts(method):
+    with pytest.raises(ConfigError, match=f"method={method} rolls out and trains without CFG: sample.guidance_scale"):
+        config_from_dict({"method": method, "sample": {"guidance_scale": 4.5}})
+    assert config_from_dict({"method": method, "eval": {"guidance_scale": 4.5}}).eval.guidance_scale == 4.5

@@ -361,6 +361,11 @@ class TrainerConfig(ConfigSection):
             raise ValueError(
                 f"pretrained.transformer_dtype={td} needs mixed_precision={td} (a {td} transformer computes under "
                 f"{td} autocast; mixed_precision is {self.mixed_precision!r})")
+        if self.method in ("diffusionnft", "advantageflow") and self.sample.guidance_scale > 1.0:
+            # their old-adapter rollouts and training forwards are both CFG-free (objectives 2.2, 3.4): a CFG
+            # rollout would not be the policy v_old the loss regularises toward
+            raise ValueError(f"method={self.method} rolls out and trains without CFG: sample.guidance_scale must "
+                             f"be 1.0, got {self.sample.guidance_scale} (eval.guidance_scale may differ)")
         if self.train.cfg and self.sample.guidance_scale <= 1.0:
             raise ValueError("train.cfg=true needs sample.guidance_scale > 1 (the CFG scale of the rollouts, "
                              "used in training as well)")
