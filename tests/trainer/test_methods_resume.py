@@ -16,6 +16,7 @@ from tests.trainer.test_train import (
     _final_state,
     _metric_keys,
     _train,
+    trained_policy,
 )
 
 # method -> overrides of small_config_dict. Two optimizer steps per epoch, so that StopAfter(1) stops
@@ -114,19 +115,10 @@ def test_lora_loads_in_diffusers(baseline):
 
     from trainers.awm import checkpoint as C
     from trainers.awm import lora as L
-    from trainers.awm.model import SD3Family
 
     _, _, cfg, run = baseline
     ck = C.find_latest_valid(run).path
-    fam = SD3Family.load(cfg.pretrained.model)
-    L.add_policy_adapters(fam.transformer, L.make_lora_config(
-        rank=cfg.lora.rank, alpha=cfg.lora.alpha, init="gaussian",
-        target_modules=fam.lora_target_modules("attn", False)))
-    state = C.load_tensors(ck / "state" / "adapters.safetensors")
-    with torch.no_grad():
-        for n, p in fam.transformer.named_parameters():
-            if n in state:
-                p.copy_(state[n])
+    fam = trained_policy(cfg, ck)
     pipe = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(ck / "lora"))

@@ -192,18 +192,15 @@ def test_all_checkpoints_invalid_are_kept_aside_and_the_log_says_so(baseline, tm
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
 
 
-def test_exported_lora_reproduces_trained_outputs(baseline):
+def trained_policy(cfg, ck: Path):
+    """The SD3 family with the policy adapter of checkpoint `ck`, rebuilt from the exact training
+    state (state/adapters.safetensors), to compare exported LoRA formats against."""
     import torch
-    from diffusers import StableDiffusion3Pipeline
-    from peft import PeftModel
 
     from trainers.awm import checkpoint as C
     from trainers.awm import lora as L
     from trainers.awm.model import SD3Family
 
-    cfg, run, _ = baseline
-    ck = run / "checkpoints" / "step-3"
-    # the trained policy, rebuilt from the exact training state
     fam = SD3Family.load(cfg.pretrained.model)
     L.add_policy_adapters(fam.transformer, L.make_lora_config(
         rank=cfg.lora.rank, alpha=cfg.lora.alpha, init="gaussian",
@@ -213,6 +210,17 @@ def test_exported_lora_reproduces_trained_outputs(baseline):
         for n, p in fam.transformer.named_parameters():
             if n in state:
                 p.copy_(state[n])
+    return fam
+
+
+def test_exported_lora_reproduces_trained_outputs(baseline):
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+    from peft import PeftModel
+
+    cfg, run, _ = baseline
+    ck = run / "checkpoints" / "step-3"
+    fam = trained_policy(cfg, ck)
     # diffusers format into a fresh pipeline
     pipe = StableDiffusion3Pipeline.from_pretrained(cfg.pretrained.model)
     pipe.set_progress_bar_config(disable=True)
