@@ -11,7 +11,7 @@ import yaml
 
 from tests.trainer.conftest import small_config, small_config_dict
 from tests.trainer.test_flux import _family
-from tests.trainer.test_train import BASE, _final_state, sigkill_then_resume
+from tests.trainer.test_train import BASE, _final_state, sigkill_then_resume, trained_policy
 
 # every consumer must carry pretrained.guidance (5.0, not the default 3.5) through
 FLUX_RUN = {**BASE, "pretrained": {"guidance": 5.0}, "lora": {"type": "attn_ffn"}}
@@ -44,20 +44,9 @@ def test_flux_lora_exports_load_in_fluxpipeline_and_peft(flux_baseline):
     from diffusers import FluxPipeline
     from peft import PeftModel
 
-    from trainers.awm import checkpoint as C
-    from trainers.awm import lora as L
-
     cfg, run, _ = flux_baseline
     ck = run / "checkpoints" / "step-3"
-    fam = _family(cfg.pretrained.model, guidance=5.0)
-    L.add_policy_adapters(fam.transformer, L.make_lora_config(
-        rank=cfg.lora.rank, alpha=cfg.lora.alpha, init="gaussian",
-        target_modules=fam.lora_target_modules("attn_ffn", False)), with_ema=False)
-    state = C.load_tensors(ck / "state" / "adapters.safetensors")
-    with torch.no_grad():
-        for n, p in fam.transformer.named_parameters():
-            if n in state:
-                p.copy_(state[n])
+    fam = trained_policy(cfg, ck, _family(cfg.pretrained.model, guidance=5.0), lora_type="attn_ffn", with_ema=False)
     kw = {"prompt": ["a red cube", "a cat"], "num_inference_steps": 3, "guidance_scale": 5.0, "height": 64,
           "width": 64, "max_sequence_length": 8, "output_type": "latent"}
 

@@ -192,19 +192,20 @@ def test_all_checkpoints_invalid_are_kept_aside_and_the_log_says_so(baseline, tm
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
 
 
-def trained_policy(cfg, ck: Path):
-    """The SD3 family with the policy adapter of checkpoint `ck`, rebuilt from the exact training
-    state (state/adapters.safetensors), to compare exported LoRA formats against."""
+def trained_policy(cfg, ck: Path, fam=None, *, lora_type: str = "attn", with_ema: bool = True):
+    """The model family (SD3 unless `fam` is given) with the policy adapter of checkpoint `ck`,
+    rebuilt from the exact training state (state/adapters.safetensors), to compare exported LoRA
+    formats against."""
     import torch
 
     from trainers.awm import checkpoint as C
     from trainers.awm import lora as L
     from trainers.awm.model import SD3Family
 
-    fam = SD3Family.load(cfg.pretrained.model)
+    fam = fam if fam is not None else SD3Family.load(cfg.pretrained.model)
     L.add_policy_adapters(fam.transformer, L.make_lora_config(
         rank=cfg.lora.rank, alpha=cfg.lora.alpha, init="gaussian",
-        target_modules=fam.lora_target_modules("attn", False)))
+        target_modules=fam.lora_target_modules(lora_type, False)), with_ema=with_ema)
     state = C.load_tensors(ck / "state" / "adapters.safetensors")
     with torch.no_grad():
         for n, p in fam.transformer.named_parameters():
