@@ -85,11 +85,13 @@ def test_four_trials_in_flight_sigkilled_trial_is_retried_and_tracked(trial_base
     assert store.get_sweep("conc").mlflow_parent_run_id == parent
 
 
-def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(trial_base):
+def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(quickstart_trial):
     """SIGKILL the (detached) orchestrator with trials in flight; the resumed orchestrator
     adopts them (no duplicate jobs) and finishes exactly n_trials. Its pruner's decision on
-    the last trial cancels the real job (gone from the executor) and marks the run PRUNED."""
-    ctx = _ctx(trial_base, "crash", n_trials=3, parallelism=2,
+    the last trial cancels the real job (gone from the executor) and marks the run PRUNED.
+    (The quickstart's sizes: with them t1's step-1 value beats t0's, so the median pruner never
+    prunes t1 whichever of the two parallel trials completes first; at SMALL_EPOCH's it did.)"""
+    ctx = _ctx(quickstart_trial, "crash", n_trials=3, parallelism=2,
                pruner={"name": "median", "n_startup_trials": 1})
     pid = commands.start(ctx, detach=True, echo=print)
     assert isinstance(pid, int)
