@@ -60,6 +60,7 @@ READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` conn
 #: ANALYZE misjudges the few-valued columns, e.g. status); metrics and sample rows are only ever
 #: read through their unique keys
 ANALYZED_TABLES = ("evaluations", "runs", "checkpoints", "run_params", "sweeps")
+PG_READ_RANDOM_PAGE_COST = 1.1  # planner cost of a random page in `reading()` transactions (PostgreSQL)
 STATS_CHECK_S = 60.0  # how often a long-lived reader checks whether the statistics are stale
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -265,6 +266,12 @@ class Store:
         if self.dialect == "sqlite" and time.monotonic() - self._stats_checked > STATS_CHECK_S:
             self.refresh_statistics()  # a long-lived reader (the UI) sees the store grow
         with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn, conn.begin() as tx:
+            if self.dialect == "postgresql":
+                # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks:
+                # with the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches
+                # for a filtered leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value;
+                # SET LOCAL ends with this read transaction.
+                conn.exec_driver_sql(f"SET LOCAL random_page_cost = {PG_READ_RANDOM_PAGE_COST}")
             yield conn
             tx.rollback()
 
