@@ -27,7 +27,14 @@ from awm_platform.evals.spec import PlatformEvalConfig
 from awm_platform.paths import validate_run_name
 from awm_platform.redaction import redact, setup_hash
 from awm_platform.sweeps.spec import SweepSpec
-from trainers.awm.config import ConfigError, ConfigSection, Topology, TrainerConfig, derive_topology, method_switched
+from trainers.awm.config import (
+    ConfigError,
+    ConfigSection,
+    Topology,
+    TrainerConfig,
+    derive_topology,
+    method_switched,
+)
 
 TAG_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 

@@ -27,8 +27,8 @@ def test_version_flag_matches_the_version_command(isolated_awm_home: Path) -> No
 
 
 def test_cluster_is_a_choice_list_of_the_runner_clusters(isolated_awm_home: Path) -> None:
-    from awm_platform.runner.cli import ClusterOpt
     from awm_platform.runner.backends import CLUSTERS
+    from awm_platform.runner.cli import ClusterOpt
 
     literal = get_args(get_args(ClusterOpt)[0])[0]
     assert get_args(literal) == CLUSTERS

@@ -14,9 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from awm_platform.store import Store
-from perf.noop_backend import NoopBackend
 from awm_platform.sweeps.optuna_bridge import storage_url
 from awm_platform.sweeps.orchestrator import Orchestrator, SweepContext
+from perf.noop_backend import NoopBackend
 from tests.runner.conftest import segment_seconds
 from tests.sweeps.helpers import sweep_section
 
