@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from awm_platform.paths import awm_home
 from benchmarks.files import atomic_write
 from benchmarks.registry import BENCHMARKS, get_benchmark, list_benchmarks
-from trainers.awm.config import ConfigSection, EvalConfig
+from trainers.awm.config import ConfigSection, EvalConfig, family_of_local_model
 
 if TYPE_CHECKING:  # numpy and PIL stay out of config validation (every `awm` command)
     from benchmarks.base import Benchmark
@@ -172,6 +172,7 @@ class EvalSpec(BaseModel):
     guidance: float | None = None
 
     def _hashed(self, exclude: set[str]) -> dict[str, Any]:
+        # the store's compare_hash leaves a None guidance out likewise (store.models.OPTIONAL_SPEC_KEYS)
         return self.model_dump(mode="json", exclude=exclude | ({"guidance"} if self.guidance is None else set()))
 
     @property
@@ -210,7 +211,8 @@ def resolve_spec(service: EvalServiceConfig, benchmark: Benchmark, ctx: ModelCon
     if prompt_set not in benchmark.prompt_sets():
         raise ValueError(f"eval.service.prompt_set={prompt_set!r}: {benchmark.name} has the prompt sets "
                          f"{', '.join(sorted(benchmark.prompt_sets()))}")
-    return EvalSpec(model=ctx.model, revision=ctx.revision, family=ctx.family, sampler=service.sampler,
+    return EvalSpec(model=ctx.model, revision=ctx.revision, family=family_of_local_model(ctx.family, ctx.model),
+                    sampler=service.sampler,
                     num_steps=pick("num_steps"), guidance_scale=float(guidance),
                     resolution=pick("resolution") or ctx.resolution, samples_per_prompt=int(samples),
                     precision=pick("precision") or ctx.precision,

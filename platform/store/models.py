@@ -188,6 +188,8 @@ def eval_key(checkpoint_sha256: str, benchmark: str, benchmark_version: str, spe
 
 #: spec keys two compared evaluations may differ in (everything else changes what a sample means)
 COMPARABLE_ACROSS = ("weights",)
+#: spec keys added after evaluations existed, whose None is the old behaviour (left out of every hash)
+OPTIONAL_SPEC_KEYS = ("guidance",)
 
 
 def compare_hash(benchmark: str, benchmark_version: str, spec: Mapping[str, Any], partial: bool) -> str:
@@ -196,7 +198,10 @@ def compare_hash(benchmark: str, benchmark_version: str, spec: Mapping[str, Any]
     its weights (`COMPARABLE_ACROSS`), both partial or both full. Stored in
     `evaluations.compare_hash` (`awm eval compare` and the leaderboard pair on it). Here, not in
     awm_platform.evals.stats: the store computes it on insert, and evals.stats imports the store."""
-    kept = {k: v for k, v in spec.items() if k not in COMPARABLE_ACROSS}
+    # a key whose None means "the default" (EvalSpec leaves it out of its hashes when None) is left out
+    # here too, so specs dumped before the key existed and specs that dump it as null stay comparable
+    kept = {k: v for k, v in spec.items()
+            if k not in COMPARABLE_ACROSS and not (k in OPTIONAL_SPEC_KEYS and v is None)}
     text = json.dumps([benchmark, benchmark_version, kept, bool(partial)], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ from awm_platform.evals.spec import (
     resolve_spec,
     shard_batches,
 )
+from awm_platform.store import compare_hash
 from benchmarks.registry import get_benchmark
 from trainers.awm.config import ConfigError
 
@@ -65,6 +66,26 @@ def test_spec_hash_covers_what_changes_numbers_only() -> None:
         assert resolve_spec(EvalServiceConfig(**change), ocr, RUN).hash != base.hash, change
     other_model = ModelContext(**{**RUN.__dict__, "model": "/models/other"})
     assert resolve_spec(EvalServiceConfig(), ocr, other_model).hash != base.hash
+
+
+def test_auto_family_and_an_unset_guidance_hash_as_what_they_mean(tmp_path: Path) -> None:
+    """The spec records `pretrained.family: auto` resolved from the local model folder (a run saying
+    `auto` and one saying `sd3` get one evaluation, one view); a None guidance is left out of the
+    compare hash as out of the spec hash (evaluations stored before the key existed stay comparable)."""
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}')
+    ocr = get_benchmark("ocr", workers=1)
+    explicit = ModelContext(**{**RUN.__dict__, "model": str(model)})
+    auto = resolve_spec(EvalServiceConfig(), ocr, ModelContext(**{**explicit.__dict__, "family": "auto"}))
+    assert auto.family == "sd3" and auto.hash == resolve_spec(EvalServiceConfig(), ocr, explicit).hash
+    unseen = ModelContext(**{**RUN.__dict__, "family": "auto"})  # /models/sd35m is not on this host
+    assert resolve_spec(EvalServiceConfig(), ocr, unseen).family == "auto"
+    spec = auto.model_dump(mode="json")
+    before_the_key = {k: v for k, v in spec.items() if k != "guidance"}
+    assert spec["guidance"] is None
+    assert compare_hash("ocr", "v1", spec, False) == compare_hash("ocr", "v1", before_the_key, False)
+    assert compare_hash("ocr", "v1", {**spec, "guidance": 5.0}, False) != compare_hash("ocr", "v1", spec, False)
 
 
 def test_generation_key_ignores_limit_and_benchmark_version(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_flux_lora_exports_load_in_fluxpipeline_and_peft(flux_baseline):
 
 def test_eval_service_generates_and_scores_a_flux_checkpoint(flux_baseline, isolated_awm_home):
     """`awm eval run <flux checkpoint dir> --benchmarks ocr` (debug executor, real RapidOCR): the run's
-    config (its capsule) gives family auto -> FLUX and the distilled guidance 5.0, which the spec carries."""
+    config (its capsule) gives family auto, which the spec records resolved (flux), and the distilled guidance 5.0."""
     import shutil
 
     from tests.evals.test_cli import TINY, awm_here, ok_json
@@ -90,7 +90,7 @@ def test_eval_service_generates_and_scores_a_flux_checkpoint(flux_baseline, isol
     assert (rec["target"], rec["status"], rec["n"]) == (f"dir:{ckpt}", "COMPLETED", 2), rec
     assert 0.0 <= rec["score"] <= 1.0
     shown = ok_json(awm_here("eval", "show", str(rec["id"]), "--json", home=isolated_awm_home))
-    assert (shown["spec"]["family"], shown["spec"]["guidance"], shown["spec"]["num_steps"]) == ("auto", 5.0, 2)
+    assert (shown["spec"]["family"], shown["spec"]["guidance"], shown["spec"]["num_steps"]) == ("flux", 5.0, 2)
     assert len(list(Path(shown["images_dir"]).glob("*.png"))) >= 2
 
 

@@ -20,11 +20,29 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from benchmarks.registry import REWARDS
+
+AUTO_FAMILY = "auto"  # pretrained.family: detect from model_index.json
+# model_index.json `_class_name` -> family (`pretrained.family: auto`)
+PIPELINE_FAMILIES: dict[str, str] = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+
+
+def family_of_local_model(family: str, model: str) -> str:
+    """`family`, with `auto` resolved from a local pipeline folder's model_index.json (no download, no
+    torch): what an evaluation spec records, so `auto` and the family it detects hash alike. What cannot
+    be read here (a hub id, a folder this host does not see) stays `auto`: the model loader decides."""
+    if family != AUTO_FAMILY:
+        return family
+    try:
+        index = json.loads((Path(model).expanduser() / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return family
+    return PIPELINE_FAMILIES.get(str(index.get("_class_name", "")), family) if isinstance(index, dict) else family
 
 
 class ConfigError(ValueError):

@@ -31,6 +31,7 @@ from diffusers.utils import logging as dlogging
 from huggingface_hub import hf_hub_download
 from transformers.utils import logging as tlogging
 
+from trainers.awm.config import AUTO_FAMILY, PIPELINE_FAMILIES
 from trainers.awm.samplers import flow_sigmas, flux_mu, flux_sigmas
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,9 +62,6 @@ for _pipeline_cls in (StableDiffusion3Pipeline, FluxPipeline):
     logging.getLogger(_pipeline_cls.__module__).addFilter(_TruncationNotice())
 
 FAMILIES: dict[str, str] = {"sd3": "trainers.awm.model:SD3Family", "flux": "trainers.awm.model:FluxFamily"}
-AUTO = "auto"  # pretrained.family: detect from model_index.json
-# model_index.json `_class_name` -> family (`pretrained.family: auto`)
-PIPELINE_FAMILIES: dict[str, str] = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
 # FLUX.1-dev's distilled guidance as Flow-GRPO (train_flux.py) and DanceGRPO use it (objectives.md 4.1)
 FLUX_DEFAULT_GUIDANCE = 3.5
 
@@ -185,7 +183,7 @@ def get_family(name: str) -> type[ModelFamily]:
     try:
         target = FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)} (or {AUTO!r})") from None
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)} (or {AUTO_FAMILY!r})") from None
     mod, _, attr = target.partition(":")
     return getattr(importlib.import_module(mod), attr)
 
@@ -236,12 +234,12 @@ def resolve_family(family: str, model: str, revision: str | None = "main") -> st
     """The family to load ``model`` with: ``auto`` reads ``model_index.json``'s ``_class_name``; an explicit
     family is checked against it when the class is a known one (a pipeline class this module does not know,
     e.g. a subclass, is loaded with the explicit family as asked)."""
-    if family != AUTO:
+    if family != AUTO_FAMILY:
         get_family(family)  # unknown family: ValueError, before any I/O
     index = read_model_index(model, revision)
     cls_name = str(index.get("_class_name", ""))
     detected = PIPELINE_FAMILIES.get(cls_name)
-    if family == AUTO:
+    if family == AUTO_FAMILY:
         if detected is None:
             raise ModelLoadError(
                 f"pretrained.model={model!r}: model_index.json names the pipeline class {cls_name!r}, which "
