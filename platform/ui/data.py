@@ -303,13 +303,14 @@ _VIEWS_CACHE: dict[tuple[Any, ...], dict[str, list[BenchmarkView]]] = {}
 
 def _full_views(conn: sa.Connection) -> dict[str, list[BenchmarkView]]:
     """`_views` of full evaluations, recomputed only when the evaluations changed: the key is the
-    largest evaluation id (new evaluations), the latest updated_at (status changes) and the run
-    count (evaluations are deleted only with their run): three index lookups in one statement
-    instead of grouping every evaluation on each leaderboard page."""
+    largest evaluation id (new evaluations), the latest updated_at (status changes) and the number of
+    evaluations (deletions: a run deleted with its evaluations and another created leave the first
+    two as they were): index lookups in one statement instead of grouping every evaluation on each
+    leaderboard page."""
     e = Evaluation.__table__
     key = (str(conn.engine.url), *conn.execute(sa.select(
         sa.select(sa.func.max(e.c.id)).scalar_subquery(), sa.select(sa.func.max(e.c.updated_at)).scalar_subquery(),
-        sa.select(sa.func.count()).select_from(Run).scalar_subquery())).one())
+        sa.select(sa.func.count()).select_from(e).scalar_subquery())).one())
     if key not in _VIEWS_CACHE:
         if len(_VIEWS_CACHE) >= 16:
             _VIEWS_CACHE.pop(next(iter(_VIEWS_CACHE)))

@@ -78,6 +78,11 @@ def test_url_filters_give_the_rows_sql_gives(seeded: Seeded, open_page: Open) ->
     at = open_page(**{"p.train.beta": "0.0005:0.005"})
     assert _total(at) == want_beta_range and set(_board(at)["run"][1:]) <= in_range
     assert _total(open_page(**{"p.train.beta": "0.5:0.6"})) == 0  # a range outside every run
+    # filters on a key every run has one value of are kept, not dropped (no widget to show them)
+    at = open_page(**{"p.pretrained.family": "flux"})  # a text value no run has
+    assert _total(at) == 0 and at.multiselect(key="f_p.pretrained.family").value == ["flux"]
+    assert _total(open_page(**{"p.pretrained.family": "auto"})) == len(_rows(seeded.store()))  # the configs say auto
+    assert _total(open_page(**{"p.train.learning_rate": "5:6"})) == 0  # one value (all runs), outside it
     at = open_page(sweep="ghost")  # a link to a sweep the store does not have: no rows, not every row
     assert _total(at) == 0 and at.multiselect(key="f_sweep").value == ["ghost"]
     at = open_page(tag="family:beta")  # the configs' `tags:` (run_params)

@@ -45,8 +45,11 @@ def _param_widgets(opts: data.FilterOptions, current: tuple[data.ParamFilter, ..
             wkey = f"f_p.{key}"
             if isinstance(domain, tuple):
                 lo, hi = float(domain[0]), float(domain[1])
-                if lo == hi:
-                    continue  # one value: nothing to filter
+                if lo == hi:  # one value: no slider; a link's filter on it is kept as given (not dropped)
+                    if pf is not None:
+                        st.caption(f"{key}: {pf.low}..{pf.high} (every run has {lo:.4g})")
+                        out.append(pf)
+                    continue
                 want = (max(lo, pf.low) if pf and pf.low is not None else lo,
                         min(hi, pf.high) if pf and pf.high is not None else hi)
                 if pf is not None and want[0] > want[1]:  # a link's range outside the data: kept, no rows
@@ -59,10 +62,14 @@ def _param_widgets(opts: data.FilterOptions, current: tuple[data.ParamFilter, ..
                     out.append(data.ParamFilter(key=key, low=float(got[0]) if got[0] > lo else None,
                                                 high=float(got[1]) if got[1] < hi else None))
             else:
-                values = [str(v) for v in domain]
-                if len(values) < 2:
+                # a link's value the runs do not have stays selected (no rows), as in _multiselect
+                chosen = list(pf.values) if pf else []
+                values = [*(str(v) for v in domain), *(v for v in chosen if v not in {str(d) for d in domain})]
+                if len(values) < 2:  # one value and no link filter on it: nothing to filter
+                    if pf is not None:
+                        out.append(pf)
                     continue
-                _seed(wkey, [v for v in (pf.values if pf else ()) if v in values])
+                _seed(wkey, chosen)
                 picked = st.multiselect(key, values, key=wkey)
                 if picked:
                     out.append(data.ParamFilter(key=key, values=tuple(picked)))
