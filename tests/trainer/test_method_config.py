@@ -42,7 +42,11 @@ def test_flow_grpo_defaults_and_round_trip():
      ["'sample.sde_type' is not read by method=awm (only by flow_grpo); did you mean 'sample.sde_frac'?"]),
     ({"train": {"cfg": True}}, ["'train.cfg' is not read by method=awm"]),
     ({"method": "flow_grpo", "train": {"cfg": True}}, ["train.cfg=true needs sample.guidance_scale > 1"]),
+    ({"method": "flow_grpo", "sample": {"guidance_scale": 4.5}, "train": {"cfg": False}},
+     ["method=flow_grpo with sample.guidance_scale=4.5 needs train.cfg=true"]),
     ({"method": "grpo"}, ["'method'", "flow_grpo"]),
+    ({"method": "flow_grpo", "sample": {"sde_window_range": [0, 5]}},
+     ["sample.sde_window_range=[0, 5] is read only with a Fast window"]),
     ({"method": "flow_grpo", "sample": {"num_steps": 6, "sde_window_size": 3, "sde_window_range": [2, 4]}},
      ["sample.sde_window_range=[2, 4] with sample.sde_window_size=3"]),
 ])

@@ -201,6 +201,9 @@ class SampleConfig(ConfigSection):
 
     @model_validator(mode="after")
     def _sde_window(self) -> SampleConfig:
+        if self.sde_window_range is not None and not self.sde_window_size:
+            raise ValueError(f"sample.sde_window_range={list(self.sde_window_range)} is read only with a Fast window: "
+                             "set sample.sde_window_size > 0, or remove sample.sde_window_range")
         if self.sde_window_size:
             lo, hi = self.sde_window_range if self.sde_window_range is not None else (0, self.num_steps - 1)
             if not (0 <= lo and hi - self.sde_window_size >= lo and hi <= self.num_steps):
@@ -384,6 +387,12 @@ class TrainerConfig(ConfigSection):
             # rollout would not be the policy v_old the loss regularises toward
             raise ValueError(f"method={self.method} rolls out and trains without CFG: sample.guidance_scale must "
                              f"be 1.0, got {self.sample.guidance_scale} (eval.guidance_scale may differ)")
+        if self.method == "flow_grpo" and self.sample.guidance_scale > 1.0 and not self.train.cfg:
+            # the rollout's log-probs are those of the CFG velocity: a training forward without CFG would
+            # make the ratio differ from 1 even on-policy, and the clip would eat the signal
+            raise ValueError(f"method=flow_grpo with sample.guidance_scale={self.sample.guidance_scale} needs "
+                             "train.cfg=true (the training forwards must recompute the rollout's CFG velocity); "
+                             "or set sample.guidance_scale: 1.0")
         if self.train.cfg and self.sample.guidance_scale <= 1.0:
             raise ValueError("train.cfg=true needs sample.guidance_scale > 1 (the CFG scale of the rollouts, "
                              "used in training as well)")
