@@ -97,10 +97,15 @@ def test_roots_are_home_evals_recorded_evaluation_roots_and_extra_folders(evals:
     with pytest.raises(MediaError):
         media.safe_image(img, roots)
     recorded = str(other / ("34" * 8) / "images")  # another machine's $AWM_HOME/evals, as the store recorded it
-    roots = media.allowed_roots(images_dirs=[recorded, None, "relative/images", "/x/../etc/images"],
-                                home_evals=evals)
+    # a recorded path that climbs with `..` is refused even where it lands on a real image cache
+    (tmp_path / "a").mkdir()
+    climbed_img = _png(tmp_path / "b" / "images" / ("78" * 8) / "00000_00.png")
+    climbing = str(tmp_path / "a" / ".." / "b" / ("9a" * 8) / "images")
+    roots = media.allowed_roots(images_dirs=[recorded, None, "relative/images", climbing], home_evals=evals)
     assert media.safe_image(img, roots) == img.resolve()
-    assert Path("/etc").resolve() not in roots and Path("/").resolve() not in roots
+    assert (tmp_path / "b").resolve() not in roots
+    with pytest.raises(MediaError, match="outside the image roots"):
+        media.safe_image(climbed_img, roots)
     stray = tmp_path / "stray"
     stray_img = _png(stray / "ssl" / "x.png")  # recorded as <stray>/<key>/images, but no image cache there
     roots = media.allowed_roots(images_dirs=[str(stray / ("56" * 8) / "images")], home_evals=evals)
