@@ -47,13 +47,12 @@ def test_keys_of_the_study_method_stay_with_it():
     assert back.train.clip_range == 1.0 and back.train.beta == 0.001 and back.sample.zero_std_policy == "keep"
 
 
-def test_unavailable_or_unknown_method_choices_are_rejected():
+def test_unavailable_or_unknown_method_choices_are_rejected(monkeypatch):
     with pytest.raises(ConfigError, match="sweep.params.method: value 'nope'"):
         config_from_dict({"name": "s", "sweep": sweep_section(
             params={"method": {"type": "categorical", "choices": ["awm", "nope"]}})})
-    missing = sorted({"diffusionnft", "advantageflow"} - AVAILABLE_METHODS)
-    if not missing:
-        pytest.skip("every method is available")
+    # every method is available today: the gate a method under construction sits behind, with one taken out
+    monkeypatch.setattr("trainers.awm.config.AVAILABLE_METHODS", AVAILABLE_METHODS - {"diffusionnft"})
     with pytest.raises(ConfigError, match="not available yet"):
         config_from_dict({"name": "s", "sweep": sweep_section(
-            params={"method": {"type": "categorical", "choices": ["awm", missing[0]]}})})
+            params={"method": {"type": "categorical", "choices": ["awm", "diffusionnft"]}})})

@@ -58,12 +58,11 @@ def test_bad_method_keys_name_the_key(data, needles):
     assert "Traceback" not in msg
 
 
-def test_unavailable_method_is_refused():
-    missing = sorted({"diffusionnft", "advantageflow"} - AVAILABLE_METHODS)
-    if not missing:
-        pytest.skip("every method is available")
-    with pytest.raises(ConfigError, match=f"method='{missing[0]}' is not available yet"):
-        config_from_dict({"method": missing[0]})
+def test_unavailable_method_is_refused(monkeypatch):
+    # every method is available today: the gate a method under construction sits behind, with one taken out
+    monkeypatch.setattr("trainers.awm.config.AVAILABLE_METHODS", AVAILABLE_METHODS - {"advantageflow"})
+    with pytest.raises(ConfigError, match="method='advantageflow' is not available yet"):
+        config_from_dict({"method": "advantageflow"})
 
 
 def test_set_method_switches_the_quickstart():
