@@ -1,6 +1,7 @@
 """Every method other than AWM (whose tests are test_train.py's) on the tiny SD3: it trains, stops
 mid-epoch and resumes bitwise (the epoch buffer carries the method's rollout extras), resumes bitwise
-after a crash mid-epoch (its rollouts redone from the seeds), and its LoRA loads in diffusers.
+after a crash mid-epoch (its rollouts redone from the seeds) and after a real `kill -9`, and its LoRA
+loads in diffusers.
 
 Add a method to METHODS (with its overrides of the shared small config) once it is selectable."""
 
@@ -16,6 +17,8 @@ from tests.trainer.test_train import (
     _final_state,
     _metric_keys,
     _train,
+    crash_then_resume,
+    sigkill_then_resume,
     trained_policy,
 )
 
@@ -82,28 +85,23 @@ def test_mid_epoch_stop_then_resume_is_bitwise(baseline, tmp_path):
     assert set(_metric_keys(run)) == set(_metric_keys(run0)) and max(_metric_keys(run).values()) == 1
 
 
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tmp_path):
+    """AWM's kill test for every method: a real `kill -9` of `awm train` once epoch 1's checkpoint is
+    on disk; the rerun resumes (the method's extra state from the checkpoint, epoch 2's rollouts from
+    the seeds) and ends bitwise equal to the uninterrupted run."""
+    _, data, _, run0 = baseline
+    sigkill_then_resume(data, run0, tmp_path, first_step=STEPS, last_step=EPOCHS * STEPS)
+
+
 def test_crash_mid_epoch_then_resume_is_bitwise(baseline, tmp_path, monkeypatch):
     """A crash in epoch 2 after its first optimizer step: the rerun resumes from the end-of-epoch-1
     checkpoint and redoes epoch 2's rollouts (the method's sampler, its noise and Fast windows, must be
-    reproduced from the seeds), ending bitwise equal to the uninterrupted run. (A real `kill -9` of
-    `awm train` is test_train.py's and test_flux.py's: the kill path is the shared trainer's; two process
-    start-ups per method would cost ~60 s each on the CI box.)"""
-    from trainers.awm.recipe import AWMTrainer
-
+    reproduced from the seeds), ending bitwise equal to the uninterrupted run."""
     _, _, cfg, run0 = baseline
     run = tmp_path / "run"
-    orig = AWMTrainer.train_step
-
-    def crashing(self, *a, **k):
-        if self.global_step == STEPS + 1:  # epoch 2: rollouts done, one step taken, checkpoint step-2 on disk
-            raise RuntimeError("simulated crash")
-        return orig(self, *a, **k)
-
-    monkeypatch.setattr(AWMTrainer, "train_step", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _train(cfg, run)
-    monkeypatch.setattr(AWMTrainer, "train_step", orig)
-    r = _train(cfg, run)
+    # epoch 2: rollouts done, one step taken, checkpoint step-2 on disk
+    r = crash_then_resume(cfg, run, monkeypatch, at_step=STEPS + 1)
     assert r.status == "completed" and r.global_step == EPOCHS * STEPS
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
     assert max(_metric_keys(run).values()) == 1

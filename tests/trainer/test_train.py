@@ -120,15 +120,15 @@ def test_resume_between_epochs_is_bitwise(baseline, tmp_path):
     assert set(_metric_keys(run)) == set(_metric_keys(run0)) and max(_metric_keys(run).values()) == 1
 
 
-def test_resume_after_crash_mid_epoch_is_bitwise(baseline, tmp_path, monkeypatch):
+def crash_then_resume(cfg, run: Path, monkeypatch, *, at_step: int):
+    """Train `cfg` in `run`, crashing inside the optimizer step taken at global step `at_step`
+    (mid-epoch: its rollouts done), then rerun it; returns the rerun's result."""
     from trainers.awm.recipe import AWMTrainer
 
-    cfg, run0, _ = baseline
-    run = tmp_path / "run"
     orig = AWMTrainer.train_step
 
     def crashing(self, *a, **k):
-        if self.global_step == 2:  # epoch 3: rollouts done, checkpoint step-2 written, crash mid-epoch
+        if self.global_step == at_step:
             raise RuntimeError("simulated crash")
         return orig(self, *a, **k)
 
@@ -136,7 +136,14 @@ def test_resume_after_crash_mid_epoch_is_bitwise(baseline, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="simulated crash"):
         _train(cfg, run)
     monkeypatch.setattr(AWMTrainer, "train_step", orig)
-    r = _train(cfg, run)
+    return _train(cfg, run)
+
+
+def test_resume_after_crash_mid_epoch_is_bitwise(baseline, tmp_path, monkeypatch):
+    cfg, run0, _ = baseline
+    run = tmp_path / "run"
+    # epoch 3: rollouts done, checkpoint step-2 written, crash mid-epoch
+    r = crash_then_resume(cfg, run, monkeypatch, at_step=2)
     assert r.status == "completed" and r.global_step == 3
     _assert_bitwise_equal(_final_state(run0)[1], _final_state(run)[1])
     counts = _metric_keys(run)
@@ -342,10 +349,12 @@ def test_cli_train_exit_codes(tiny_dir, tmp_path, monkeypatch):
             signal.signal(s, h)
 
 
-def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path) -> None:
-    """A real `kill -9` of `awm train` (on the config `cfg_dict`) after its first checkpoint; the
-    rerun resumes and ends bitwise equal to the uninterrupted run `run0`, with no duplicate metrics.
-    Shared by the SD3 test below and the FLUX one (tests/trainer/test_flux.py)."""
+def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path, *, first_step: int = 1,
+                        last_step: int = 3) -> None:
+    """A real `kill -9` of `awm train` (on the config `cfg_dict`) once its checkpoint `first_step`
+    exists and before `last_step`'s; the rerun resumes and ends bitwise equal to the uninterrupted
+    run `run0`, with no duplicate metrics. Shared by the SD3 test below, the FLUX one
+    (tests/trainer/test_flux_run.py) and the methods' (tests/trainer/test_methods_resume.py)."""
     import os
     import signal
     import subprocess
@@ -364,14 +373,14 @@ def sigkill_then_resume(cfg_dict: dict, run0: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
-        while not (run / "checkpoints" / "step-1" / "manifest.json").exists():
+        while not (run / "checkpoints" / f"step-{first_step}" / "manifest.json").exists():
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
-        assert not (run / "checkpoints" / "step-3").exists()  # killed before the end
+        assert not (run / "checkpoints" / f"step-{last_step}").exists()  # killed before the end
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.services import services_required
+from tests.fixtures.services import fail_or_skip
 from tests.ui.conftest import EMA_RUN, Seeded, UiServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,11 +34,7 @@ def _need_browser() -> None:
         missing.append("the selenium package (pip install -e '.[dev]')")
     if not missing:
         return
-    msg = f"the browser test needs {', '.join(missing)} (`bash scripts/services.sh tools` installs chromium)"
-    required = services_required()
-    if required:
-        pytest.fail(f"{msg} [{required}: failing instead of skipping]", pytrace=False)
-    pytest.skip(msg)
+    fail_or_skip(f"the browser test needs {', '.join(missing)} (`bash scripts/services.sh tools` installs chromium)")
 
 
 @pytest.fixture
