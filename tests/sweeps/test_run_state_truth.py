@@ -53,7 +53,7 @@ def test_pruned_and_cancelled_runs_are_closed_in_mlflow(quickstart_trial: dict[s
     from awm_platform.config import config_from_dict
 
     # evals at steps 0, 2, 4; the quickstart's epoch sizes keep t1 training long enough for its MLflow
-    # run (created at the logger's first flush, late on a busy box) to exist before its step-2 eval
+    # run (created at the logger's first flush, late on a busy box) to exist well before its last eval
     base = {**quickstart_trial, "num_epochs": 4, "eval_freq": 2, "save_freq": 4}
     cfg = config_from_dict({**base, "name": "truth", "sweep": sweep_section(
         n_trials=2, parallelism=1, poll_interval_s=0.3,
@@ -63,9 +63,16 @@ def test_pruned_and_cancelled_runs_are_closed_in_mlflow(quickstart_trial: dict[s
     orch = Orchestrator(ctx, store=store, echo=print)
     parent = orch.create()
     th = OrchestratorThread(orch)
-    # once t1 trains and its MLflow run exists, it "reports" a hopeless value at a step t0 evaluated
+    # The median pruner compares a trial's *best* value so far with the completed trials' median at
+    # the trial's latest step. Real values are all near the start's (t1's step 0 may beat t0's step 2),
+    # so the verdict is forced at step 3, which no trainer evaluates: t0 "reports" a perfect value
+    # there and t1, once it trains, a hopeless one. Whenever the orchestrator sees t1's step 3 (before
+    # t1's last eval at step 4), the median at t1's latest step is t0's 1e9: prune, whatever else
+    # t1 has logged by then.
+    wait_for(lambda: _tracking_ready(store, "truth-t0"), 300, "trial 0 running with its MLflow run")
+    store.log_metrics("truth-t0", {OBJECTIVE: 1e9}, step=3)
     wait_for(lambda: _tracking_ready(store, "truth-t1"), 300, "trial 1 running with its MLflow run")
-    store.log_metrics("truth-t1", {OBJECTIVE: -1e9}, step=2)
+    store.log_metrics("truth-t1", {OBJECTIVE: -1e9}, step=3)
     result = th.join(300)
     assert result.status == "COMPLETED" and result.counts["PRUNED"] == 1
     assert store.get_run("truth-t1").status == "PRUNED"
