@@ -89,8 +89,8 @@ def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(quickstart_trial
     """SIGKILL the (detached) orchestrator with trials in flight; the resumed orchestrator
     adopts them (no duplicate jobs) and finishes exactly n_trials. Its pruner's decision on
     the last trial cancels the real job (gone from the executor) and marks the run PRUNED.
-    (The quickstart's sizes: with them t1's step-1 value beats t0's, so the median pruner never
-    prunes t1 whichever of the two parallel trials completes first; at SMALL_EPOCH's it did.)"""
+    (t1's injected perfect value keeps the median pruner from pruning t1 whichever of the two
+    parallel trials completes first.)"""
     ctx = _ctx(quickstart_trial, "crash", n_trials=3, parallelism=2,
                pruner={"name": "median", "n_startup_trials": 1})
     pid = commands.start(ctx, detach=True, echo=print)
@@ -102,11 +102,15 @@ def test_orchestrator_killed_and_resumed_adopts_jobs_and_prunes(quickstart_trial
     os.waitpid(pid, 0)
     jobs_before = {r.name: list(r.job_ids) for r in store.list_runs(sweep_name="crash")}
     assert set(jobs_before) == {"crash-t0", "crash-t1"}
+    # The median pruner compares t2's best value so far (its real step 0 ties the others' step 0)
+    # with the median at t2's latest step. Forcing the verdict at step 2, which no trainer evaluates
+    # (1 epoch): t0 and t1 "report" a perfect value there (read when they are adopted), t2 below.
+    for name in jobs_before:
+        store.log_metrics(name, {"eval/jpeg_compressibility": 1e9}, step=2)
 
     th = OrchestratorThread(Orchestrator(SweepContext.load("crash"), store=store, echo=print), resume=True)
     job = wait_for(lambda: _job_pid(store, "crash-t2"), 240, "trial 2 running")
-    # t2's trainer "reports" a terrible eval value at a step the completed trials evaluated
-    store.log_metrics("crash-t2", {"eval/jpeg_compressibility": -1e9}, step=1)
+    store.log_metrics("crash-t2", {"eval/jpeg_compressibility": -1e9}, step=2)
     result = th.join(240)
     assert result.status == "COMPLETED"
     runs = store.list_runs(sweep_name="crash")
