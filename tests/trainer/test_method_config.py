@@ -49,6 +49,9 @@ def test_flow_grpo_defaults_and_round_trip():
      ["sample.sde_window_range=[0, 5] is read only with a Fast window"]),
     ({"method": "flow_grpo", "sample": {"num_steps": 6, "sde_window_size": 3, "sde_window_range": [2, 4]}},
      ["sample.sde_window_range=[2, 4] with sample.sde_window_size=3"]),
+    # Fast trains exactly the W window steps: a timestep_fraction beside a window would be ignored silently
+    ({"method": "flow_grpo", "sample": {"sde_window_size": 3}, "train": {"timestep_fraction": 0.5}},
+     ["train.timestep_fraction=0.5 is not read with a Flow-GRPO-Fast window", "sample.sde_window_size=3"]),
 ])
 def test_bad_method_keys_name_the_key(data, needles):
     with pytest.raises(ConfigError) as err:
@@ -56,6 +59,18 @@ def test_bad_method_keys_name_the_key(data, needles):
     msg = str(err.value)
     assert all(n in msg for n in needles), msg
     assert "Traceback" not in msg
+
+
+def test_fast_window_accepts_the_fractions_that_carry_no_intent():
+    """A window with Flow-GRPO's own timestep_fraction (0.99, what a dumped Flow-GRPO config holds) or the
+    schema default (a dumped config of another method) validates; without a window any fraction does."""
+    for fraction in (0.99, 0.9):
+        cfg = config_from_dict({"method": "flow_grpo", "sample": {"sde_window_size": 3},
+                                "train": {"timestep_fraction": fraction}})
+        assert (cfg.sample.sde_window_size, cfg.train.timestep_fraction) == (3, fraction)
+    assert config_from_dict({"method": "flow_grpo", "train": {"timestep_fraction": 0.5}}).train.timestep_fraction == 0.5
+    fast = config_from_dict({"method": "flow_grpo", "sample": {"sde_window_size": 3}})
+    assert config_from_dict(fast.model_dump(mode="json")).model_dump() == fast.model_dump()
 
 
 def test_unavailable_method_is_refused(monkeypatch):

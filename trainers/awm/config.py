@@ -357,6 +357,8 @@ class TrainerConfig(ConfigSection):
                 continue
             errors.append(f"'{key}' is not read by method={method} (only by {', '.join(sorted(readers))})"
                           f"{_closest_for(method, key)}")
+        if method == "flow_grpo":
+            errors += _fast_window_fraction_errors(data)
         if errors:
             raise ValueError("; ".join(errors))
         defaults = METHOD_DEFAULTS.get(method, {})
@@ -456,6 +458,23 @@ def _is_default_value(value: Any, default: Any) -> bool:
 def _is_default(key: str, value: Any) -> bool:
     """A key at its schema default (e.g. in a dumped config of another method) is not "set"."""
     return _is_default_value(value, _field(key).get_default(call_default_factory=True))
+
+
+def _fast_window_fraction_errors(data: dict[str, Any]) -> list[str]:
+    """Flow-GRPO-Fast trains the W window steps (J = W, objectives.md 1.1): a ``train.timestep_fraction``
+    set with a window would be silently ignored, so it is an error. Values that carry no intent are let
+    through, as for the method-only keys: the schema default (a dumped config of another method) and
+    Flow-GRPO's own default (a dumped Flow-GRPO config)."""
+    found_w, window = _raw_get(data, "sample.sde_window_size")
+    found_f, fraction = _raw_get(data, "train.timestep_fraction")
+    if not (found_w and found_f) or isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return []
+    if _is_default("train.timestep_fraction", fraction) or _is_default_value(
+            fraction, METHOD_DEFAULTS["flow_grpo"]["train.timestep_fraction"]):
+        return []
+    return [f"train.timestep_fraction={fraction} is not read with a Flow-GRPO-Fast window: "
+            f"sample.sde_window_size={window} trains exactly the {window} window steps; remove "
+            "train.timestep_fraction, or set sample.sde_window_size: 0 to train int(num_steps * timestep_fraction) steps"]
 
 
 def _closest_for(method: str, key: str) -> str:
