@@ -133,6 +133,11 @@ class Evaluation(Base):
         # the same pivot for the leaderboard's run filters (sweep, tag, parameter: run_name IN ...)
         Index("ix_evaluations_run_pivot", "run_name", "compare_hash", "status", "partial", "weights",
               "checkpoint_sha256", "score"),
+        # a leaderboard page sorted by a view's score, read in that order (over the view; in a sweep)
+        Index("ix_evaluations_view_score", "compare_hash", "status", "partial", "score", "checkpoint_sha256",
+              "weights"),
+        Index("ix_evaluations_sweep_view_score", "sweep_name", "compare_hash", "status", "partial", "score",
+              "checkpoint_sha256", "weights"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -140,6 +145,7 @@ class Evaluation(Base):
     checkpoint_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     target: Mapped[str] = mapped_column(Text, nullable=False)
     run_name: Mapped[str | None] = mapped_column(String(128), index=True)
+    sweep_name: Mapped[str | None] = mapped_column(String(128))  # the run's (immutable), copied on insert
     step: Mapped[int | None] = mapped_column(Integer)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     benchmark: Mapped[str] = mapped_column(String(64), nullable=False)

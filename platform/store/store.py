@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -60,7 +60,7 @@ READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` conn
 #: ANALYZE misjudges the few-valued columns, e.g. status); metrics and sample rows are only ever
 #: read through their unique keys
 ANALYZED_TABLES = ("evaluations", "runs", "checkpoints", "run_params", "sweeps")
-PG_READ_RANDOM_PAGE_COST = 1.1  # planner cost of a random page in `reading()` transactions (PostgreSQL)
+PG_RANDOM_PAGE_COST = 1.1  # the planner's cost of a random page on PostgreSQL connections (_make_engine)
 STATS_CHECK_S = 60.0  # how often a long-lived reader checks whether the statistics are stale
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -132,7 +132,13 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
         return engine
-    connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks: with
+        # the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches for a filtered
+        # leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value; set once per
+        # connection (a per-transaction SET LOCAL costs a round trip on every read).
+        connect_args = {"connect_timeout": 10, "options": f"-c random_page_cost={PG_RANDOM_PAGE_COST}"}
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=connect_args)
 
 
@@ -266,12 +272,6 @@ class Store:
         if self.dialect == "sqlite" and time.monotonic() - self._stats_checked > STATS_CHECK_S:
             self.refresh_statistics()  # a long-lived reader (the UI) sees the store grow
         with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn, conn.begin() as tx:
-            if self.dialect == "postgresql":
-                # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks:
-                # with the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches
-                # for a filtered leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value;
-                # SET LOCAL ends with this read transaction.
-                conn.exec_driver_sql(f"SET LOCAL random_page_cost = {PG_READ_RANDOM_PAGE_COST}")
             yield conn
             tx.rollback()
 
@@ -345,9 +345,10 @@ class Store:
         with self.session() as s:
             return list(s.scalars(q))
 
+    # what a run's life changes; its definition (name, config, sweep and trial) is fixed at creation:
+    # `run_params` and `evaluations.sweep_name` are derived from it then
     _RUN_MUTABLE = frozenset({"status", "cluster", "job_ids", "hosts", "num_gpus", "gpu_hours", "mlflow_run_id",
-                              "git_commit", "log_dir", "error", "started_at", "ended_at", "sweep_name",
-                              "trial_number", "resolved_config", "config_hash"})
+                              "git_commit", "log_dir", "error", "started_at", "ended_at"})
 
     def update_run(self, name: str, /, **fields: Any) -> Run:
         bad = set(fields) - self._RUN_MUTABLE
@@ -482,9 +483,10 @@ class Store:
         def op() -> tuple[Evaluation, bool]:
             now = utcnow()
             with self.session() as s:
+                sweep_name = self._sweeps_of(s, [run_name]).get(run_name) if run_name is not None else None
                 stmt = self._insert(Evaluation).values(_evaluation_values(
                     checkpoint_sha256=checkpoint_sha256, benchmark=benchmark, benchmark_version=benchmark_version,
-                    spec_hash=spec_hash, spec=spec, target=target, run_name=run_name, step=step,
+                    spec_hash=spec_hash, spec=spec, target=target, run_name=run_name, sweep_name=sweep_name, step=step,
                     checkpoint_id=checkpoint_id, checkpoint_path=checkpoint_path, partial=partial,
                     num_shards=num_shards, images_dir=images_dir, now=now,
                 )).on_conflict_do_nothing(index_elements=["checkpoint_sha256", "benchmark", "benchmark_version",
@@ -515,7 +517,7 @@ class Store:
             values = _evaluation_values(
                 checkpoint_sha256=r["checkpoint_sha256"], benchmark=r["benchmark"],
                 benchmark_version=r["benchmark_version"], spec_hash=r["spec_hash"], spec=r["spec"],
-                target=r["target"], run_name=r.get("run_name"), step=r.get("step"),
+                target=r["target"], run_name=r.get("run_name"), sweep_name=None, step=r.get("step"),
                 checkpoint_id=r.get("checkpoint_id"), checkpoint_path=r.get("checkpoint_path"),
                 partial=bool(r.get("partial", False)), num_shards=int(r.get("num_shards", 1)),
                 images_dir=r.get("images_dir"), now=now)
@@ -527,6 +529,9 @@ class Store:
         def op() -> int:
             try:
                 with self.session() as s:
+                    sweeps = self._sweeps_of(s, {r["run_name"] for r in rows if r["run_name"] is not None})
+                    for r in rows:
+                        r["sweep_name"] = sweeps.get(r["run_name"])
                     for start in range(0, len(rows), SAMPLE_ROWS_PER_INSERT // 4):
                         chunk = rows[start:start + SAMPLE_ROWS_PER_INSERT // 4]
                         created = s.execute(self._insert(Evaluation).values(chunk)
@@ -541,6 +546,14 @@ class Store:
             return len(rows)
 
         return self._retry(op) if rows else 0
+
+    @staticmethod
+    def _sweeps_of(s: Session, run_names: Iterable[str]) -> dict[str, str | None]:
+        """The sweep of each named run that exists (copied onto its evaluations: `evaluations.sweep_name`)."""
+        names = sorted(set(run_names))
+        if not names:
+            return {}
+        return {n: sw for n, sw in s.execute(select(Run.name, Run.sweep_name).where(Run.name.in_(names)))}
 
     def get_evaluation(self, evaluation_id: int) -> Evaluation:
         with self.session() as s:
@@ -922,12 +935,14 @@ def shard_claimable(shard: EvalShard, now: datetime) -> bool:
 
 
 def _evaluation_values(*, checkpoint_sha256: str, benchmark: str, benchmark_version: str, spec_hash: str,
-                       spec: Mapping[str, Any], target: str, run_name: str | None, step: int | None,
+                       spec: Mapping[str, Any], target: str, run_name: str | None, sweep_name: str | None,
+                       step: int | None,
                        checkpoint_id: int | None, checkpoint_path: str | None, partial: bool, num_shards: int,
                        images_dir: str | None, now: datetime) -> dict[str, Any]:
     """A new evaluation row (PENDING), its derived columns included: the one place they are derived."""
     return {"checkpoint_sha256": checkpoint_sha256, "benchmark": benchmark, "benchmark_version": benchmark_version,
-            "spec_hash": spec_hash, "spec": dict(spec), "target": target, "run_name": run_name, "step": step,
+            "spec_hash": spec_hash, "spec": dict(spec), "target": target, "run_name": run_name,
+            "sweep_name": sweep_name, "step": step,
             "weights": str(spec.get("weights", "policy")),
             "compare_hash": compare_hash(benchmark, benchmark_version, spec, partial),
             "checkpoint_id": checkpoint_id, "checkpoint_path": checkpoint_path, "partial": bool(partial),

@@ -3,9 +3,12 @@ ranking"). No Streamlit here: the pages (awm_platform.ui.views) call these funct
 their results on `change_marker`.
 
 * Filtering, sorting and pagination happen in the database (SQLAlchemy Core `select()`):
-  `leaderboard` is ONE statement for the page's rows (benchmarks pivoted into columns with
-  `max(CASE ...)`, the total by a window `count(*) OVER ()`), plus one small statement for the
-  page's run parameters. Nothing loads every row into Python, and MLflow is never searched.
+  `leaderboard` is ONE statement for the page's rows plus one small statement for the page's run
+  parameters; `leaderboard_total` counts the filtered rows (its own call: the pages cache it per
+  filter, so sorting and paging never recount). Sorted by a benchmark's score (the default), the
+  page is read in score order from that benchmark's view by index; other sorts pivot the
+  benchmarks into columns (`max(CASE ...)`) and sort the pivot. Nothing loads every row into
+  Python, and MLflow is never searched.
 * Benchmark scores are only put side by side when they are comparable: each benchmark column
   shows ONE view, a `compare_hash` (same benchmark version, spec but the weights, full). By
   default the view with the most completed evaluations (`Filters.specs` picks another).
@@ -17,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -128,10 +131,13 @@ class BenchmarkView:
     is_default: bool
 
 
+#: (benchmark, compare_hash) of each column's view, in column order: what a page's statement depends on
+ViewHashes = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class LeaderboardPage:
     rows: list[LeaderboardRow]
-    total: int
     base_rows: list[LeaderboardRow]  # always returned, never filtered or paginated
     benchmarks: list[str]
     views: dict[str, BenchmarkView]
@@ -298,28 +304,44 @@ def _views(conn: sa.Connection, *, partial: bool = False) -> dict[str, list[Benc
     return out
 
 
-_VIEWS_CACHE: dict[tuple[Any, ...], dict[str, list[BenchmarkView]]] = {}
+_EVALUATIONS_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
-def _full_views(conn: sa.Connection) -> dict[str, list[BenchmarkView]]:
-    """`_views` of full evaluations, recomputed only when the evaluations changed: the key is the
-    largest evaluation id (new evaluations), the latest updated_at (status changes) and the number of
-    evaluations (deletions: a run deleted with its evaluations and another created leave the first
-    two as they were): index lookups in one statement instead of grouping every evaluation on each
-    leaderboard page."""
-    e = Evaluation.__table__
-    key = (str(conn.engine.url), *conn.execute(sa.select(
-        sa.select(sa.func.max(e.c.id)).scalar_subquery(), sa.select(sa.func.max(e.c.updated_at)).scalar_subquery(),
-        sa.select(sa.func.count()).select_from(e).scalar_subquery())).one())
-    if key not in _VIEWS_CACHE:
-        if len(_VIEWS_CACHE) >= 16:
-            _VIEWS_CACHE.pop(next(iter(_VIEWS_CACHE)))
-        _VIEWS_CACHE[key] = _views(conn)
-    return _VIEWS_CACHE[key]
+def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
+    """Changes whenever the evaluations do, from index lookups only (one statement): the largest
+    evaluation id (new evaluations), the latest updated_at (status changes), and for deletions (an
+    evaluation goes only with its run, `Store.delete_run`) the number of runs and the largest run id
+    (a run deleted and another created). Counting the evaluations instead costs a pass over their
+    index on every page (~1-2 ms at 30,000 on PostgreSQL)."""
+    return (str(conn.engine.url), *conn.execute(_EVALUATIONS_KEY_STATEMENT).one())
 
 
-def _chosen_views(conn: sa.Connection, filters: Filters) -> dict[str, BenchmarkView]:
-    available = _full_views(conn)
+_EVALUATIONS_KEY_STATEMENT = sa.select(
+    sa.select(sa.func.max(Evaluation.id)).scalar_subquery(),
+    sa.select(sa.func.max(Evaluation.updated_at)).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(Run).scalar_subquery(),
+    sa.select(sa.func.max(Run.id)).scalar_subquery())
+
+
+def _memo(key: tuple[Any, ...], compute: Any) -> Any:
+    """`compute()` once per key (a bounded, process-wide cache of what depends on the evaluations only)."""
+    if key not in _EVALUATIONS_CACHE:
+        if len(_EVALUATIONS_CACHE) >= 64:
+            _EVALUATIONS_CACHE.pop(next(iter(_EVALUATIONS_CACHE)))
+        _EVALUATIONS_CACHE[key] = compute()
+    return _EVALUATIONS_CACHE[key]
+
+
+def _full_views(conn: sa.Connection, key: tuple[Any, ...] | None = None) -> dict[str, list[BenchmarkView]]:
+    """`_views` of full evaluations, recomputed only when the evaluations changed (`_evaluations_key`)
+    instead of grouping every evaluation on each leaderboard page."""
+    key = key or _evaluations_key(conn)
+    return _memo((*key, "views"), lambda: _views(conn))
+
+
+def _chosen_views(conn: sa.Connection, filters: Filters, key: tuple[Any, ...] | None = None,
+                  ) -> dict[str, BenchmarkView]:
+    available = _full_views(conn, key)
     chosen = {b: vs[0] for b, vs in available.items()}
     for benchmark, chash in filters.specs:
         match = [v for v in available.get(benchmark, []) if v.compare_hash == chash]
@@ -399,25 +421,28 @@ def _check_sort(sort: str) -> None:
     raise ValueError(f"unknown sort key {sort!r}; valid: score:<benchmark>, param:<key>, {', '.join(SORT_KEYS)}")
 
 
-def _pivot(views: Mapping[str, BenchmarkView]) -> tuple[list[Any], ColumnElement[bool]]:
+def _pivot(views: ViewHashes) -> tuple[list[Any], ColumnElement[bool]]:
     """Per benchmark: max(CASE WHEN <its view> THEN score END), the only pivoted column (the rest
     of a score is joined for the page's rows only). A compare_hash names its benchmark too (it
     hashes it), so the view test is on it alone."""
     e = Evaluation.__table__
-    cols = [sa.func.max(sa.case((e.c.compare_hash == v.compare_hash, e.c.score))).label(f"b{i}_score")
-            for i, v in enumerate(views.values())]
-    return cols, e.c.compare_hash.in_([v.compare_hash for v in views.values()])
+    cols = [sa.func.max(sa.case((e.c.compare_hash == h, e.c.score))).label(f"b{i}_score")
+            for i, (_, h) in enumerate(views)]
+    return cols, e.c.compare_hash.in_([h for _, h in views])
 
 
-def _scores(row: Any, views: Mapping[str, BenchmarkView]) -> dict[str, Score]:
+def _scores(row: Any, benchmarks: Sequence[str]) -> dict[str, Score]:
+    """A page row's scores: the first columns after (sha, weights), five per benchmark."""
     out: dict[str, Score] = {}
-    for i, b in enumerate(views):
-        ev_id = getattr(row, f"b{i}_id")
+    for i, b in enumerate(benchmarks):
+        ev_id, score, lo, hi, n = row[2 + 5 * i:7 + 5 * i]
         if ev_id is not None:
-            out[b] = Score(evaluation_id=int(ev_id), score=float(getattr(row, f"b{i}_score")),
-                           ci_low=float(getattr(row, f"b{i}_lo")), ci_high=float(getattr(row, f"b{i}_hi")),
-                           n=int(getattr(row, f"b{i}_n")), status=EvalStatus.COMPLETED.value)
+            out[b] = Score(evaluation_id=int(ev_id), score=float(score), ci_low=float(lo), ci_high=float(hi), n=int(n),
+                           status=_COMPLETED)
     return out
+
+
+_COMPLETED = EvalStatus.COMPLETED.value
 
 
 def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[LeaderboardRow]:
@@ -449,14 +474,20 @@ def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[
 
 def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     """One page of the leaderboard: rows (checkpoint x weights) with their score in each
-    benchmark's view, filtered, sorted and paginated by the database. Raises ValueError for a
-    bad sort key, page size or spec (the message names the valid values).
+    benchmark's view, filtered, sorted and paginated by the database (their number:
+    `leaderboard_total`). Raises ValueError for a bad sort key, page size or spec (the message
+    names the valid values).
 
-    The statement: `g` pivots the filtered evaluations' scores into one row per (checkpoint,
-    weights) (an index-only pass over ix_evaluations_compare_hash_status); `page` sorts those rows,
-    counts them (window count) and keeps one page; only the page's rows are then joined to their
-    evaluations (ids, CIs), run, checkpoint and parameters. Sorting on a run column joins the run
-    inside `page` instead."""
+    Two ways to the page's (checkpoint, weights) keys, with one ordering (sort columns, then
+    checkpoint sha256 and weights; missing values last):
+    * sorted by a benchmark's score (the default): the filtered evaluations of that benchmark's
+      view, read in score order by index (`ix_evaluations_view_score`, or `ix_evaluations_run_pivot`
+      per run under a run filter), LIMIT/OFFSET. Rows without that score sort after every scored
+      one, so a page that is not full reaches past them and is read the second way;
+    * otherwise `g` pivots the filtered evaluations into one row per (checkpoint, weights)
+      (`max(CASE ...)` per benchmark) and sorts those, joining the run when sorting on its columns.
+    Only the page's rows are then joined to their evaluations (one per view), run, checkpoint and
+    parameters."""
     _check_sort(query.sort)
     if not 1 <= query.page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE} (got {query.page_size})")
@@ -464,82 +495,158 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         raise ValueError(f"page must be >= 0 (got {query.page})")
     f = query.filters
     with store.reading() as conn:
-        views = _chosen_views(conn, f)
-        benchmarks = list(views)
-        base_rows = _base_rows(conn, views)
+        key = _evaluations_key(conn)
+        views = _chosen_views(conn, f, key)
+        base_rows = _memo((*key, "base", *(v.compare_hash for v in views.values())), lambda: _base_rows(conn, views))
         if not views:
-            return LeaderboardPage(rows=[], total=0, base_rows=base_rows, benchmarks=[], views={})
+            return LeaderboardPage(rows=[], base_rows=base_rows, benchmarks=[], views={})
+        benchmarks = list(views)
+        hashes = tuple((b, v.compare_hash) for b, v in views.items())
         sort_bench = _sort_benchmark(query, benchmarks)
-        by_run = not (query.sort == "" or query.sort.startswith("score:"))
-        grouped = _grouped(views, f, with_run=by_run)
         base_score = _base_score(base_rows, sort_bench)
+        rows = None
+        if sort_bench is not None and (query.sort == "" or query.sort.startswith("score:")):
+            rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=True)).all()
+            if len(rows) < query.page_size:
+                rows = None  # the page reaches the rows without this score (or past the end)
+        if rows is None:
+            rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=False)).all()
+        params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
+    out = []
+    for r in rows:
+        run_params = params.get(r.run_id, {})
+        scores = _scores(r, benchmarks)
+        # GPU-hours up to this checkpoint: the run's total x step / its last checkpointed step; the
+        # reward per GPU-hour: (the sort benchmark's score - the base model's, same view) / those hours
+        gpu = (float(r.run_gpu_hours) * r.ck_step / r.last_step if r.last_step and r.ck_step is not None
+               and r.run_gpu_hours is not None else None)
+        sort_score = scores[sort_bench].score if sort_bench in scores else None
+        reward = ((sort_score - base_score) / gpu if gpu and gpu > 0 and sort_score is not None
+                  and base_score is not None else None)
+        out.append(LeaderboardRow(
+            key=f"{r.sha}:{r.weights}", target=r.target, weights=r.weights, is_base=False, run_name=r.run_name,
+            sweep_name=r.sweep_name, trial_number=r.trial_number, step=r.ev_step_of, checkpoint_path=r.path,
+            run_dir=r.output_dir, mlflow_run_id=r.mlflow_run_id, method=_text(run_params.get("method")),
+            base_model=_text(run_params.get("pretrained.model")), params=run_params, gpu_hours=gpu,
+            created_at=as_utc(r.ckpt_created_at), scores=scores, reward_per_gpu_hour=reward))
+    return LeaderboardPage(rows=out, base_rows=base_rows, benchmarks=benchmarks, views=views)
 
-        def score_of(t: Any) -> Any:
-            return t.c[f"b{benchmarks.index(sort_bench)}_score"] if sort_bench else None
 
-        def run_columns(run_name: Any, step: Any, score: Any) -> tuple[Any, Any, Any, list[Any]]:
-            """Run and checkpoint joined by (run name, step), with GPU-hours and reward."""
-            ck = _checkpoint_alias()
-            last = (sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id)
-                    .scalar_subquery())  # the run's last checkpointed step (index search per row)
-            gpu = sa.case((last > 0, Run.gpu_hours * ck.c.step / sa.cast(last, sa.Float)), else_=None)
-            reward = (sa.case((gpu > 0, (score - base_score) / gpu), else_=None)
-                      if score is not None and base_score is not None else sa.null())
-            joins = [(Run, Run.name == run_name), (ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == step))]
-            return ck, gpu, reward, joins
+def _text(value: float | str | None) -> str | None:
+    return None if value is None else str(value)
 
-        inner = sa.select(grouped, sa.func.count().over().label("total"))
-        if by_run:
-            ck, gpu, reward, joins = run_columns(grouped.c.ev_run, grouped.c.ev_step, score_of(grouped))
-            order_cols = _order_columns(query.sort, grouped, score_of(grouped), _param_value("method"),
-                                        _param_value("pretrained.model"), gpu, reward, ck)
-            src: Any = grouped
-            for table, on in joins:
-                src = src.outerjoin(table, on)
-            inner = inner.select_from(src)
-        else:
-            order_cols = _order_columns(query.sort, grouped, score_of(grouped), None, None, None, None, None)
-        inner = inner.add_columns(*(c.label(f"o{i}") for i, c in enumerate(order_cols)))
-        ordering = [(c.desc() if query.descending else c.asc()).nulls_last() for c in order_cols]
-        page = (inner.order_by(*ordering, grouped.c.sha, grouped.c.weights)
-                .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
-        # the page's evaluations, one join per benchmark (the evaluation key's index: sha256 first)
-        evs = [_evaluation_alias(i) for i in range(len(views))]
-        src = page
-        for ev, v in zip(evs, views.values()):
-            src = src.outerjoin(ev, sa.and_(ev.c.checkpoint_sha256 == page.c.sha, ev.c.weights == page.c.weights,
-                                            ev.c.compare_hash == v.compare_hash,
-                                            ev.c.status == EvalStatus.COMPLETED.value, ev.c.partial == sa.false()))
-        run_name = sa.func.coalesce(*(ev.c.run_name for ev in evs), None) if len(evs) > 1 else evs[0].c.run_name
-        step = sa.func.coalesce(*(ev.c.step for ev in evs), None) if len(evs) > 1 else evs[0].c.step
-        target = sa.func.coalesce(*(ev.c.target for ev in evs), None) if len(evs) > 1 else evs[0].c.target
-        ck, gpu, reward, joins = run_columns(run_name, step, score_of(page))
+
+def leaderboard_total(store: Store, filters: Filters) -> int:
+    """How many rows (checkpoint x weights, base rows aside) `leaderboard` pages through under
+    `filters`: the distinct keys of the filtered evaluations in the chosen views. Its own call (a
+    pass over every filtered evaluation, which a page read in score order never makes): the pages
+    cache it per filter and change marker, so sorting and paging do not count again."""
+    with store.reading() as conn:
+        views = _chosen_views(conn, filters)
+        if not views:
+            return 0
+        keys = _grouped(tuple((b, v.compare_hash) for b, v in views.items()), filters, scores=False)
+        return int(conn.execute(sa.select(sa.func.count()).select_from(keys)).scalar() or 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(views: ViewHashes, sort_bench: str | None, base_score: float | None, query: LeaderboardQuery,
+                    *, scored: bool) -> Any:
+    """The page's statement (`_scored_page` or `_pivoted_page`, joined by `_page_rows`), built once
+    per query: building one costs more Python than the database spends running it (SQLAlchemy then
+    reuses its compiled form); every call still runs it."""
+    if scored:
+        assert sort_bench is not None
+        page, n_order = _scored_page(dict(views)[sort_bench], query.filters, query), 1
+    else:
+        page, n_order = _pivoted_page(views, sort_bench, base_score, query.filters, query)
+    return _page_rows(page, n_order, views, query)
+
+
+def _ordered(column: Any, descending: bool) -> Any:
+    return (column.desc() if descending else column.asc()).nulls_last()
+
+
+def _scored_page(view_hash: str, f: Filters, query: LeaderboardQuery) -> Any:
+    """The page's keys among the rows that have a score in `view`, in score order: one index range
+    scan of the view (stopping after the page) instead of a pivot of every filtered evaluation."""
+    e = Evaluation.__table__
+    o0 = e.c.score.label("o0")
+    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), o0)
+            .where(e.c.compare_hash == view_hash, e.c.score.is_not(None), *_evaluation_conditions(f))
+            # no NULLS LAST here (the scores are not null): PostgreSQL walks the index only for an ORDER
+            # BY that matches its null ordering too
+            .order_by(e.c.score.desc() if query.descending else e.c.score.asc(), e.c.checkpoint_sha256, e.c.weights)
+            .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
+
+
+def _pivoted_page(views: ViewHashes, sort_bench: str | None, base_score: float | None, f: Filters,
+                  query: LeaderboardQuery) -> tuple[Any, int]:
+    """The page's keys (and its `o<i>` sort columns) from the pivot of the filtered evaluations."""
+    benchmarks = [b for b, _ in views]
+    by_run = not (query.sort == "" or query.sort.startswith("score:"))
+    grouped = _grouped(views, f, with_run=by_run)
+    score = grouped.c[f"b{benchmarks.index(sort_bench)}_score"] if sort_bench else None
+    inner = sa.select(grouped.c.sha, grouped.c.weights)
+    if by_run:
+        ck, gpu, reward, joins = _run_columns(grouped.c.ev_run, grouped.c.ev_step, score, base_score)
+        order_cols = _order_columns(query.sort, grouped, score, _param_value("method"),
+                                    _param_value("pretrained.model"), gpu, reward, ck)
+        src: Any = grouped
         for table, on in joins:
             src = src.outerjoin(table, on)
-        ev_cols = [c for i, ev in enumerate(evs) for c in (
-            ev.c.id.label(f"b{i}_id"), ev.c.ci_low.label(f"b{i}_lo"), ev.c.ci_high.label(f"b{i}_hi"),
-            ev.c.num_samples.label(f"b{i}_n"))]
-        final = (sa.select(page, *ev_cols, run_name.label("ev_run_name"), step.label("ev_step_of"),
-                           target.label("target"), ck.c.path, ck.c.created_at.label("ckpt_created_at"),
-                           Run.id.label("run_id"), Run.name.label("run_name"), Run.sweep_name, Run.trial_number,
-                           Run.output_dir, Run.mlflow_run_id, _param_value("method").label("method"),
-                           _param_value("pretrained.model").label("base_model"), gpu.label("gpu_hours"),
-                           reward.label("reward_per_gpu_hour"))
-                 .select_from(src)
-                 .order_by(*[(page.c[f"o{i}"].desc() if query.descending else page.c[f"o{i}"].asc()).nulls_last()
-                             for i in range(len(order_cols))], page.c.sha, page.c.weights))
-        rows = conn.execute(final).all()
-        total = int(rows[0].total) if rows else _count_past_end(conn, grouped, query)
-        params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
-    out = [LeaderboardRow(
-        key=f"{r.sha}:{r.weights}", target=r.target, weights=r.weights, is_base=False, run_name=r.run_name,
-        sweep_name=r.sweep_name, trial_number=r.trial_number, step=r.ev_step_of, checkpoint_path=r.path,
-        run_dir=r.output_dir, mlflow_run_id=r.mlflow_run_id, method=r.method, base_model=r.base_model,
-        params=params.get(r.run_id, {}), gpu_hours=None if r.gpu_hours is None else float(r.gpu_hours),
-        created_at=as_utc(r.ckpt_created_at), scores=_scores(r, views),
-        reward_per_gpu_hour=None if r.reward_per_gpu_hour is None else float(r.reward_per_gpu_hour),
-    ) for r in rows]
-    return LeaderboardPage(rows=out, total=total, base_rows=base_rows, benchmarks=benchmarks, views=views)
+        inner = inner.select_from(src)
+    else:
+        order_cols = _order_columns(query.sort, grouped, score, None, None, None, None, None)
+    inner = inner.add_columns(*(c.label(f"o{i}") for i, c in enumerate(order_cols)))
+    page = (inner.order_by(*[_ordered(c, query.descending) for c in order_cols], grouped.c.sha, grouped.c.weights)
+            .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
+    return page, len(order_cols)
+
+
+def _run_columns(run_name: Any, step: Any, score: Any, base_score: float | None) -> tuple[Any, Any, Any, list[Any]]:
+    """Run and checkpoint joined by (run name, step), with GPU-hours and reward per GPU-hour."""
+    ck = _checkpoint_alias()
+    last = (sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id)
+            .scalar_subquery())  # the run's last checkpointed step (index search per row)
+    gpu = sa.case((last > 0, Run.gpu_hours * ck.c.step / sa.cast(last, sa.Float)), else_=None)
+    reward = (sa.case((gpu > 0, (score - base_score) / gpu), else_=None)
+              if score is not None and base_score is not None else sa.null())
+    joins = [(Run, Run.name == run_name), (ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == step))]
+    return ck, gpu, reward, joins
+
+
+def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQuery) -> Any:
+    """The page's keys joined to their evaluation in each view (the evaluation key's index:
+    sha256 first), run, checkpoint and run columns, in the page's order."""
+    evs = [_evaluation_alias(i) for i in range(len(views))]
+    src = page
+    for ev, (_, view_hash) in zip(evs, views):
+        src = src.outerjoin(ev, sa.and_(ev.c.checkpoint_sha256 == page.c.sha, ev.c.weights == page.c.weights,
+                                        ev.c.compare_hash == view_hash,
+                                        ev.c.status == EvalStatus.COMPLETED.value, ev.c.partial == sa.false()))
+
+    def first(column: str) -> Any:
+        return sa.func.coalesce(*(ev.c[column] for ev in evs), None) if len(evs) > 1 else evs[0].c[column]
+
+    run_name, step = first("run_name"), first("step")
+    ck, _, _, joins = _run_columns(run_name, step, None, None)
+    for table, on in joins:
+        src = src.outerjoin(table, on)
+    # the scores first (`_scores` reads them by position); GPU-hours, reward, method and base model
+    # are worked out in Python from these columns and the run's parameters (no per-row subqueries)
+    ev_cols = [c for i, ev in enumerate(evs) for c in (
+        ev.c.id.label(f"b{i}_id"), ev.c.score.label(f"b{i}_score"), ev.c.ci_low.label(f"b{i}_lo"),
+        ev.c.ci_high.label(f"b{i}_hi"), ev.c.num_samples.label(f"b{i}_n"))]
+    last = sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id).scalar_subquery()
+    return (sa.select(page.c.sha, page.c.weights, *ev_cols, step.label("ev_step_of"), first("target").label("target"),
+                      ck.c.path, ck.c.created_at.label("ckpt_created_at"), ck.c.step.label("ck_step"),
+                      Run.id.label("run_id"), Run.name.label("run_name"), Run.sweep_name, Run.trial_number,
+                      Run.output_dir, Run.mlflow_run_id, Run.gpu_hours.label("run_gpu_hours"),
+                      last.label("last_step"))
+            .select_from(src)
+            .order_by(*[_ordered(page.c[f"o{i}"], query.descending) for i in range(n_order)], page.c.sha,
+                      page.c.weights))
 
 
 @functools.cache
@@ -553,17 +660,18 @@ def _checkpoint_alias() -> Any:
     return Checkpoint.__table__.alias("ck")
 
 
-def _grouped(views: Mapping[str, BenchmarkView], f: Filters, *, with_run: bool = False) -> Any:
-    """The filtered evaluations of the views, one row per (checkpoint sha256, weights), each
-    benchmark's score pivoted by `max(CASE ...)`; `with_run`: also the run name and step (to
-    join the run when sorting on its columns)."""
+def _evaluation_conditions(f: Filters) -> list[ColumnElement[bool]]:
+    """The leaderboard's rows among `evaluations`: completed, full, not the base model's, and the
+    filters (weights; sweeps on the evaluation's copy of its run's sweep, an index range; the other
+    run-level filters as `run_name IN (...)`; checkpoint dates)."""
     e = Evaluation.__table__
-    cols, in_view = _pivot(views)
-    where: list[ColumnElement[bool]] = [in_view, e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
+    where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
                                         e.c.weights != BASE_WEIGHTS]
     if f.weights:
         where.append(e.c.weights.in_(list(f.weights)))
-    run_conds = _run_conditions(f)
+    if f.sweeps:
+        where.append(e.c.sweep_name.in_(list(f.sweeps)))
+    run_conds = _run_conditions(replace(f, sweeps=()))
     if run_conds:
         where.append(e.c.run_name.in_(sa.select(Run.name).where(*run_conds)))
     lo, hi = _date_bounds(f)
@@ -572,16 +680,19 @@ def _grouped(views: Mapping[str, BenchmarkView], f: Filters, *, with_run: bool =
         date_conds = [c.c.created_at >= lo] if lo is not None else []
         date_conds += [c.c.created_at < hi] if hi is not None else []
         where.append(e.c.checkpoint_sha256.in_(sa.select(c.c.sha256).where(*date_conds)))
+    return where
+
+
+def _grouped(views: ViewHashes, f: Filters, *, with_run: bool = False, scores: bool = True) -> Any:
+    """The filtered evaluations of the views, one row per (checkpoint sha256, weights), each
+    benchmark's score pivoted by `max(CASE ...)` (`scores`); `with_run`: also the run name and
+    step (to join the run when sorting on its columns)."""
+    e = Evaluation.__table__
+    cols, in_view = _pivot(views)
     run_cols = [sa.func.max(e.c.run_name).label("ev_run"), sa.func.max(e.c.step).label("ev_step")] if with_run else []
-    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), *run_cols, *cols)
-            .where(*where).group_by(e.c.checkpoint_sha256, e.c.weights).subquery("g"))
-
-
-def _count_past_end(conn: sa.Connection, grouped: Any, query: LeaderboardQuery) -> int:
-    """A page past the last row carries no window count: count the rows (only then)."""
-    if query.page == 0:
-        return 0
-    return int(conn.execute(sa.select(sa.func.count()).select_from(grouped)).scalar() or 0)
+    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), *run_cols,
+                      *(cols if scores else []))
+            .where(in_view, *_evaluation_conditions(f)).group_by(e.c.checkpoint_sha256, e.c.weights).subquery("g"))
 
 
 def _base_score(base_rows: Sequence[LeaderboardRow], benchmark: str | None) -> float | None:
@@ -613,7 +724,7 @@ def _run_params(conn: sa.Connection, run_ids: Iterable[int]) -> dict[int, dict[s
     out: dict[int, dict[str, float | str]] = {}
     for run_id, key, num, text in conn.execute(
             sa.select(p.c.run_id, p.c.key, p.c.num_value, p.c.text_value).where(p.c.run_id.in_(ids))
-            .order_by(p.c.run_id, p.c.key, p.c.text_value)):
+            .order_by(p.c.run_id, p.c.key, p.c.text_value)).all():  # one fetch, not a round of fetchone()
         params = out.setdefault(run_id, {})
         if key == "tag":
             params["tags"] = ",".join(filter(None, (str(params.get("tags", "")), text)))

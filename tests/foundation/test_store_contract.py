@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -448,6 +450,79 @@ def test_migration_0003_backfills_weights_groups_and_params(tmp_path) -> None:
     assert ema.compare_hash == legacy.compare_hash == compare_hash("ocr", "v1", {"num_steps": 40}, False)
     assert _params(store, "r") == {"method": ["awm"], "train.beta": [0.2], "lora.rank": [4.0], "tag": ["x"]}
     store.close()
+
+
+def test_an_evaluation_carries_its_runs_sweep(store: Store) -> None:
+    """evaluations.sweep_name: the run's sweep, copied when the evaluation is written (ensure and
+    import alike), so the leaderboard's sweep filter is an index range; a run's sweep is fixed."""
+    store.create_sweep(study_name="sw", optuna_storage="sqlite:///o.db", resolved_config={})
+    store.create_run(name="in-sweep", config_hash="h", resolved_config={}, output_dir="/a", sweep_name="sw",
+                     trial_number=0)
+    _run(store, "alone")
+    common = {"benchmark": "ocr", "benchmark_version": "v1", "spec_hash": "s", "spec": {}, "target": "t"}
+    in_sweep, _ = store.ensure_evaluation(checkpoint_sha256="1" * 64, num_shards=1, run_name="in-sweep", step=1,
+                                          **common)
+    alone, _ = store.ensure_evaluation(checkpoint_sha256="2" * 64, num_shards=1, run_name="alone", step=1, **common)
+    base, _ = store.ensure_evaluation(checkpoint_sha256="3" * 64, num_shards=1, **common)
+    store.import_evaluations([{"checkpoint_sha256": sha, "run_name": run, "step": 2, "score": 0.5, "ci_low": 0.4,
+                               "ci_high": 0.6, "num_samples": 1, **common}
+                              for sha, run in (("4" * 64, "in-sweep"), ("5" * 64, "alone"))])
+    swept = {e.checkpoint_sha256[0]: e.sweep_name for e in store.list_evaluations()}
+    assert swept == {"1": "sw", "2": None, "3": None, "4": "sw", "5": None}
+    assert (in_sweep.sweep_name, alone.sweep_name, base.sweep_name) == ("sw", None, None)
+    with pytest.raises(StoreError, match="cannot update run fields \\['sweep_name'\\]"):
+        store.update_run("alone", sweep_name="sw")
+
+
+def test_migration_0003s_frozen_derivations_match_the_store() -> None:
+    """Migration 0003 backfills with its own frozen copies of `compare_hash` and `leaderboard_params`
+    (a migration must not change with the live code). While the live ones agree, rows the store
+    writes and rows 0003 backfilled pair up; if this fails, the live derivation changed: existing
+    rows need a new migration that recomputes them."""
+    import importlib.util
+
+    from awm_platform.store import compare_hash
+    from awm_platform.store.store import leaderboard_params
+
+    path = Path(__file__).resolve().parents[2] / "platform/store/migrations/versions/0003_leaderboard.py"
+    spec = importlib.util.spec_from_file_location("migration_0003", path)
+    assert spec is not None and spec.loader is not None
+    frozen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frozen)
+    specs = [{}, {"num_steps": 40, "weights": "ema"}, {"guidance": None, "num_steps": 10},
+             {"guidance": 3.5, "weights": "base", "limit": None}]
+    for sp, partial in itertools.product(specs, (False, True)):
+        assert frozen.compare_hash("ocr", "v1", sp, partial) == compare_hash("ocr", "v1", sp, partial)
+    confs = [({}, None), ({"method": "flow_grpo", "train": {"beta": 0.1, "ema": True}, "tags": ["b", "a", "b"]},
+                         {"lora.rank": {}, "train.beta": {}}),
+             ({"pretrained": {"model": "m", "family": "flux"}, "seed": 3, "lora": {"rank": 8}, "tags": "x"},
+              {"lora.rank": {}})]
+    for conf, space in confs:
+        assert frozen.leaderboard_params(conf, space) == leaderboard_params(conf, space)
+
+
+def test_migration_0004_backfills_the_evaluations_sweep(tmp_path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store(url, upgrade=False)
+    old.upgrade("0003")
+    now = datetime.now(UTC)
+    with old.engine.begin() as conn:
+        for i, (run, sweep) in enumerate((("a", "sw"), ("b", None)), start=1):
+            conn.execute(sa.text("INSERT INTO runs (id, name, config_hash, resolved_config, status, job_ids, hosts, "
+                                 "num_gpus, gpu_hours, output_dir, sweep_name, created_at, updated_at) VALUES (:i, "
+                                 ":n, 'h', '{}', 'COMPLETED', '[]', '[]', 1, 0, '/r', :s, :t, :t)"),
+                         {"i": i, "n": run, "s": sweep, "t": now})
+        for i, run in ((1, "a"), (2, "b"), (3, None)):
+            conn.execute(sa.text("INSERT INTO evaluations (id, checkpoint_sha256, target, run_name, benchmark, "
+                                 "benchmark_version, spec_hash, spec, weights, compare_hash, status, sub_scores, "
+                                 "num_samples, created_at, updated_at) VALUES (:i, :sha, 't', :r, 'ocr', 'v1', :i, "
+                                 "'{}', 'policy', 'c', 'COMPLETED', '{}', 1, :t, :t)"),
+                         {"i": i, "sha": str(i) * 64, "r": run, "t": now})
+    old.close()
+    with Store(url) as store:
+        assert [store.get_evaluation(i).sweep_name for i in (1, 2, 3)] == ["sw", None, None]
 
 
 def test_import_evaluations_records_completed_rows_as_ensure_does(store: Store) -> None:

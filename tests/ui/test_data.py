@@ -8,6 +8,7 @@ give the same results."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ def test_default_view_columns_and_base_row(seeded_store: Seed) -> None:
     assert page.benchmarks == list(BENCHES)
     assert page.views["ocr"].compare_hash == compare_hash("ocr", "ocr-1", spec("policy"), False)
     assert page.views["ocr"].is_default and "weights" not in page.views["ocr"].spec
-    assert keys(page) == oracle(s) and page.total == len(s.rows)
+    assert keys(page) == oracle(s) and data.leaderboard_total(s.store, Filters()) == len(s.rows)
     assert s.other_view_id not in {sc.evaluation_id for r in page.rows for sc in r.scores.values()}
     assert [(r.key, r.is_base, {b: sc.score for b, sc in r.scores.items()}) for r in page.base_rows] == [
         (s.base_key, True, s.base_scores)]
@@ -191,8 +192,7 @@ def test_sorts_and_pagination(seeded_store: Seed) -> None:
     assert asc == sorted(have, key=lambda k: (s.rows[k]["scores"]["geneval"], k)) + [
         k for k in oracle(s) if k not in have]  # missing scores last whatever the direction
     pages = [data.leaderboard(s.store, LeaderboardQuery(page=p, page_size=7)) for p in range(4)]
-    assert [k for pg in pages for k in keys(pg)] == oracle(s)
-    assert {pg.total for pg in pages} == {len(s.rows)} and keys(pages[-1]) == []
+    assert [k for pg in pages for k in keys(pg)] == oracle(s) and keys(pages[-1]) == []
     by_run = keys(data.leaderboard(s.store, LeaderboardQuery(sort="run", descending=False, page_size=500)))
     assert [s.rows[k]["run"] for k in by_run] == sorted(s.rows[k]["run"] for k in s.rows)
     by_beta = data.leaderboard(s.store, LeaderboardQuery(sort="param:train.beta", page_size=500)).rows
@@ -200,8 +200,13 @@ def test_sorts_and_pagination(seeded_store: Seed) -> None:
                                                                 reverse=True)
     by_gpu = data.leaderboard(s.store, LeaderboardQuery(sort="gpu_hours", descending=False, page_size=500)).rows
     assert [r.gpu_hours for r in by_gpu] == sorted(r.gpu_hours for r in by_gpu)
-    for sort in data.SORT_KEYS:
-        assert data.leaderboard(s.store, LeaderboardQuery(sort=sort, page_size=3)).total == len(s.rows)
+    # every sort, paged: full pages sorted by a score are read from its view in score order, the
+    # page reaching the rows without that score by the pivot; both give the one ordering
+    for sort, desc in itertools.product(("", "score:ocr", *data.SORT_KEYS), (True, False)):
+        whole = keys(data.leaderboard(s.store, LeaderboardQuery(sort=sort, descending=desc, page_size=500)))
+        paged = [k for p in range(-(-len(s.rows) // 3)) for k in keys(data.leaderboard(
+            s.store, LeaderboardQuery(sort=sort, descending=desc, page=p, page_size=3)))]
+        assert paged == whole and len(whole) == len(s.rows), (sort, desc)
     with pytest.raises(ValueError, match="unknown sort key 'bogus'; valid: score:<benchmark>"):
         data.leaderboard(s.store, LeaderboardQuery(sort="bogus"))
     with pytest.raises(ValueError, match="no benchmark 'nope'"):
@@ -225,15 +230,21 @@ def test_sorts_and_pagination(seeded_store: Seed) -> None:
 def test_filters_select_in_sql(seeded_store: Seed, filters: Filters, keep: Any) -> None:
     page = data.leaderboard(seeded_store.store, LeaderboardQuery(filters=filters, page_size=500))
     assert keys(page) == oracle(seeded_store, keep=keep)
-    assert page.total == len(page.rows) and len(page.base_rows) == 1  # base rows: never filtered
+    assert data.leaderboard_total(seeded_store.store, filters) == len(page.rows)
+    assert len(page.base_rows) == 1  # base rows: never filtered
+    paged = [k for p in range(-(-len(page.rows) // 2)) for k in keys(data.leaderboard(
+        seeded_store.store, LeaderboardQuery(filters=filters, page=p, page_size=2)))]
+    assert paged == keys(page)  # full pages by the score index, the rest by the pivot: the same rows
 
 
 def test_date_filter_and_spec_choice(seeded_store: Seed) -> None:
     s = seeded_store
     today = datetime.now(UTC).date()
-    assert data.leaderboard(s.store, LeaderboardQuery(filters=Filters(since=today, until=today))).total == len(s.rows)
-    assert data.leaderboard(s.store, LeaderboardQuery(filters=Filters(since=today + timedelta(days=1)))).total == 0
-    assert data.leaderboard(s.store, LeaderboardQuery(filters=Filters(until=today - timedelta(days=1)))).total == 0
+    assert data.leaderboard_total(s.store, Filters(since=today, until=today)) == len(s.rows)
+    assert data.leaderboard_total(s.store, Filters(since=today + timedelta(days=1))) == 0
+    assert data.leaderboard_total(s.store, Filters(until=today - timedelta(days=1))) == 0
+    assert keys(data.leaderboard(s.store, LeaderboardQuery(filters=Filters(since=today + timedelta(days=1)),
+                                                           page_size=1))) == []
     other = compare_hash("ocr", "ocr-1", spec("policy", num_steps=10), False)
     page = data.leaderboard(s.store, LeaderboardQuery(filters=Filters(specs=(("ocr", other),)), sort="score:ocr"))
     assert page.views["ocr"].compare_hash == other and not page.views["ocr"].is_default
@@ -354,4 +365,24 @@ def test_default_view_follows_new_evaluations(backend: str, tmp_path, request: p
                       step=None)
         page = data.leaderboard(store, LeaderboardQuery())
         assert page.views["ocr"].compare_hash == compare_hash("ocr", "ocr-1", spec("policy", num_steps=8), False)
-        assert page.total == 2 and page.views["ocr"].n_completed == 2
+        assert data.leaderboard_total(store, Filters()) == 2 and page.views["ocr"].n_completed == 2
+        # a run's evaluations make a third spec the default; deleting the run (its evaluations go with
+        # its checkpoints) brings the previous default back: the cache key sees deletions too
+        store.create_run(name="gone", config_hash="h", resolved_config={}, output_dir="/gone")
+        sp4 = spec("policy", num_steps=4)
+        records = []
+        for step in (1, 2, 3, 4):
+            ck = store.add_checkpoint("gone", step=step, path=f"/gone/{step}", sha256=sha(f"g{step}"), formats=[])
+            records.append({"checkpoint_sha256": ck.sha256, "checkpoint_id": ck.id, "benchmark": "ocr",
+                            "benchmark_version": "ocr-1", "spec_hash": "s4", "spec": sp4, "target": f"gone@{step}",
+                            "run_name": "gone", "step": step, "score": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+                            "num_samples": 4})
+        store.import_evaluations(records)
+        # written last: the largest id and updated_at survive the deletion below
+        _evaluate(s, rng, key_sha=sha("d"), bench="ocr", sp=spec("policy", num_steps=8), quality=0.5, run=None,
+                  step=None)
+        assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == compare_hash(
+            "ocr", "ocr-1", sp4, False)
+        store.delete_run("gone")
+        assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == compare_hash(
+            "ocr", "ocr-1", spec("policy", num_steps=8), False)

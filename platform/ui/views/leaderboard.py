@@ -247,13 +247,14 @@ def render(ctx: Ctx) -> None:
     benchmarks = sorted(opts.views)
     query = _sidebar(opts, ctx.page.query, benchmarks)
     try:
+        # the total depends on the filters only: cached apart, sorting and paging never recount
+        total: int = ctx.read(data.leaderboard_total, query.filters)
+        if query.page * query.page_size >= total and query.page > 0:  # a link past the last page
+            query = dataclasses.replace(query, page=0)
         page: data.LeaderboardPage = ctx.read(data.leaderboard, query)
     except ValueError as exc:
         st.error(f"bad filter: {exc}")
         return
-    if page.total == 0 and query.page > 0:
-        query = dataclasses.replace(query, page=0)
-        page = ctx.read(data.leaderboard, query)
     _sync_url(query)
     if not page.benchmarks and not page.base_rows:
         common.empty_state()
@@ -266,9 +267,9 @@ def render(ctx: Ctx) -> None:
                f"Rank interval and tie group from one joint paired bootstrap over the top {RANK_LIMIT} rows by "
                f"{sort_bench or 'score'}: rows sharing a tie group are statistically tied.")
     ranks = _rank_map(ctx, query, sort_bench)
-    n_pages = max(1, -(-page.total // query.page_size))
+    n_pages = max(1, -(-total // query.page_size))
     first = query.page * query.page_size
-    st.markdown(f"**{page.total} rows** · showing {first + 1 if page.rows else 0}–{first + len(page.rows)} · "
+    st.markdown(f"**{total} rows** · showing {first + 1 if page.rows else 0}–{first + len(page.rows)} · "
                 f"page {query.page + 1} of {n_pages}")
     df = _table(page, [*page.base_rows, *page.rows], ranks, first - len(page.base_rows))
     st.dataframe(df, hide_index=True, column_config=_column_config(df, page.benchmarks), key="leaderboard_table")

@@ -6,11 +6,13 @@ Revision ID: 0003
 Revises: 0002
 """
 
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
-
-from awm_platform.store.models import compare_hash
-from awm_platform.store.store import leaderboard_params
 
 revision = "0003"
 down_revision = "0002"
@@ -49,9 +51,10 @@ def upgrade() -> None:
 
 
 def _backfill(conn: sa.Connection) -> None:
-    """Rows written before this revision: the same values the store writes for new ones (the one
-    definition of each: `compare_hash`, `leaderboard_params`), computed here in Python because the
-    spec and the config are JSON columns that SQLite and PostgreSQL query differently."""
+    """Rows written before this revision: the values the store wrote for new ones at this revision
+    (`compare_hash`, `leaderboard_params` of awm_platform.store, frozen below: a migration must not
+    change when the live code does), computed here in Python because the spec and the config are JSON
+    columns that SQLite and PostgreSQL query differently."""
     meta = sa.MetaData()
     evaluations = sa.Table("evaluations", meta, autoload_with=conn)
     runs = sa.Table("runs", meta, autoload_with=conn)
@@ -72,6 +75,48 @@ def _backfill(conn: sa.Connection) -> None:
         params = leaderboard_params(conf or {}, spaces.get(sweep_name))
         if params:
             conn.execute(sa.insert(run_params), [{"run_id": run_id, **p} for p in params])
+
+
+# ---- frozen copies (awm_platform.store at revision 0003), tested equal to the live ones while they agree
+_COMPARABLE_ACROSS = ("weights",)
+_OPTIONAL_SPEC_KEYS = ("guidance",)
+_LEADERBOARD_PARAMS = ("method", "pretrained.model", "pretrained.family", "seed", "train.beta", "train.ghuber_power",
+                       "train.kl_ema_decay", "train.kl_ema_decay_type", "train.ema_beta", "train.ema",
+                       "train.ema_decay", "train.learning_rate", "train.weighting")
+
+
+def compare_hash(benchmark: str, benchmark_version: str, spec: Mapping[str, Any], partial: bool) -> str:
+    kept = {k: v for k, v in spec.items()
+            if k not in _COMPARABLE_ACROSS and not (k in _OPTIONAL_SPEC_KEYS and v is None)}
+    text = json.dumps([benchmark, benchmark_version, kept, bool(partial)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping[str, Any] | None = None,
+                       ) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    keys = list(_LEADERBOARD_PARAMS) + sorted(k for k in (search_space or {}) if k not in _LEADERBOARD_PARAMS)
+    for key in keys:
+        node: Any = resolved_config
+        found = True
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                found, node = False, None
+                break
+            node = node[part]
+        if not found and key == "method":
+            found, node = True, "awm"
+        if not found or node is None:
+            continue
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            rows.append({"key": key, "num_value": float(node), "text_value": None})
+        else:
+            text = node if isinstance(node, str) else json.dumps(node, sort_keys=True)
+            rows.append({"key": key, "num_value": None, "text_value": text})
+    tags = resolved_config.get("tags") or []
+    for tag in sorted({str(t) for t in tags} if isinstance(tags, (list, tuple)) else set()):
+        rows.append({"key": "tag", "num_value": None, "text_value": tag})
+    return rows
 
 
 def downgrade() -> None:
