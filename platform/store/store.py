@@ -46,6 +46,7 @@ from awm_platform.store.models import (
     Sweep,
     compare_hash,
 )
+from trainers.awm.config import family_of_local_model
 
 T = TypeVar("T")
 SAMPLE_ROWS_PER_INSERT = 1000
@@ -965,6 +966,8 @@ def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping
             found, value = True, DEFAULT_METHOD
         if not found or value is None:
             continue
+        if key == "pretrained.family":  # `auto`: the family it detects where the model folder is readable
+            value = family_of_local_model(str(value), str(_dotted_get(resolved_config, "pretrained.model")[1]))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append({"key": key, "num_value": float(value), "text_value": None})
         else:

@@ -400,6 +400,19 @@ def test_a_run_is_created_with_its_leaderboard_params(store: Store) -> None:
     assert store.count(RunParam) == 2
 
 
+def test_a_runs_auto_family_is_recorded_as_the_family_it_detects(store: Store, tmp_path) -> None:
+    """pretrained.family `auto` is filtered on as what it resolves to (the family evaluations record):
+    a local pipeline folder's model_index.json; a model this host cannot read stays `auto`."""
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    for name, model in (("local", str(pipe)), ("hub", "org/not-here")):
+        store.create_run(name=name, config_hash="h", output_dir=f"/{name}",
+                         resolved_config={"pretrained": {"model": model, "family": "auto"}})
+    assert _params(store, "local")["pretrained.family"] == ["flux"]
+    assert _params(store, "hub")["pretrained.family"] == ["auto"]
+
+
 def test_an_evaluation_records_its_weights_and_comparable_group(store: Store) -> None:
     from awm_platform.store import compare_hash
 

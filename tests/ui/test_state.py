@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -36,6 +37,19 @@ def test_round_trip_and_defaults_stay_out_of_links() -> None:
     assert state.parse(params).query == q
     assert state.leaderboard_params(LeaderboardQuery()) == {}
     assert state.parse({}).query == LeaderboardQuery(page_size=state.DEFAULT_PAGE_SIZE)
+
+
+def test_list_items_holding_commas_round_trip() -> None:
+    """A tag, run name or JSON parameter value may hold commas (and backslashes): escaped in the
+    link, one item again when parsed (split on every comma, `[0.1, 0.2]` became two values)."""
+    q = LeaderboardQuery(filters=Filters(tags=("a,b", "c"), runs=("r\\1",),
+                                         params=(ParamFilter("lora.targets", values=('["to_q", "to_k"]', "x")),)))
+    params = state.leaderboard_params(q)
+    assert params["tag"] == "a\\,b,c" and params["p.lora.targets"] == '["to_q"\\, "to_k"],x'
+    assert state.parse(params).query == q
+    assert state.parse({"tag": "a\\,b, c ,,c"}).query.filters.tags == ("a,b", "c")
+    link = state.url("leaderboard", **params)
+    assert state.parse({k: v[0] for k, v in parse_qs(link[1:]).items()}).query == q
 
 
 def test_other_views() -> None:

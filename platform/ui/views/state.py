@@ -8,8 +8,9 @@
     ?view=gallery&run=R&benchmark=B
     ?view=sweeps[&sweep=S]
 
-Lists are comma-separated; a parameter range is `low:high` (either side may be empty), text
-parameter values are comma-separated. `parse` raises StateError (one line naming the parameter)
+Lists are comma-separated, a comma or backslash inside an item escaped with a backslash (`a\\,b`
+is the one item `a,b`: tags, run names and JSON parameter values may hold commas); a parameter
+range is `low:high` (either side may be empty), text parameter values are a list. `parse` raises StateError (one line naming the parameter)
 for a bad value; `leaderboard_params` writes a query back (only what differs from the defaults,
 so links stay short).
 """
@@ -64,7 +65,23 @@ def _one(params: Mapping[str, Any], key: str) -> str | None:
 
 
 def _items(text: str | None) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
+    """The items of a comma-separated list (`_join_items`' inverse): unescaped, stripped, empty ones and
+    repeats dropped."""
+    items, current, chars = [], [], iter(text or "")
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, "\\"))  # an escaped character (a trailing backslash: itself)
+        elif ch == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return tuple(dict.fromkeys(x.strip() for x in items if x.strip()))
+
+
+def _join_items(values: Any) -> str:
+    return ",".join(str(v).replace("\\", "\\\\").replace(",", "\\,") for v in values)
 
 
 def _int(params: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int | None:
@@ -170,10 +187,10 @@ def leaderboard_params(query: LeaderboardQuery) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, attr in _LIST_KEYS.items():
         if getattr(f, attr):
-            out[key] = ",".join(getattr(f, attr))
+            out[key] = _join_items(getattr(f, attr))
     for pf in f.params:
         if pf.values:
-            out[f"p.{pf.key}"] = ",".join(pf.values)
+            out[f"p.{pf.key}"] = _join_items(pf.values)
         elif pf.low is not None or pf.high is not None:
             out[f"p.{pf.key}"] = f"{'' if pf.low is None else _num(pf.low)}:{'' if pf.high is None else _num(pf.high)}"
     for bench, chash in f.specs:
@@ -196,4 +213,4 @@ def leaderboard_params(query: LeaderboardQuery) -> dict[str, str]:
 def url(view: str, **params: Any) -> str:
     """A relative link to a view (`?view=...&k=v`), values URL-encoded; None values left out."""
     items = {"view": view, **{k: v for k, v in params.items() if v is not None}}
-    return "?" + urlencode({k: ",".join(v) if isinstance(v, list | tuple) else str(v) for k, v in items.items()})
+    return "?" + urlencode({k: _join_items(v) if isinstance(v, list | tuple) else str(v) for k, v in items.items()})
