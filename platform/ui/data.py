@@ -310,9 +310,10 @@ _EVALUATIONS_CACHE: dict[tuple[Any, ...], Any] = {}
 def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
     """Changes whenever the evaluations do, from index lookups only (one statement): the largest
     evaluation id (new evaluations), the latest updated_at (status changes), and for deletions (an
-    evaluation goes only with its run, `Store.delete_run`) the number of runs and the largest run id
-    (a run deleted and another created). Counting the evaluations instead costs a pass over their
-    index on every page (~1-2 ms at 30,000 on PostgreSQL)."""
+    evaluation goes only with its run, `Store.delete_run`) the number of runs and the newest run's
+    creation time (a run deleted and another created: not its id, which SQLite reuses when the newest
+    run is deleted). Counting the evaluations instead costs a pass over their index on every page
+    (~1-2 ms at 30,000 on PostgreSQL)."""
     return (str(conn.engine.url), *conn.execute(_EVALUATIONS_KEY_STATEMENT).one())
 
 
@@ -320,7 +321,7 @@ _EVALUATIONS_KEY_STATEMENT = sa.select(
     sa.select(sa.func.max(Evaluation.id)).scalar_subquery(),
     sa.select(sa.func.max(Evaluation.updated_at)).scalar_subquery(),
     sa.select(sa.func.count()).select_from(Run).scalar_subquery(),
-    sa.select(sa.func.max(Run.id)).scalar_subquery())
+    sa.select(sa.func.max(Run.created_at)).scalar_subquery())
 
 
 def _memo(key: tuple[Any, ...], compute: Any) -> Any:

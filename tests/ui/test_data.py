@@ -384,5 +384,8 @@ def test_default_view_follows_new_evaluations(backend: str, tmp_path, request: p
         assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == compare_hash(
             "ocr", "ocr-1", sp4, False)
         store.delete_run("gone")
+        # ... and another run created at once (on SQLite it takes the deleted one's id: the number of
+        # runs and the largest id are as they were before the deletion)
+        store.create_run(name="again", config_hash="h", resolved_config={}, output_dir="/again")
         assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == compare_hash(
             "ocr", "ocr-1", spec("policy", num_steps=8), False)

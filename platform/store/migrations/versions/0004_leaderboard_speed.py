@@ -1,6 +1,6 @@
 """leaderboard speed: evaluations.sweep_name (the run's sweep, copied when the evaluation is
-written, so a sweep filter is an index range of the evaluations) and the indexes that read a
-benchmark view in score order; existing rows are backfilled
+written, so a sweep filter is an index range of the evaluations), the indexes that read a
+benchmark view in score order, and runs by creation time; existing rows are backfilled
 
 Revision ID: 0004
 Revises: 0003
@@ -25,9 +25,12 @@ def upgrade() -> None:
                "WHERE runs.name = evaluations.run_name) WHERE run_name IS NOT NULL")
     op.create_index("ix_evaluations_view_score", "evaluations", _VIEW_SCORE)
     op.create_index("ix_evaluations_sweep_view_score", "evaluations", ["sweep_name", *_VIEW_SCORE])
+    # the leaderboard's cache key: the newest run by index
+    op.create_index("ix_runs_created_at", "runs", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_runs_created_at", table_name="runs")
     op.drop_index("ix_evaluations_sweep_view_score", table_name="evaluations")
     op.drop_index("ix_evaluations_view_score", table_name="evaluations")
     with op.batch_alter_table("evaluations") as batch:
