@@ -7,11 +7,13 @@ Held fixed across methods (section 6): the tiny SD3 pipeline (``make_tiny``, sam
 alpha, targets and Gaussian init (B = 0: every run starts at the reference), prompts and the per-epoch
 prompt draw (the trainer's seeded group sampler), group size k, prompts per epoch m, the reward
 (``jpeg_compressibility``), the advantage (per-prompt mean, global std + 1e-4, clamp +-5), AdamW (lr,
-wd 1e-4, clip 1.0), fp32, ONE optimizer step per epoch for every method (Flow-GRPO's 2 overridden),
+wd 1e-4, clip 1.0), fp32, ONE optimizer step per epoch for every method (Flow-GRPO's 2 overridden) made of
+ONE micro-batch holding every rollout image (see ``FULL``),
 the rollout grid (N steps, shift 3), no CFG anywhere, and the in-loop evaluation (deterministic Euler,
 the same N_eval, the same eval prompts and per-prompt seeds, live weights and the weight EMA, which
 every method keeps). Each method keeps its own sampler (AWM: SA-Solver; Flow-GRPO: Euler-SDE with
-log-probs; DiffusionNFT / AdvantageFlow: Euler ODE with the old adapter). The reference KL is off for
+log-probs; DiffusionNFT / AdvantageFlow: Euler ODE with the old adapter, all N grid sigmas per sample, see
+``method_overrides``). The reference KL is off for
 all (train.beta = 0), so no method pays for reference forwards; AWM keeps its KL-EMA term (part of
 its method). Whether each method rescales the advantage: AWM, NFT, AF by 1/5; Flow-GRPO does not.
 
@@ -30,8 +32,9 @@ method needs to first reach it (first crossing of the seed-mean curve, linear be
 with ``speedup_note``, when not reached or when Flow-GRPO is not available). A method that is not selectable yet is reported as
 ``{"available": false}``, never run.
 
-``--quick`` (the test suite's mode): the full setup cut to 1 seed, 2 epochs and 4 eval prompts; the test checks that every
-available method learns something and that the counted forwards match the configuration.
+``--quick`` (the test suite's mode): the full setup cut to 1 seed (0) and 2 epochs; the test
+checks that every available method learns something (its final live eval reward is above the shared start:
+``reward_gain`` > 0) and that the counted forwards match the configuration.
 """
 
 from __future__ import annotations
@@ -73,10 +76,19 @@ class Setup:
     learning_rate: float
 
 
-FULL = Setup(epochs=12, seeds=3, prompts_per_epoch=4, images_per_prompt=8, micro_batch=16, num_steps=6,
-             eval_prompts=8, eval_freq=2, learning_rate=2e-2)
-QUICK = Setup(epochs=2, seeds=1, prompts_per_epoch=4, images_per_prompt=8, micro_batch=16, num_steps=6,
-              eval_prompts=4, eval_freq=1, learning_rate=2e-2)
+# micro_batch = every image of the epoch: each optimizer step then sees whole prompt groups in ONE
+# micro-batch, so a training time the micro-batch shares (AWM's discrete times are shared by its samples)
+# meets advantages that sum to zero. With 16 of 32 images a micro-batch holds part-groups whose advantages
+# do not cancel, and its shared times then add a random-signed "fit / unfit every sample at these times"
+# term that, at 32 images per step, is as large as the advantage signal (a memory knob otherwise: no
+# method's math or counted compute changes). Eval: all 16 tiny prompts (8 left the start inside the noise).
+FULL = Setup(epochs=12, seeds=3, prompts_per_epoch=4, images_per_prompt=8, micro_batch=32, num_steps=6,
+             eval_prompts=16, eval_freq=2, learning_rate=2e-2)
+# the test suite's mode: 2 epochs, evaluated at the start and the end only (an eval of 16 prompts costs
+# half an epoch). In the probes every method was above the start after every one of epochs 1-4 on each of
+# seeds 0-2, and below it with the advantage's sign flipped (tests/trainer/test_method_compare.py)
+QUICK = Setup(epochs=2, seeds=1, prompts_per_epoch=4, images_per_prompt=8, micro_batch=32, num_steps=6,
+              eval_prompts=16, eval_freq=2, learning_rate=2e-2)
 
 LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_out",
                 "pos_embed.proj"]
@@ -89,10 +101,18 @@ def method_overrides(method: str, setup: Setup) -> dict[str, Any]:
     if method == "flow_grpo":  # full-window SDE, a = 0.7, J = int(N * 0.99), c = 1e-4, zero-std filter; no CFG
         return {"sample": {"noise_level": 0.7, "zero_std_policy": "drop"},
                 "train": {"timestep_fraction": 0.99, "clip_range": 1e-4}}
-    if method == "diffusionnft":  # nft_beta 1, decay type 1, J = int(N * 0.99) per-sample grid sigmas
-        return {"train": {"timestep_fraction": 0.99, "nft_beta": 1.0, "old_decay_type": 1}}
-    if method == "advantageflow":  # derived: lambda 2, x0 weighting, NFT's infrastructure
-        return {"train": {"timestep_fraction": 0.99, "af_lambda": 2.0, "af_weighting": "x0",
+    # DiffusionNFT / AdvantageFlow: J = N (timestep_fraction 1.0, upstream 0.99 -> J = N - 1). Each sample
+    # trains on its own random permutation of the grid (upstream, trap 3); with J = N - 1 each sample drops
+    # one grid sigma, so at a given sigma the trained samples' advantages no longer sum to zero and the
+    # sigma-weighted loss (AF: sigma^2, NFT: sigma / m) adds a random-signed "fit / unfit every sample at
+    # that sigma" term. Upstream averages it away over 1152 images per step; at 32 it outweighed the
+    # advantage signal and the eval reward fell whatever the advantage's sign (issue 14's diagnosis, in
+    # trainers/awm/README.md). With J = N every sample is trained once at every grid sigma per step and the
+    # term cancels (exactly for AF's sigma^2 weights). Section 6 lets J differ per method.
+    if method == "diffusionnft":  # nft_beta 1, decay type 1, all N grid sigmas per sample
+        return {"train": {"timestep_fraction": 1.0, "nft_beta": 1.0, "old_decay_type": 1}}
+    if method == "advantageflow":  # derived: lambda 2, x0 weighting, NFT's infrastructure, J = N as NFT
+        return {"train": {"timestep_fraction": 1.0, "af_lambda": 2.0, "af_weighting": "x0",
                           "old_decay_type": 1}}
     raise ValueError(method)
 
@@ -291,6 +311,8 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
             "label": LABELS[m],
             "final_reward": _stats([r["curve"][-1]["live"] for r in rs]),
             "final_reward_ema": _stats([r["curve"][-1]["ema"] for r in rs]),
+            # final minus starting live eval reward, per seed: > 0 = the method learned something
+            "reward_gain": _stats([r["curve"][-1]["live"] - r["curve"][0]["live"] for r in rs]),
             "initial_reward": statistics.fmean(r["curve"][0]["live"] for r in rs),
             "best_reward_mean_curve": max(p[2] for p in curves[m]),
             "forward_equivalents_per_epoch": statistics.fmean(per_epoch),
@@ -371,7 +393,7 @@ def _resummarise(out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the test suite's mode: 1 seed, 2 small epochs")
+    ap.add_argument("--quick", action="store_true", help="the test suite's mode: 1 seed, 2 epochs")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (full: 3)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (full: 12)")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
