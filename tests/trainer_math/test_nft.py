@@ -1,14 +1,17 @@
 """DiffusionNFT (objectives.md section 2): values by hand, loss and gradient against the section 2.2
 formulas written out independently in numpy (float64), the section 2.3 first-order gradient, the
-old-adapter decay schedules and the paper form of section 2.1."""
+old-adapter decay schedules, the paper form of section 2.1 and the per-sample grid times (trap 3)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from trainers.awm.methods.nft import (
+    draw_grid_times,
+    grid_columns,
     implicit_policies,
     nft_loss,
     old_adapter_decay,
@@ -183,3 +186,39 @@ def test_adaptive_weight_floor() -> None:
     assert float(out["loss"].detach()) == 0.0
     out["loss"].backward()
     assert torch.isfinite(v.grad).all()
+
+
+def test_grid_times_per_sample_and_the_per_sigma_advantage_balance() -> None:
+    """Each sample draws its own permutation of the grid (trap 3; J = int(N * fraction) columns). With J = N
+    every sample is trained once at every grid sigma, so at each sigma the trained samples' advantages sum to
+    zero like the whole batch's: a loss term shared by the samples at one sigma (sigma-weighted, as NFT's
+    and AdvantageFlow's are) cancels. With J = N - 1 each sample drops one sigma and the per-sigma sums are
+    minus the advantages of the samples that dropped it: not zero. (Why perf/method_compare.py trains NFT
+    and AdvantageFlow with J = N at 32 images per step; trainers/awm/README.md, Compute comparison.)"""
+    grid = torch.tensor([1.0, 0.9231, 0.8182, 0.6667, 0.4286, 0.0089])
+    n, b = len(grid), 8
+    adv = torch.tensor([0.9, -0.3, 0.2, -0.8, 0.5, -0.1, -0.6, 0.2], dtype=torch.float64)
+    assert abs(float(adv.sum())) < 1e-12
+    assert (grid_columns(n, 1.0), grid_columns(n, 0.99), grid_columns(10, 0.99), grid_columns(n, 0.01)) == (6, 5, 9, 1)
+
+    def per_sigma_sums(t: Tensor) -> Tensor:
+        hits = (t.T.unsqueeze(-1) == grid).double()  # (B, J, N): sample i trained at grid sigma k in column j
+        return (adv[:, None] * hits.sum(dim=1)).sum(dim=0)  # (N,)
+
+    t_all = draw_grid_times(grid, b, n, torch.Generator().manual_seed(0))
+    assert t_all.shape == (n, b)
+    for i in range(b):
+        assert sorted(t_all[:, i].tolist()) == sorted(grid.tolist())
+    assert not all(torch.equal(t_all[:, 0], t_all[:, i]) for i in range(1, b))  # per sample, not shared
+    assert torch.allclose(per_sigma_sums(t_all), torch.zeros(n, dtype=torch.float64), atol=1e-12)
+    # the x0 weighting's total: sum over (column, sample) of A~_i sigma^2 is 0 with J = N
+    assert abs(float((adv[None, :] * t_all.double() ** 2).sum())) < 1e-12
+
+    t_drop = draw_grid_times(grid, b, n - 1, torch.Generator().manual_seed(0))
+    assert t_drop.shape == (n - 1, b)
+    dropped = [next(k for k in range(n) if grid[k] not in t_drop[:, i]) for i in range(b)]
+    want = torch.zeros(n, dtype=torch.float64)
+    for i, k in enumerate(dropped):
+        want[k] -= adv[i]
+    assert torch.allclose(per_sigma_sums(t_drop), want, atol=1e-12)
+    assert float(per_sigma_sums(t_drop).abs().max()) > 0.1
