@@ -482,8 +482,8 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     Two ways to the page's (checkpoint, weights) keys, with one ordering (sort columns, then
     checkpoint sha256 and weights; missing values last):
     * sorted by a benchmark's score (the default): the filtered evaluations of that benchmark's
-      view, read in score order by index (`ix_evaluations_view_score`, or `ix_evaluations_run_pivot`
-      per run under a run filter), LIMIT/OFFSET. Rows without that score sort after every scored
+      view, read in score order by index (`ix_evaluations_view_score`; `ix_evaluations_sweep_view_score`
+      under a sweep filter), LIMIT/OFFSET. Rows without that score sort after every scored
       one, so a page that is not full reaches past them and is read the second way;
     * otherwise `g` pivots the filtered evaluations into one row per (checkpoint, weights)
       (`max(CASE ...)` per benchmark) and sorts those, joining the run when sorting on its columns.
