@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -305,6 +306,7 @@ def _views(conn: sa.Connection, *, partial: bool = False) -> dict[str, list[Benc
 
 
 _EVALUATIONS_CACHE: dict[tuple[Any, ...], Any] = {}
+_EVALUATIONS_LOCK = threading.Lock()
 
 
 def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
@@ -325,12 +327,17 @@ _EVALUATIONS_KEY_STATEMENT = sa.select(
 
 
 def _memo(key: tuple[Any, ...], compute: Any) -> Any:
-    """`compute()` once per key (a bounded, process-wide cache of what depends on the evaluations only)."""
-    if key not in _EVALUATIONS_CACHE:
-        if len(_EVALUATIONS_CACHE) >= 64:
+    """`compute()` once per key (a bounded, process-wide cache of what depends on the evaluations only;
+    the UI's sessions read from several threads)."""
+    with _EVALUATIONS_LOCK:
+        if key in _EVALUATIONS_CACHE:
+            return _EVALUATIONS_CACHE[key]
+    value = compute()  # outside the lock: two threads may both compute a new key, and store the same
+    with _EVALUATIONS_LOCK:
+        while len(_EVALUATIONS_CACHE) >= 64:
             _EVALUATIONS_CACHE.pop(next(iter(_EVALUATIONS_CACHE)))
-        _EVALUATIONS_CACHE[key] = compute()
-    return _EVALUATIONS_CACHE[key]
+        _EVALUATIONS_CACHE[key] = value
+    return value
 
 
 def _full_views(conn: sa.Connection, key: tuple[Any, ...] | None = None) -> dict[str, list[BenchmarkView]]:
