@@ -472,9 +472,10 @@ def _fast_window_fraction_errors(data: dict[str, Any]) -> list[str]:
     if _is_default("train.timestep_fraction", fraction) or _is_default_value(
             fraction, METHOD_DEFAULTS["flow_grpo"]["train.timestep_fraction"]):
         return []
-    return [f"train.timestep_fraction={fraction} is not read with a Flow-GRPO-Fast window: "
-            f"sample.sde_window_size={window} trains exactly the {window} window steps; remove "
-            "train.timestep_fraction, or set sample.sde_window_size: 0 to train int(num_steps * timestep_fraction) steps"]
+    msg = (f"train.timestep_fraction={fraction} is not read with a Flow-GRPO-Fast window: "
+           f"sample.sde_window_size={window} trains exactly the {window} window steps; remove "
+           "train.timestep_fraction, or set sample.sde_window_size: 0 to train int(num_steps * timestep_fraction) steps")
+    return [msg]
 
 
 def _closest_for(method: str, key: str) -> str:
