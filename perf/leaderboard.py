@@ -25,7 +25,8 @@ dropped here):
   "N rows": its own call, cached per filter, so sorting and paging never recount), for information;
 * the leaderboard page's first render in Streamlit's `AppTest` (B's app), on SQLite.
 
-Ends with one JSON line: checkpoints, query_ms_p50, query_ms_p95 (the worst backend), mlflow_search_ms,
+Ends with one JSON line: checkpoints, query_ms_p50, query_ms_p95 (the worst backend),
+query_plus_total_ms_p95 (a filter change: the page and its row count), mlflow_search_ms,
 speedup (the smallest), and the per-backend figures. Targets: p95 < 200 ms, speedup >= 20x, first render < 2 s.
 """
 
@@ -249,13 +250,14 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
     assert ours == theirs, "the leaderboard and MLflow disagree on the top 50"
     out = {"query_ms_p50": round(statistics.median(ms), 2), "query_ms_p95": round(pct(ms, 0.95), 2),
            "unfiltered_ms_p50": round(statistics.median(ms_all), 2), "unfiltered_ms_p95": round(pct(ms_all, 0.95), 2),
-           "total_ms_p50": round(statistics.median(total_ms), 2),
+           "total_ms_p50": round(statistics.median(total_ms), 2), "total_ms_p95": round(pct(total_ms, 0.95), 2),
            "mlflow_search_ms": round(statistics.median(search), 1)}
     out["speedup"] = round(out["mlflow_search_ms"] / out["query_ms_p50"], 1)
     print(f"[{name}] leaderboard top 50 of {total} (sweep filter, sort score:ocr): p50 {out['query_ms_p50']} ms, "
           f"p95 {out['query_ms_p95']} ms over {repeats}; unfiltered ({len(ckpts)} rows): p50 "
           f"{out['unfiltered_ms_p50']} ms, p95 {out['unfiltered_ms_p95']} ms; the filter's row count "
-          f"(leaderboard_total, cached per filter by the pages): p50 {out['total_ms_p50']} ms; "
+          f"(leaderboard_total, cached per filter by the pages): p50 {out['total_ms_p50']} ms, p95 "
+          f"{out['total_ms_p95']} ms; "
           f"mlflow.search_runs same selection: "
           f"{out['mlflow_search_ms']} ms (median of {mlflow_repeats}); speedup {out['speedup']}x", flush=True)
     store.close()
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"checkpoints": len(ckpts),
                "query_ms_p50": max(r["query_ms_p50"] for r in results.values()),
                "query_ms_p95": max(r["query_ms_p95"] for r in results.values()),
+               # a filter change pays the page and its row count: both within the p95 target too
+               "query_plus_total_ms_p95": max(r["query_ms_p95"] + r["total_ms_p95"] for r in results.values()),
                "mlflow_search_ms": min(r["mlflow_search_ms"] for r in results.values()),
                "speedup": min(r["speedup"] for r in results.values()),
                "first_render_s": None if render_s is None else round(render_s, 2),

@@ -61,7 +61,7 @@ READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` conn
 #: ANALYZE misjudges the few-valued columns, e.g. status); metrics and sample rows are only ever
 #: read through their unique keys
 ANALYZED_TABLES = ("evaluations", "runs", "checkpoints", "run_params", "sweeps")
-PG_RANDOM_PAGE_COST = 1.1  # the planner's cost of a random page on PostgreSQL connections (_make_engine)
+PG_READ_RANDOM_PAGE_COST = 1.1  # planner cost of a random page in `reading()` transactions (PostgreSQL)
 STATS_CHECK_S = 60.0  # how often a long-lived reader checks whether the statistics are stale
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -133,13 +133,7 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY_OPTION) else "BEGIN IMMEDIATE")
 
         return engine
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks: with
-        # the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches for a filtered
-        # leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value; set once per
-        # connection (a per-transaction SET LOCAL costs a round trip on every read).
-        connect_args = {"connect_timeout": 10, "options": f"-c random_page_cost={PG_RANDOM_PAGE_COST}"}
+    connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, connect_args=connect_args)
 
 
@@ -273,6 +267,13 @@ class Store:
         if self.dialect == "sqlite" and time.monotonic() - self._stats_checked > STATS_CHECK_S:
             self.refresh_statistics()  # a long-lived reader (the UI) sees the store grow
         with self.engine.connect().execution_options(**{READ_ONLY_OPTION: True}) as conn, conn.begin() as tx:
+            if self.dialect == "postgresql":
+                # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks:
+                # with the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches
+                # for a filtered leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value.
+                # SET LOCAL (ends with this read transaction), not a connection option: that would
+                # replace the URL's own `options` and PGOPTIONS, and poolers such as pgbouncer refuse it.
+                conn.exec_driver_sql(f"SET LOCAL random_page_cost = {PG_READ_RANDOM_PAGE_COST}")
             yield conn
             tx.rollback()
 
@@ -297,6 +298,9 @@ class Store:
                    sweep_name: str | None = None, trial_number: int | None = None,
                    status: str = "PENDING") -> Run:
         _check_status(status)
+        # run_params record `pretrained.family: auto` as the family a readable local model folder
+        # resolves to (as evaluation specs do); read here, not inside the write transaction
+        params_config = _with_resolved_family(resolved_config)
 
         def op() -> Run:
             now = utcnow()
@@ -312,7 +316,7 @@ class Store:
                         sweep_conf = s.scalar(select(Sweep.resolved_config).where(Sweep.study_name == sweep_name))
                         search_space = ((sweep_conf or {}).get("sweep") or {}).get("params")
                     s.flush()  # the run's id, for its parameter rows (same transaction)
-                    params = leaderboard_params(resolved_config, search_space)
+                    params = leaderboard_params(params_config, search_space)
                     if params:
                         s.execute(self._insert(RunParam).values([{"run_id": run.id, **p} for p in params]))
             except IntegrityError:
@@ -966,8 +970,6 @@ def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping
             found, value = True, DEFAULT_METHOD
         if not found or value is None:
             continue
-        if key == "pretrained.family":  # `auto`: the family it detects where the model folder is readable
-            value = family_of_local_model(str(value), str(_dotted_get(resolved_config, "pretrained.model")[1]))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append({"key": key, "num_value": float(value), "text_value": None})
         else:
@@ -977,6 +979,18 @@ def leaderboard_params(resolved_config: Mapping[str, Any], search_space: Mapping
     for tag in sorted({str(t) for t in tags} if isinstance(tags, (list, tuple)) else set()):
         rows.append({"key": "tag", "num_value": None, "text_value": tag})
     return rows
+
+
+def _with_resolved_family(resolved_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`resolved_config` with `pretrained.family: auto` replaced by what `family_of_local_model` detects
+    (unchanged when there is nothing to resolve or the model folder cannot be read from here)."""
+    pretrained = resolved_config.get("pretrained")
+    if not isinstance(pretrained, Mapping) or "family" not in pretrained:
+        return resolved_config
+    family = family_of_local_model(str(pretrained["family"]), str(pretrained.get("model", "")))
+    if family == pretrained["family"]:
+        return resolved_config
+    return {**resolved_config, "pretrained": {**pretrained, "family": family}}
 
 
 def _dotted_get(data: Mapping[str, Any], key: str) -> tuple[bool, Any]:

@@ -509,7 +509,8 @@ def test_migration_0003s_frozen_derivations_match_the_store() -> None:
     confs = [({}, None), ({"method": "flow_grpo", "train": {"beta": 0.1, "ema": True}, "tags": ["b", "a", "b"]},
                          {"lora.rank": {}, "train.beta": {}}),
              ({"pretrained": {"model": "m", "family": "flux"}, "seed": 3, "lora": {"rank": 8}, "tags": "x"},
-              {"lora.rank": {}})]
+              {"lora.rank": {}}),
+             ({"pretrained": {"model": "m", "family": "auto"}}, None)]  # resolved by create_run, not here
     for conf, space in confs:
         assert frozen.leaderboard_params(conf, space) == leaderboard_params(conf, space)
 
@@ -536,6 +537,27 @@ def test_migration_0004_backfills_the_evaluations_sweep(tmp_path) -> None:
     old.close()
     with Store(url) as store:
         assert [store.get_evaluation(i).sweep_name for i in (1, 2, 3)] == ["sw", None, None]
+
+
+def test_downgrading_the_leaderboard_revisions_keeps_every_evaluation_and_its_rows(store: Store) -> None:
+    """0004 -> 0002 and back: the added columns go, nothing else does (a batch-mode column drop on
+    SQLite rebuilds the table, and dropping the old one with foreign keys on deletes every shard and
+    sample row of every evaluation)."""
+    from alembic import command
+
+    ev, _ = store.ensure_evaluation(checkpoint_sha256="a" * 64, benchmark="ocr", benchmark_version="v1",
+                                    spec_hash="s", spec={"weights": "ema"}, target="t", num_shards=2)
+    shard = store.claim_shard(ev.id, "w", lease_s=60)
+    assert shard is not None and store.commit_shard(shard.id, "w", [
+        {"prompt_index": i, "sample_index": 0, "score": 0.5} for i in range(3)])
+    counts = (store.count(Evaluation), store.count(EvalShard), store.count(SampleScore))
+    assert counts == (1, 2, 3)
+    command.downgrade(store._alembic_config(), "0002")
+    assert store.current_revision() == "0002"
+    assert (store.count(Evaluation), store.count(EvalShard), store.count(SampleScore)) == counts
+    store.upgrade()  # and back: the rows are backfilled again
+    assert store.get_evaluation(ev.id).weights == "ema"
+    assert (store.count(Evaluation), store.count(EvalShard), store.count(SampleScore)) == counts
 
 
 def test_import_evaluations_records_completed_rows_as_ensure_does(store: Store) -> None:

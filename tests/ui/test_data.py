@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -350,6 +350,34 @@ def test_sweeps_without_a_reachable_study(seeded_store: Seed) -> None:
     assert [(t.number, t.run_name, t.state) for t in detail.trials] == [(i, f"r{i}", "COMPLETE") for i in range(4)]
     assert detail.objectives == [{"metric": "eval/r", "direction": "maximize"}]
     assert set(detail.search_space) == {"train.beta", "lora.rank"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_tied_scores_page_the_same_both_ways(backend: str, tmp_path, request: pytest.FixtureRequest) -> None:
+    """Ties on the sort score go by (checkpoint sha256, weights) ascending in both directions, whether a
+    page is read in score order from the view's index (full pages) or from the pivot (the last one)."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
+    with Store(url) as store:
+        records, want = [], {}
+        for i in range(9):
+            for weights in ("policy", "ema"):
+                scores = {"ocr": (0.5, 0.7, 0.7)[i % 3]}  # three rows share each score
+                if i % 2 == 0:
+                    scores["geneval"] = 0.25 if i < 4 else 0.75
+                key = f"{sha('tie', i)}:{weights}"
+                want[key] = scores
+                records += [{"checkpoint_sha256": sha("tie", i), "benchmark": b, "benchmark_version": f"{b}-1",
+                             "spec_hash": f"{b}-{weights}", "spec": spec(weights), "target": f"t{i}",
+                             "score": v, "ci_low": v, "ci_high": v, "num_samples": 1} for b, v in scores.items()]
+        store.import_evaluations(records)
+        for bench, desc in itertools.product(("ocr", "geneval"), (True, False)):
+            have = sorted((k for k in want if bench in want[k]),
+                          key=lambda k: ((-1 if desc else 1) * want[k][bench], k))
+            expected = have + sorted(k for k in want if bench not in want[k])  # missing last, by key
+            query = LeaderboardQuery(sort=f"score:{bench}", descending=desc)
+            whole = keys(data.leaderboard(store, replace(query, page_size=500)))
+            paged = [k for p in range(9) for k in keys(data.leaderboard(store, replace(query, page=p, page_size=2)))]
+            assert whole == paged == expected, (bench, desc)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

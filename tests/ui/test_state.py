@@ -40,8 +40,9 @@ def test_round_trip_and_defaults_stay_out_of_links() -> None:
 
 
 def test_list_items_holding_commas_round_trip() -> None:
-    """A tag, run name or JSON parameter value may hold commas (and backslashes): escaped in the
-    link, one item again when parsed (split on every comma, `[0.1, 0.2]` became two values)."""
+    """A text parameter value (a swept JSON list) may hold commas and backslashes: escaped in the link,
+    one item again when parsed (split on every comma, `[0.1, 0.2]` became two values). Any list
+    escapes alike, though tags and run names are validated comma-free."""
     q = LeaderboardQuery(filters=Filters(tags=("a,b", "c"), runs=("r\\1",),
                                          params=(ParamFilter("lora.targets", values=('["to_q", "to_k"]', "x")),)))
     params = state.leaderboard_params(q)

@@ -125,6 +125,7 @@ def downgrade() -> None:
     op.drop_index("ix_evaluations_compare_hash_status", table_name="evaluations")
     op.drop_index("ix_evaluations_updated_at", table_name="evaluations")
     op.drop_index("ix_runs_updated_at", table_name="runs")
-    with op.batch_alter_table("evaluations") as batch:
-        batch.drop_column("compare_hash")
-        batch.drop_column("weights")
+    # ALTER TABLE ... DROP COLUMN (PostgreSQL; SQLite >= 3.35), not batch mode: on SQLite that rebuilds
+    # the table, and dropping the old one with foreign keys on deletes its shards and sample rows
+    op.execute("ALTER TABLE evaluations DROP COLUMN compare_hash")
+    op.execute("ALTER TABLE evaluations DROP COLUMN weights")

@@ -33,5 +33,6 @@ def downgrade() -> None:
     op.drop_index("ix_runs_created_at", table_name="runs")
     op.drop_index("ix_evaluations_sweep_view_score", table_name="evaluations")
     op.drop_index("ix_evaluations_view_score", table_name="evaluations")
-    with op.batch_alter_table("evaluations") as batch:
-        batch.drop_column("sweep_name")
+    # ALTER TABLE ... DROP COLUMN (PostgreSQL; SQLite >= 3.35), not batch mode: on SQLite that rebuilds
+    # the table, and dropping the old one with foreign keys on deletes its shards and sample rows
+    op.execute("ALTER TABLE evaluations DROP COLUMN sweep_name")
