@@ -40,6 +40,14 @@ def _run(store: Store, name: str = "run-a", **kw) -> None:
                      output_dir=f"/runs/{name}", cluster="local", **kw)
 
 
+def _store_at(tmp_path, revision: str) -> tuple[Store, str]:
+    """A SQLite store at an older schema revision (a migration test writes rows as they were then)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store(url, upgrade=False)
+    old.upgrade(revision)
+    return old, url
+
+
 def test_schema_is_at_head_and_upgrade_is_idempotent(store: Store) -> None:
     assert store.current_revision() == store.head_revision()
     assert store.upgrade() == "head"
@@ -296,9 +304,7 @@ def test_one_scheduler_claims_a_submission(store: Store) -> None:
 def test_migration_0002_keeps_evaluations_written_before_it(tmp_path) -> None:
     import sqlalchemy as sa
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = Store(url, upgrade=False)
-    old.upgrade("0001")
+    old, url = _store_at(tmp_path, "0001")
     now = datetime.now(UTC)
     with old.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO runs (id, name, config_hash, resolved_config, status, job_ids, hosts, "
@@ -438,9 +444,7 @@ def test_migration_0003_backfills_weights_groups_and_params(tmp_path) -> None:
 
     from awm_platform.store import compare_hash
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = Store(url, upgrade=False)
-    old.upgrade("0002")
+    old, url = _store_at(tmp_path, "0002")
     now = datetime.now(UTC)
     with old.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO sweeps (id, study_name, optuna_storage, resolved_config, status, "
@@ -518,9 +522,7 @@ def test_migration_0003s_frozen_derivations_match_the_store() -> None:
 def test_migration_0004_backfills_the_evaluations_sweep(tmp_path) -> None:
     import sqlalchemy as sa
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = Store(url, upgrade=False)
-    old.upgrade("0003")
+    old, url = _store_at(tmp_path, "0003")
     now = datetime.now(UTC)
     with old.engine.begin() as conn:
         for i, (run, sweep) in enumerate((("a", "sw"), ("b", None)), start=1):
