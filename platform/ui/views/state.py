@@ -9,10 +9,10 @@
     ?view=sweeps[&sweep=S]
 
 Lists are comma-separated, a comma or backslash inside an item escaped with a backslash (`a\\,b`
-is the one item `a,b`: a text parameter value, e.g. a swept JSON list, may hold commas); a parameter
-range is `low:high` (either side may be empty), text parameter values are a list. `parse` raises StateError (one line naming the parameter)
-for a bad value; `leaderboard_params` writes a query back (only what differs from the defaults,
-so links stay short).
+is the one item `a,b`: a text parameter value, e.g. a swept JSON list, may hold commas); a
+parameter range is `low:high` (either side may be empty), text parameter values are a list.
+`parse` raises StateError (one line naming the parameter) for a bad value; `leaderboard_params`
+writes a query back (only what differs from the defaults, so links stay short).
 """
 
 from __future__ import annotations
