@@ -29,11 +29,10 @@ forward-equivalents), ``summary.json``; the last stdout line is the same JSON: p
 eval reward (mean/min/max over seeds), forward-equivalents per epoch (and the split), and
 ``speedup_vs_flow_grpo`` = FE Flow-GRPO needs to first reach its own final mean eval reward / FE the
 method needs to first reach it (first crossing of the seed-mean curve, linear between eval points; null,
-with ``speedup_note``, when not reached or when Flow-GRPO is not available). A method that is not selectable yet is reported as
-``{"available": false}``, never run.
+with ``speedup_note``, when not reached or when Flow-GRPO was not run).
 
 ``--quick`` (the test suite's mode): the full setup cut to 1 seed (0) and 2 epochs; the test
-checks that every available method learns something (its final live eval reward is above the shared start:
+checks that every method learns something (its final live eval reward is above the shared start:
 ``reward_gain`` > 0) and that the counted forwards match the configuration.
 """
 
@@ -51,11 +50,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ("awm", "flow_grpo", "diffusionnft", "advantageflow")
+from trainers.awm.config import MethodName  # after the repo is on sys.path (torch-free)
+
+METHODS: tuple[str, ...] = get_args(MethodName)
 LABELS = {"awm": "AWM", "flow_grpo": "Flow-GRPO", "diffusionnft": "DiffusionNFT",
           "advantageflow": "AdvantageFlow (derived)"}
 REWARD = "jpeg_compressibility"
@@ -269,7 +270,7 @@ def compute_to_reach(curve: list[tuple[int, float, float]], target: float) -> fl
     return None
 
 
-def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, bool]) -> dict[str, Any]:
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per-method figures and the speedups.
 
     ``speedup_vs_flow_grpo`` = FE Flow-GRPO's seed-mean curve needs to first reach its own final mean eval
@@ -282,11 +283,7 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
     target = fg[-1][2] if fg else None
     start = fg[0][2] if fg else None
     fg_fe = compute_to_reach(fg, target) if fg else None  # Flow-GRPO's own first crossing: its speedup is 1
-    for m in METHODS:
-        if not available.get(m):
-            out[m] = {"available": False}
-            continue
-        rs = results[m]
+    for m, rs in results.items():
         per_epoch = [forward_equivalents(e) for r in rs for e in r["epoch_rows"]]
         split: dict[str, float] = {}
         for r in rs:
@@ -307,7 +304,6 @@ def summarise(results: dict[str, list[dict[str, Any]]], available: dict[str, boo
             else:
                 speedup = fg_fe / m_fe
         out[m] = {
-            "available": True,
             "label": LABELS[m],
             "final_reward": _stats([r["curve"][-1]["live"] for r in rs]),
             "final_reward_ema": _stats([r["curve"][-1]["ema"] for r in rs]),
@@ -368,8 +364,8 @@ def plot(path: Path, results: dict[str, list[dict[str, Any]]], title: str) -> No
     plt.close(fig)
 
 
-def _finish(out: Path, results: dict[str, list[dict[str, Any]]], available: dict[str, bool], setup: Setup) -> None:
-    summary = summarise(results, available)
+def _finish(out: Path, results: dict[str, list[dict[str, Any]]], setup: Setup) -> None:
+    summary = summarise(results)
     summary["setup"] = {**setup.__dict__, "reward": REWARD, "model": "make_tiny (sd3, 64 px)"}
     write_csv(out / "curves.csv", results)
     if any(results.values()):
@@ -386,8 +382,7 @@ def _resummarise(out: Path) -> int:
     results = json.loads((out / "runs.json").read_text())
     old = json.loads((out / "summary.json").read_text())
     setup = Setup(**{k: old["setup"][k] for k in Setup.__dataclass_fields__})
-    available = {m: bool(old.get(m, {}).get("available")) for m in results}
-    _finish(out, results, available, setup)
+    _finish(out, results, setup)
     return 0
 
 
@@ -405,7 +400,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.resummarise is not None:
         return _resummarise(args.resummarise)
 
-    from trainers.awm.config import AVAILABLE_METHODS
     from trainers.awm.tiny import make_tiny
 
     setup = QUICK if args.quick else FULL
@@ -419,14 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="awm-method-compare-"))
     out.mkdir(parents=True, exist_ok=True)
     model = make_tiny(out / "tiny-model")
-    available = {m: m in AVAILABLE_METHODS for m in methods}
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    todo = []
-    for m in methods:
-        if available[m]:
-            todo += [(m, seed) for seed in range(setup.seeds)]
-        else:
-            print(f"{m}: not available yet (not selectable in this tree); reported as such, not run", flush=True)
+    todo = [(m, seed) for m in methods for seed in range(setup.seeds)]
 
     def report(r: dict[str, Any]) -> None:
         c = r["curve"]
@@ -449,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         for m, seed in todo:
             results[m].append(run_one(m, seed, model, setup, out))
             report(results[m][-1])
-    _finish(out, results, available, setup)
+    _finish(out, results, setup)
     return 0
 
 

@@ -423,6 +423,11 @@ def _sort_benchmark(query: LeaderboardQuery, benchmarks: Sequence[str]) -> str |
     return benchmarks[0] if benchmarks else None
 
 
+def _by_score(sort: str) -> bool:
+    """Whether `sort` orders by a benchmark's score (the default, "", sorts by the first benchmark's)."""
+    return sort == "" or sort.startswith("score:")
+
+
 def _check_sort(sort: str) -> None:
     if sort == "" or sort in SORT_KEYS or (sort.startswith(("score:", "param:")) and len(sort.split(":", 1)[1]) > 0):
         return
@@ -468,7 +473,7 @@ def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[
         target, scores = found.setdefault(r.checkpoint_sha256, (r.target, {}))
         scores[by_hash[r.compare_hash]] = Score(evaluation_id=int(r.id), score=float(r.score),
                                                 ci_low=float(r.ci_low), ci_high=float(r.ci_high),
-                                                n=int(r.num_samples), status=EvalStatus.COMPLETED.value)
+                                                n=int(r.num_samples), status=_COMPLETED)
     out = []
     for sha, (target, scores) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0])):
         model = next((views[b].spec.get("model") for b in scores), None)
@@ -513,7 +518,7 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         sort_bench = _sort_benchmark(query, benchmarks)
         base_score = _base_score(base_rows, sort_bench)
         rows = None
-        if sort_bench is not None and (query.sort == "" or query.sort.startswith("score:")):
+        if sort_bench is not None and _by_score(query.sort):
             rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=True)).all()
             if len(rows) < query.page_size:
                 rows = None  # the page reaches the rows without this score (or past the end)
@@ -592,7 +597,7 @@ def _pivoted_page(views: ViewHashes, sort_bench: str | None, base_score: float |
                   query: LeaderboardQuery) -> tuple[Any, int]:
     """The page's keys (and its `o<i>` sort columns) from the pivot of the filtered evaluations."""
     benchmarks = [b for b, _ in views]
-    by_run = not (query.sort == "" or query.sort.startswith("score:"))
+    by_run = not _by_score(query.sort)
     grouped = _grouped(views, f, with_run=by_run)
     score = grouped.c[f"b{benchmarks.index(sort_bench)}_score"] if sort_bench else None
     inner = sa.select(grouped.c.sha, grouped.c.weights)
@@ -613,7 +618,9 @@ def _pivoted_page(views: ViewHashes, sort_bench: str | None, base_score: float |
 
 
 def _run_columns(run_name: Any, step: Any, score: Any, base_score: float | None) -> tuple[Any, Any, Any, list[Any]]:
-    """Run and checkpoint joined by (run name, step), with GPU-hours and reward per GPU-hour."""
+    """Run and checkpoint joined by (run name, step), with GPU-hours and reward per GPU-hour as SQL, for
+    sorting on them; the page's rows get the same two from `leaderboard`'s Python (without a per-row
+    subquery each). tests/ui/test_data.py checks a sort on each against the values shown."""
     ck = _checkpoint_alias()
     last = (sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id)
             .scalar_subquery())  # the run's last checkpointed step (index search per row)
@@ -710,7 +717,7 @@ def _base_score(base_rows: Sequence[LeaderboardRow], benchmark: str | None) -> f
 
 def _order_columns(sort: str, grouped: Any, score: Any, method: Any, base_model: Any, gpu_hours: Any, reward: Any,
                    ck: Any) -> list[Any]:
-    if sort == "" or sort.startswith("score:"):
+    if _by_score(sort):
         return [score] if score is not None else []
     if sort.startswith("param:"):
         p = RunParam.__table__
@@ -786,32 +793,31 @@ def partial_evaluations(store: Store, filters: Filters, limit: int = 200) -> lis
     ck = Checkpoint.__table__
     with store.reading() as conn:
         hashes = [v.compare_hash for vs in _views(conn, partial=True).values() for v in vs]
-    if not hashes:
-        return []
-    # by compare_hash: an index search, not a pass over every completed evaluation
-    where: list[ColumnElement[bool]] = [e.c.compare_hash.in_(hashes), e.c.status == EvalStatus.COMPLETED.value,
-                                        e.c.partial == sa.true()]
-    if filters.weights:
-        where.append(e.c.weights.in_([*filters.weights, BASE_WEIGHTS]))
-    run_conds = _run_conditions(filters)
-    if run_conds:
-        where.append(sa.or_(e.c.run_name.in_(sa.select(Run.name).where(*run_conds)), e.c.weights == BASE_WEIGHTS))
-    method, base_model = _param_value("method"), _param_value("pretrained.model")
-    stmt = (sa.select(e, ck.c.created_at.label("ckpt_created_at"), Run.id.label("run_id"), Run.sweep_name,
-                      Run.trial_number, Run.output_dir, Run.mlflow_run_id.label("run_mlflow_id"),
-                      method.label("method"), base_model.label("base_model"))
+        if not hashes:
+            return []
+        # by compare_hash: an index search, not a pass over every completed evaluation
+        where: list[ColumnElement[bool]] = [e.c.compare_hash.in_(hashes), e.c.status == EvalStatus.COMPLETED.value,
+                                            e.c.partial == sa.true()]
+        if filters.weights:
+            where.append(e.c.weights.in_([*filters.weights, BASE_WEIGHTS]))
+        run_conds = _run_conditions(filters)
+        if run_conds:
+            where.append(sa.or_(e.c.run_name.in_(sa.select(Run.name).where(*run_conds)),
+                                e.c.weights == BASE_WEIGHTS))
+        rows = conn.execute(
+            sa.select(e, ck.c.created_at.label("ckpt_created_at"), Run.id.label("run_id"), Run.sweep_name,
+                      Run.trial_number, Run.output_dir, Run.mlflow_run_id.label("run_mlflow_id"))
             .select_from(e).outerjoin(Run, Run.name == e.c.run_name)
             .outerjoin(ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == e.c.step))
-            .where(*where).order_by(e.c.created_at.desc(), e.c.id.desc()).limit(int(limit)))
-    with store.reading() as conn:
-        rows = conn.execute(stmt).all()
+            .where(*where).order_by(e.c.created_at.desc(), e.c.id.desc()).limit(int(limit))).all()
         params = _run_params(conn, {r.run_id for r in rows if r.run_id is not None})
     return [LeaderboardRow(
         key=f"{r.checkpoint_sha256}:{r.weights}", target=r.target, weights=r.weights,
         is_base=r.weights == BASE_WEIGHTS, run_name=r.run_name, sweep_name=r.sweep_name,
         trial_number=r.trial_number, step=r.step, checkpoint_path=r.checkpoint_path, run_dir=r.output_dir,
-        mlflow_run_id=r.run_mlflow_id, method=r.method,
-        base_model=r.base_model or ((r.spec or {}).get("model") if r.weights == BASE_WEIGHTS else None),
+        mlflow_run_id=r.run_mlflow_id, method=_text(params.get(r.run_id, {}).get("method")),
+        base_model=(_text(params.get(r.run_id, {}).get("pretrained.model"))
+                    or ((r.spec or {}).get("model") if r.weights == BASE_WEIGHTS else None)),
         params=params.get(r.run_id, {}), gpu_hours=None, created_at=as_utc(r.ckpt_created_at),
         scores={r.benchmark: Score(evaluation_id=int(r.id), score=float(r.score), ci_low=float(r.ci_low),
                                    ci_high=float(r.ci_high), n=int(r.num_samples), status=r.status)},
@@ -866,8 +872,7 @@ def run_info(store: Store, run_name: str) -> RunInfo:
     run = store.get_run(run_name)
     with store.reading() as conn:
         params = _run_params(conn, [run.id]).get(run.id, {})
-    method, base = params.get("method"), params.get("pretrained.model")
-    return _run_info(run, None if method is None else str(method), None if base is None else str(base))
+    return _run_info(run, _text(params.get("method")), _text(params.get("pretrained.model")))
 
 
 def checkpoint_detail(store: Store, run_name: str, step: int) -> CheckpointDetail:

@@ -10,7 +10,7 @@ from awm_platform.config import ConfigError, config_from_dict
 from awm_platform.sweeps import optuna_bridge as ob
 from awm_platform.sweeps.orchestrator import trial_config
 from tests.sweeps.helpers import sweep_section
-from trainers.awm.config import AVAILABLE_METHODS, METHOD_DEFAULTS
+from trainers.awm.config import METHOD_DEFAULTS
 
 METHOD_PARAM = {"method": {"type": "categorical", "choices": ["awm", "flow_grpo"]},
                 "train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
@@ -47,12 +47,7 @@ def test_keys_of_the_study_method_stay_with_it():
     assert back.train.clip_range == 1.0 and back.train.beta == 0.001 and back.sample.zero_std_policy == "keep"
 
 
-def test_unavailable_or_unknown_method_choices_are_rejected(monkeypatch):
+def test_unknown_method_choices_are_rejected():
     with pytest.raises(ConfigError, match="sweep.params.method: value 'nope'"):
         config_from_dict({"name": "s", "sweep": sweep_section(
             params={"method": {"type": "categorical", "choices": ["awm", "nope"]}})})
-    # every method is available today: the gate a method under construction sits behind, with one taken out
-    monkeypatch.setattr("trainers.awm.config.AVAILABLE_METHODS", AVAILABLE_METHODS - {"diffusionnft"})
-    with pytest.raises(ConfigError, match="not available yet"):
-        config_from_dict({"name": "s", "sweep": sweep_section(
-            params={"method": {"type": "categorical", "choices": ["awm", "diffusionnft"]}})})

@@ -5,6 +5,7 @@ generating and scoring its checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import yaml
 from tests.trainer.conftest import small_config, small_config_dict
 from tests.trainer.test_flux import _family
 from tests.trainer.test_train import BASE, _final_state, sigkill_then_resume, trained_policy
+from trainers.awm.config import MethodName
 
 # every consumer must carry pretrained.guidance (5.0, not the default 3.5) through
 FLUX_RUN = {**BASE, "pretrained": {"guidance": 5.0}, "lora": {"type": "attn_ffn"}}
@@ -94,13 +96,7 @@ def test_eval_service_generates_and_scores_a_flux_checkpoint(flux_baseline, isol
     assert len(list(Path(shown["images_dir"]).glob("*.png"))) >= 2
 
 
-def _other_methods() -> list[str]:
-    from trainers.awm.config import AVAILABLE_METHODS
-
-    return sorted(AVAILABLE_METHODS - {"awm"})  # AWM: the tests above
-
-
-@pytest.mark.parametrize("method", _other_methods())
+@pytest.mark.parametrize("method", sorted(set(get_args(MethodName)) - {"awm"}))  # AWM: the tests above
 def test_every_selectable_method_trains_on_flux(method, tiny_flux_dir, tmp_path):
     """Each method of the methods seam runs on the tiny FLUX with the settings its own tests use on SD3
     (test_methods_resume.method_config_dict): packed latents, FLUX's grid and the distilled guidance

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from awm_platform.config import ConfigError, config_from_dict, load_config
-from trainers.awm.config import AVAILABLE_METHODS, METHOD_DEFAULTS
+from trainers.awm.config import METHOD_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,9 @@ def test_flow_grpo_defaults_and_round_trip():
     # Fast trains exactly the W window steps: a timestep_fraction beside a window would be ignored silently
     ({"method": "flow_grpo", "sample": {"sde_window_size": 3}, "train": {"timestep_fraction": 0.5}},
      ["train.timestep_fraction=0.5 is not read with a Flow-GRPO-Fast window", "sample.sde_window_size=3"]),
+    # no trained transition at all: refused when the config is read, not when the trainer is built
+    ({"method": "flow_grpo", "sample": {"num_steps": 2}, "train": {"timestep_fraction": 0.3}},
+     ["int(2 * 0.3) = 0 transitions"]),
 ])
 def test_bad_method_keys_name_the_key(data, needles):
     with pytest.raises(ConfigError) as err:
@@ -71,13 +74,6 @@ def test_fast_window_accepts_the_fractions_that_carry_no_intent():
     assert config_from_dict({"method": "flow_grpo", "train": {"timestep_fraction": 0.5}}).train.timestep_fraction == 0.5
     fast = config_from_dict({"method": "flow_grpo", "sample": {"sde_window_size": 3}})
     assert config_from_dict(fast.model_dump(mode="json")).model_dump() == fast.model_dump()
-
-
-def test_unavailable_method_is_refused(monkeypatch):
-    # every method is available today: the gate a method under construction sits behind, with one taken out
-    monkeypatch.setattr("trainers.awm.config.AVAILABLE_METHODS", AVAILABLE_METHODS - {"advantageflow"})
-    with pytest.raises(ConfigError, match="method='advantageflow' is not available yet"):
-        config_from_dict({"method": "advantageflow"})
 
 
 def test_set_method_switches_the_quickstart():

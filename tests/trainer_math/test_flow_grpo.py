@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from trainers.awm.config import trained_steps
 from trainers.awm.methods.flow_grpo import (
     FlowGRPOMethod,
     clipped_policy_loss,
@@ -17,7 +18,6 @@ from trainers.awm.methods.flow_grpo import (
     kl_to_reference,
     sde_std,
     sde_step_with_logprob,
-    trained_steps,
 )
 from trainers.awm.samplers import flow_sigmas
 

@@ -200,6 +200,11 @@ def test_sorts_and_pagination(seeded_store: Seed) -> None:
                                                                 reverse=True)
     by_gpu = data.leaderboard(s.store, LeaderboardQuery(sort="gpu_hours", descending=False, page_size=500)).rows
     assert [r.gpu_hours for r in by_gpu] == sorted(r.gpu_hours for r in by_gpu)
+    # the SQL that sorts and the Python that shows GPU-hours and reward per GPU-hour agree
+    by_reward = data.leaderboard(s.store, LeaderboardQuery(sort="reward_per_gpu_hour", page_size=500)).rows
+    shown = [r.reward_per_gpu_hour for r in by_reward if r.reward_per_gpu_hour is not None]
+    assert len(shown) > 3 and shown == sorted(shown, reverse=True)
+    assert all(r.reward_per_gpu_hour is None for r in by_reward[len(shown):])  # missing last
     # every sort, paged: full pages sorted by a score are read from its view in score order, the
     # page reaching the rows without that score by the pivot; both give the one ordering
     for sort, desc in itertools.product(("", "score:ocr", *data.SORT_KEYS), (True, False)):

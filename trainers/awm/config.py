@@ -21,7 +21,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -55,8 +55,6 @@ class ConfigError(ValueError):
 # name); what a method reads and its defaults for shared keys are declared here, as data, so the
 # config validates without importing torch.
 MethodName = Literal["awm", "flow_grpo", "diffusionnft", "advantageflow"]
-#: methods whose trainer is finished; selecting another one is a config error ("not available yet")
-AVAILABLE_METHODS: frozenset[str] = frozenset({"awm", "flow_grpo", "diffusionnft", "advantageflow"})
 #: dotted keys that only some methods read -> those methods; every key not listed is read by all.
 #: Setting a listed key to a non-default value under a method that does not read it is an error.
 METHOD_ONLY_KEYS: dict[str, frozenset[str]] = {
@@ -80,7 +78,6 @@ METHOD_ONLY_KEYS: dict[str, frozenset[str]] = {
     # shared by the two reverse/forward samplers that inject noise
     "sample.noise_level": frozenset({"awm", "flow_grpo"}),
     "train.clip_range": frozenset({"awm", "flow_grpo"}),
-    "train.timestep_fraction": frozenset({"awm", "flow_grpo", "diffusionnft", "advantageflow"}),
     # Flow-GRPO only (objectives.md section 1)
     "sample.sde_type": frozenset({"flow_grpo"}),
     "sample.sde_window_size": frozenset({"flow_grpo"}),
@@ -102,6 +99,10 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+# objectives.md 2.4 (NVlabs/DiffusionNFT config/nft.py): 10 rollout steps, J = int(10 * 0.99) = 9,
+# beta_KL 1e-4, weight EMA 0.9
+_NFT_DEFAULTS: dict[str, Any] = {"sample.num_steps": 10, "train.timestep_fraction": 0.99, "train.beta": 1e-4,
+                                 "train.ema_decay": 0.9}
 #: each method's defaults for shared keys (objectives.md section 1.5 for Flow-GRPO), applied where
 #: the config does not set the key; the schema defaults below are AWM's
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -109,12 +110,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "flow_grpo": {"sample.num_steps": 10, "sample.noise_level": 0.7, "train.clip_range": 1e-4,
                   "train.timestep_fraction": 0.99, "train.beta": 0.04, "train.steps_per_epoch": 2,
                   "sample.zero_std_policy": "drop", "train.ema_decay": 0.9, "train.ema_update_step_interval": 8},
-    # objectives.md 2.4 (NVlabs/DiffusionNFT config/nft.py): 10 rollout steps, J = int(10 * 0.99) = 9,
-    # beta_KL 1e-4, weight EMA 0.9; AdvantageFlow reuses them (section 3.4, derived)
-    "diffusionnft": {"sample.num_steps": 10, "train.timestep_fraction": 0.99, "train.beta": 1e-4,
-                     "train.ema_decay": 0.9},
-    "advantageflow": {"sample.num_steps": 10, "train.timestep_fraction": 0.99, "train.beta": 1e-4,
-                      "train.ema_decay": 0.9},
+    "diffusionnft": _NFT_DEFAULTS,
+    "advantageflow": _NFT_DEFAULTS,  # it reuses NFT's (section 3.4, derived)
 }
 
 
@@ -300,8 +297,8 @@ class TrainerConfig(ConfigSection):
 
     name: str = Field("awm-run", validation_alias=AliasChoices("name", "run_name"))
     method: MethodName = Field(
-        "awm", description="training method: awm (default), flow_grpo; diffusionnft and advantageflow "
-        "(derived) when available. Keys only other methods read are errors (METHOD_ONLY_KEYS)")
+        "awm", description="training method: awm (default), flow_grpo, diffusionnft, advantageflow (derived). "
+        "Keys only other methods read are errors (METHOD_ONLY_KEYS)")
     seed: int = Field(42, ge=0)
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
     resolution: int = Field(512, ge=8, le=4096)
@@ -342,14 +339,12 @@ class TrainerConfig(ConfigSection):
     @model_validator(mode="before")
     @classmethod
     def _method_keys(cls, data: Any) -> Any:
-        """Refuse unavailable methods and keys the method does not read; fill the method's defaults."""
+        """Refuse keys the method does not read; fill the method's defaults."""
         if not isinstance(data, dict):
             return data
         method = data.get("method", "awm")
         if not isinstance(method, str) or method not in _METHOD_NAMES:
             return data  # a wrong type or an unknown name: the Literal field reports it
-        if method not in AVAILABLE_METHODS:
-            raise ValueError(f"method={method!r} is not available yet (available: {', '.join(sorted(AVAILABLE_METHODS))})")
         errors = []
         for key, readers in METHOD_ONLY_KEYS.items():
             found, value = _raw_get(data, key)
@@ -395,6 +390,11 @@ class TrainerConfig(ConfigSection):
             raise ValueError(f"method=flow_grpo with sample.guidance_scale={self.sample.guidance_scale} needs "
                              "train.cfg=true (the training forwards must recompute the rollout's CFG velocity); "
                              "or set sample.guidance_scale: 1.0")
+        if self.method == "flow_grpo" and trained_steps(self.sample.num_steps, self.train.timestep_fraction,
+                                                        self.sample.sde_window_size) < 1:
+            raise ValueError(f"method=flow_grpo trains int(sample.num_steps * train.timestep_fraction) = "
+                             f"int({self.sample.num_steps} * {self.train.timestep_fraction}) = 0 transitions: "
+                             "raise either")
         if self.train.cfg and self.sample.guidance_scale <= 1.0:
             raise ValueError("train.cfg=true needs sample.guidance_scale > 1 (the CFG scale of the rollouts, "
                              "used in training as well)")
@@ -420,7 +420,7 @@ class TrainerConfig(ConfigSection):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_METHOD_NAMES = ("awm", "flow_grpo", "diffusionnft", "advantageflow")
+_METHOD_NAMES: tuple[str, ...] = get_args(MethodName)
 _SECTIONS: dict[str, type[BaseModel]] = {"sample": SampleConfig, "train": TrainConfig, "lora": LoraConfig,
                                          "pretrained": PretrainedConfig, "eval": EvalConfig}
 
@@ -458,6 +458,11 @@ def _is_default_value(value: Any, default: Any) -> bool:
 def _is_default(key: str, value: Any) -> bool:
     """A key at its schema default (e.g. in a dumped config of another method) is not "set"."""
     return _is_default_value(value, _field(key).get_default(call_default_factory=True))
+
+
+def trained_steps(num_steps: int, timestep_fraction: float, window_size: int) -> int:
+    """Flow-GRPO's J: trained transitions per sample (int(N * timestep_fraction), or W with a Fast window)."""
+    return window_size if window_size > 0 else int(num_steps * timestep_fraction)
 
 
 def _fast_window_fraction_errors(data: dict[str, Any]) -> list[str]:

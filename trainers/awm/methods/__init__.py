@@ -1,16 +1,14 @@
 """Training methods on one shared trainer loop (see ``base.py`` for the seam).
 
 ``build_method(cfg)`` returns the strategy object for ``cfg.method``. Which config keys each
-method reads, its defaults for shared keys and which methods are available live in
-``trainers/awm/config.py`` (``METHOD_ONLY_KEYS``, ``METHOD_DEFAULTS``, ``AVAILABLE_METHODS``): the
-config is validated without importing torch.
+method reads and its defaults for shared keys live in ``trainers/awm/config.py``
+(``METHOD_ONLY_KEYS``, ``METHOD_DEFAULTS``): the config is validated without importing torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trainers.awm.config import AVAILABLE_METHODS
 from trainers.awm.methods.advantageflow import AdvantageFlowMethod
 from trainers.awm.methods.awm import AWMMethod
 from trainers.awm.methods.base import Method, RolloutChunk
@@ -24,8 +22,5 @@ _BUILDERS: dict[str, Any] = {"awm": AWMMethod, "flow_grpo": FlowGRPOMethod, "dif
 
 
 def build_method(cfg: Any) -> Method:
-    """The strategy object for ``cfg.method`` (the config already refused unavailable methods)."""
-    name = cfg.method
-    if name not in AVAILABLE_METHODS or name not in _BUILDERS:
-        raise ValueError(f"method={name!r} is not available yet")
-    return _BUILDERS[name](cfg)
+    """The strategy object for ``cfg.method`` (a name the config's ``MethodName`` accepted)."""
+    return _BUILDERS[cfg.method](cfg)

@@ -32,14 +32,13 @@ import torch
 from torch import Tensor
 
 from trainers.awm.loss import flow_matching_target
-from trainers.awm.methods.nft import ForwardProcessMethod
+from trainers.awm.methods.nft import ADAPTIVE_WEIGHT_FLOOR, ForwardProcessMethod, check_pair_shapes
 
 __all__ = ["AF_WEIGHTINGS", "AFWeighting", "AdvantageFlowMethod", "advantageflow_loss", "check_lambda",
            "time_weight"]
 
 AFWeighting = Literal["velocity", "x0", "nft_adaptive"]
 AF_WEIGHTINGS: tuple[str, ...] = ("velocity", "x0", "nft_adaptive")
-_WEIGHT_FLOOR = 1e-5  # NFT's clip(min=1e-5) on its adaptive weights
 
 
 def check_lambda(advantages: Tensor, lam: float | Tensor) -> None:
@@ -49,8 +48,8 @@ def check_lambda(advantages: Tensor, lam: float | Tensor) -> None:
         i = int(torch.argmin(s))
         worst = float(advantages.detach().double().flatten()[i]) if advantages.ndim else float(advantages)
         raise ValueError(f"advantageflow needs lambda + A~ > 0 for every sample (section 3.2, trap 13); "
-                         f"got A~ = {worst:.6g} with lambda = {float(s.flatten()[i]) - worst:.6g}: raise af.lambda "
-                         "above the largest |A~| (train.advantage_max)")
+                         f"got A~ = {worst:.6g} with lambda = {float(s.flatten()[i]) - worst:.6g}: raise "
+                         "train.af_lambda above the largest |A~| (1: A~ is the advantage clipped and scaled to [-1, 1])")
 
 
 def time_weight(t: Tensor, weighting: AFWeighting, abs_x0_err: Tensor | None = None) -> Tensor:
@@ -63,7 +62,7 @@ def time_weight(t: Tensor, weighting: AFWeighting, abs_x0_err: Tensor | None = N
     if weighting == "nft_adaptive":
         if abs_x0_err is None:
             raise ValueError("weighting 'nft_adaptive' needs abs_x0_err = mean_D |x0_hat - x0|")
-        return tt**2 / abs_x0_err.detach().double().clamp(min=_WEIGHT_FLOOR)
+        return tt**2 / abs_x0_err.detach().double().clamp(min=ADAPTIVE_WEIGHT_FLOOR)  # NFT's floor
     raise ValueError(f"unknown AdvantageFlow weighting {weighting!r}; expected one of {AF_WEIGHTINGS}")
 
 
@@ -95,15 +94,7 @@ def advantageflow_loss(
     ``data_loss`` (mean w A~ mse), ``roll_loss`` (mean w lambda ||v - v_roll||^2), ``mse`` ((T, B)
     mean_D (v - u)^2), ``roll_deviate`` (mean (v - v_roll)^2).
     """
-    if pred.ndim < 3:
-        raise ValueError(f"pred must be (T, B, *D) with at least 3 dims, got {tuple(pred.shape)}")
-    for name, other in (("pred_roll", pred_roll), ("target", target)):
-        if other.shape != pred.shape:
-            raise ValueError(f"{name} {tuple(other.shape)} must have pred's shape {tuple(pred.shape)}")
-    if tuple(t.shape) != tuple(pred.shape[:2]):
-        raise ValueError(f"t must have shape (T, B) = {tuple(pred.shape[:2])}, got {tuple(t.shape)}")
-    if tuple(advantages.shape) != (pred.shape[1],):
-        raise ValueError(f"advantages must be (B,) = ({pred.shape[1]},), got {tuple(advantages.shape)}")
+    check_pair_shapes(pred, t, advantages, pred_roll=pred_roll, target=target)
     if isinstance(lam, Tensor) and tuple(lam.shape) not in ((), (pred.shape[1],)):
         raise ValueError(f"lam must be a number or (B,) = ({pred.shape[1]},), got {tuple(lam.shape)}")
     if kl_beta < 0:

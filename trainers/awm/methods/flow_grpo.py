@@ -32,6 +32,7 @@ from torch import Tensor
 
 from trainers.awm import lora as L
 from trainers.awm.advantages import AdvantageResult
+from trainers.awm.config import trained_steps
 from trainers.awm.methods.base import RolloutChunk
 from trainers.awm.model import Cond
 from trainers.awm.samplers import VelocityFn, randn_per_sample
@@ -118,11 +119,6 @@ def kl_to_reference(mean: Tensor, mean_ref: Tensor, std: Tensor) -> Tensor:
     return torch.mean(_mean_d((mean - mean_ref) ** 2) / (2 * std**2))
 
 
-def trained_steps(num_steps: int, timestep_fraction: float, window_size: int) -> int:
-    """J: trained transitions per sample (int(N * timestep_fraction), or W with a Fast window)."""
-    return window_size if window_size > 0 else int(num_steps * timestep_fraction)
-
-
 class FlowGRPOMethod:
     name = "flow_grpo"
     metric_keys = ("policy_loss", "kl_loss", "loss", "clipfrac", "approx_kl", "ratio_mean")
@@ -132,10 +128,7 @@ class FlowGRPOMethod:
         s = cfg.sample
         self.window = s.sde_window_size
         self.window_range = tuple(s.sde_window_range) if s.sde_window_range is not None else (0, s.num_steps - 1)
-        self.J = trained_steps(s.num_steps, cfg.train.timestep_fraction, self.window)
-        if self.J < 1:
-            raise ValueError(f"flow_grpo trains int(sample.num_steps * train.timestep_fraction) = "
-                             f"int({s.num_steps} * {cfg.train.timestep_fraction}) = 0 steps; raise either")
+        self.J = trained_steps(s.num_steps, cfg.train.timestep_fraction, self.window)  # >= 1: the config checks
 
     def _step(self, x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, sigma_1: Tensor, a: float | Tensor,
               **kw: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -63,7 +63,7 @@ __all__ = [
 NFT_DECAY_TYPES: tuple[int, ...] = (0, 1, 2)
 # return_decay(step, type): (flat, uprate, uphold); d = 0 for step < flat, else min((step - flat) uprate, uphold)
 _DECAY_SCHEDULES: dict[int, tuple[int, float, float]] = {0: (0, 0.0, 0.0), 1: (0, 0.001, 0.5), 2: (75, 0.0075, 0.999)}
-_WEIGHT_FLOOR = 1e-5  # upstream .clip(min=0.00001) on the adaptive weights
+ADAPTIVE_WEIGHT_FLOOR = 1e-5  # upstream .clip(min=0.00001) on the adaptive weights
 
 
 def old_adapter_decay(step: int, decay_type: int) -> float:
@@ -96,16 +96,18 @@ def implicit_policies(v: Tensor, v_old: Tensor, nft_beta: float) -> tuple[Tensor
     return nft_beta * v + (1.0 - nft_beta) * old, (1.0 + nft_beta) * old - nft_beta * v
 
 
-def _check(pred: Tensor, pred_old: Tensor, xt: Tensor, x0: Tensor, t: Tensor, adv: Tensor) -> None:
+def check_pair_shapes(pred: Tensor, t: Tensor, advantages: Tensor, **like_pred: Tensor) -> None:
+    """The forward-process losses' inputs (NFT's and AdvantageFlow's): `pred` (T, B, *D), every
+    `like_pred` tensor of its shape, `t` (T, B), `advantages` (B,); a ValueError naming the bad one."""
     if pred.ndim < 3:
         raise ValueError(f"pred must be (T, B, *D) with at least 3 dims, got {tuple(pred.shape)}")
-    for name, other in (("pred_old", pred_old), ("xt", xt), ("x0", x0)):
+    for name, other in like_pred.items():
         if other.shape != pred.shape:
             raise ValueError(f"{name} {tuple(other.shape)} must have pred's shape {tuple(pred.shape)}")
     if tuple(t.shape) != tuple(pred.shape[:2]):
         raise ValueError(f"t must have shape (T, B) = {tuple(pred.shape[:2])}, got {tuple(t.shape)}")
-    if tuple(adv.shape) != (pred.shape[1],):
-        raise ValueError(f"advantages must be (B,) = ({pred.shape[1]},), got {tuple(adv.shape)}")
+    if tuple(advantages.shape) != (pred.shape[1],):
+        raise ValueError(f"advantages must be (B,) = ({pred.shape[1]},), got {tuple(advantages.shape)}")
 
 
 def nft_loss(
@@ -140,7 +142,7 @@ def nft_loss(
     Returns: ``loss`` (with grad), ``policy_loss``, ``kl_loss`` and, detached, ``positive_loss``,
     ``negative_loss`` (means of l+ and l-), ``old_deviate`` (mean (v - v_old)^2, upstream's name).
     """
-    _check(pred, pred_old, xt, x0, t, advantages)
+    check_pair_shapes(pred, t, advantages, pred_old=pred_old, xt=xt, x0=x0)
     if not nft_beta > 0:
         raise ValueError(f"nft_beta must be > 0, got {nft_beta}")
     if kl_beta < 0:
@@ -155,8 +157,8 @@ def nft_loss(
     err_neg = xtd - tt * v_neg - x0d
     if adaptive_weighting:
         with torch.no_grad():
-            w_pos = err_pos.abs().mean(dim=dims, keepdim=True).clamp(min=_WEIGHT_FLOOR)
-            w_neg = err_neg.abs().mean(dim=dims, keepdim=True).clamp(min=_WEIGHT_FLOOR)
+            w_pos = err_pos.abs().mean(dim=dims, keepdim=True).clamp(min=ADAPTIVE_WEIGHT_FLOOR)
+            w_neg = err_neg.abs().mean(dim=dims, keepdim=True).clamp(min=ADAPTIVE_WEIGHT_FLOOR)
     else:
         w_pos = w_neg = torch.ones((), dtype=torch.float64, device=pred.device)
     l_pos = (err_pos**2 / w_pos).mean(dim=dims)  # (T, B)
