@@ -11,6 +11,8 @@
 # pytest, saying what failed and where the log is: whoever runs it, a green run means the service tests ran.
 # AWM_TEST_SERVICES=0: leave starting/stopping the services to the test fixtures (they are still required).
 # AWM_SERVICES_SCRIPT: another services script (tests/services/test_test_command.py uses a failing one).
+# AWM_TEST_WORKERS (default 2): pytest-xdist worker processes (`-n N --dist loadgroup`; tests/conftest.py says
+#   what one worker runs as a unit: the SLURM tests together, else a module); 0 or 1: one plain pytest process.
 # Extra arguments go to pytest, e.g. `scripts/test.sh tests/foundation -x`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,14 @@ fi
 
 bash scripts/setup.sh || { echo "[test] FAILED: scripts/setup.sh (the venv) did not complete" >&2; exit 1; }
 
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+workers=${AWM_TEST_WORKERS:-2}
+case $workers in
+  ''|*[!0-9]*) echo "[test] FAILED: AWM_TEST_WORKERS=$workers is not a number of worker processes" >&2; exit 1 ;;
+esac
+parallel=()
+if [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadgroup); fi
+echo "[test] pytest on $([ "$workers" -gt 1 ] && echo "$workers worker processes (AWM_TEST_WORKERS)" || echo "one process")"
+.venv/bin/python -m pytest -p no:cacheprovider "${parallel[@]}" "$@"
 rc=$?
 if [ "$rc" = 5 ]; then echo "[test] pytest collected no tests: failing"; rc=1; fi
 exit "$rc"

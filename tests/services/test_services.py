@@ -19,6 +19,10 @@ from awm_platform import services
 from awm_platform.services import parse_env_lines, services_down, services_status, services_up
 from tests.fixtures import services as fx
 
+# one worker at a time: these start, stop and re-check the services (private PostgreSQL clusters, the
+# scripts' state) and submit to the single SLURM node (scripts/test.sh runs pytest-xdist; tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("slurm")
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "services.sh"
 

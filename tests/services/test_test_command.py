@@ -55,8 +55,10 @@ def test_test_command_fails_before_pytest_when_services_or_tools_fail(tmp_path: 
     assert "passed" not in output and "test session starts" not in output  # pytest never ran
 
 
-def test_pytest_report_ends_with_the_skip_reasons(tmp_path: Path) -> None:
-    """Whatever skips is named at the end of the report (the services plugin's terminal summary)."""
+@pytest.mark.parametrize("workers", [[], ["-n", "2", "--dist", "loadgroup"]], ids=["one-process", "xdist"])
+def test_pytest_report_ends_with_the_skip_reasons(tmp_path: Path, workers: list[str]) -> None:
+    """Whatever skips is named at the end of the report (the services plugin's terminal summary), also when
+    the tests ran in pytest-xdist workers, as scripts/test.sh runs them."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_some.py").write_text(
         "import pytest\n\n"
@@ -66,7 +68,7 @@ def test_pytest_report_ends_with_the_skip_reasons(tmp_path: Path) -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.fixtures.services",
-         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_some.py")],
+         *workers, "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), str(tmp_path / "test_some.py")],
         capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
