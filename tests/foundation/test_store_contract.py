@@ -603,3 +603,38 @@ def test_sqlite_planner_statistics_follow_the_store_size(store: Store) -> None:
     ro = Store(store.url, read_only=True)
     assert not ro.refresh_statistics(force=True)  # a read-only store writes nothing
     ro.close()
+
+
+def test_reads_see_one_snapshot_write_nothing_and_leave_the_connection_writable(store: Store) -> None:
+    import sqlalchemy as sa
+
+    _run(store, "run-a")
+    with store.reading() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+        _run(store, "run-b")  # committed by another connection meanwhile
+        if store.dialect == "postgresql":
+            # a READ COMMITTED read sees each statement's own snapshot; what matters here: nothing is written
+            with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+                conn.execute(sa.text("UPDATE runs SET status = 'FAILED'"))
+    _run(store, "run-c")  # the pooled connection the read used writes again
+    assert [r.name for r in store.list_runs()] == ["run-a", "run-b", "run-c"]
+    assert {r.status for r in store.list_runs()} == {"PENDING"}
+
+
+@pytest.mark.postgres
+def test_postgres_reads_keep_their_prepared_statements(fresh_postgres_db: str) -> None:
+    """psycopg drops a connection's prepared statements on ROLLBACK: reads that rolled back were
+    parsed and planned afresh every time. Reads end with COMMIT, so a read repeated on a pooled
+    connection is prepared once (psycopg: from its 5th execution) and stays prepared."""
+    import sqlalchemy as sa
+
+    store = Store(fresh_postgres_db)
+    _run(store, "run-a")
+    statement = sa.select(sa.func.count()).select_from(sa.table("runs"))
+    for _ in range(12):  # on any pooled connection (the pool reuses the last one returned)
+        with store.reading() as conn:
+            assert conn.execute(statement).scalar() == 1
+    with store.reading() as conn:
+        prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+    store.close()
+    assert any("count(*)" in p and "runs" in p for p in prepared), prepared

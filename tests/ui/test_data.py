@@ -422,3 +422,38 @@ def test_default_view_follows_new_evaluations(backend: str, tmp_path, request: p
         store.create_run(name="again", config_hash="h", resolved_config={}, output_dir="/again")
         assert data.leaderboard(store, LeaderboardQuery()).views["ocr"].compare_hash == compare_hash(
             "ocr", "ocr-1", spec("policy", num_steps=8), False)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_runs_parameters_are_its_own_when_cached(backend: str, tmp_path, request: pytest.FixtureRequest) -> None:
+    """A page reads each run's parameters once (they never change) and caches them: a row's `params`
+    is its own copy, and a run created after a deletion (on SQLite: with the deleted run's id) shows
+    its own parameters, not the cached ones of the run that had that id."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
+
+    def run_with_an_evaluation(store: Store, name: str, beta: float) -> int:
+        run = store.create_run(name=name, config_hash="h", resolved_config={"train": {"beta": beta}},
+                               output_dir=f"/{name}")
+        ck = store.add_checkpoint(name, step=1, path=f"/{name}/1", sha256=sha(name), formats=[])
+        store.import_evaluations([{"checkpoint_sha256": ck.sha256, "checkpoint_id": ck.id, "benchmark": "ocr",
+                                   "benchmark_version": "ocr-1", "spec_hash": "s", "spec": spec("policy"),
+                                   "target": f"{name}@1", "run_name": name, "step": 1, "score": 0.5,
+                                   "ci_low": 0.4, "ci_high": 0.6, "num_samples": 4}])
+        return run.id
+
+    def betas(store: Store) -> dict[str | None, Any]:
+        return {r.run_name: r.params.get("train.beta") for r in data.leaderboard(store, LeaderboardQuery()).rows}
+
+    with Store(url) as store:
+        first_id = run_with_an_evaluation(store, "first", 0.1)
+        run_with_an_evaluation(store, "kept", 0.3)
+        assert betas(store) == {"first": 0.1, "kept": 0.3}
+        data.leaderboard(store, LeaderboardQuery()).rows[0].params["train.beta"] = 99.0  # the caller's copy
+        assert betas(store) == {"first": 0.1, "kept": 0.3}
+        store.delete_run("kept")
+        store.delete_run("first")
+        again_id = run_with_an_evaluation(store, "again", 0.2)
+        if backend == "sqlite":
+            assert again_id == first_id  # SQLite reuses ids from the largest one left (none here)
+        assert betas(store) == {"again": 0.2}
+        assert data.run_info(store, "again").resolved_config == {"train": {"beta": 0.2}}
