@@ -24,7 +24,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
@@ -526,34 +526,48 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
         if rows is None:
             rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=False)).all()
         # the columns by position, looked up once (a Row's attribute access costs ~0.5 us: 10 us a row)
-        fields = operator.itemgetter(*(rows[0]._fields.index(name) for name in _PAGE_FIELDS)) if rows else None
-        page = [fields(r) for r in rows] if fields else []
-        params = _run_params(conn, {p[7]: p[8] for p in page if p[7] is not None})
+        names = rows[0]._fields if rows else ()
+        fields = operator.itemgetter(*(names.index(name) for name in _PageFields._fields)) if rows else None
+        page = [_PageFields._make(fields(r)) for r in rows] if fields else []
+        params = _run_params(conn, {p.run_id: p.run_created_at for p in page if p.run_id is not None})
     out = []
-    for r, (sha, weights, step, target, path, ckpt_created_at, ck_step, run_id, _, run_name, sweep_name,
-            trial_number, output_dir, mlflow_run_id, run_gpu_hours, last_step) in zip(rows, page, strict=True):
-        run_params = params.get(run_id, {})
+    for r, p in zip(rows, page, strict=True):
+        run_params = params.get(p.run_id, {})
         scores = _scores(r, benchmarks)
         # GPU-hours up to this checkpoint: the run's total x step / its last checkpointed step; the
         # reward per GPU-hour: (the sort benchmark's score - the base model's, same view) / those hours
-        gpu = (float(run_gpu_hours) * ck_step / last_step if last_step and ck_step is not None
-               and run_gpu_hours is not None else None)
+        gpu = (float(p.run_gpu_hours) * p.ck_step / p.last_step if p.last_step and p.ck_step is not None
+               and p.run_gpu_hours is not None else None)
         sort_score = scores[sort_bench].score if sort_bench in scores else None
         reward = ((sort_score - base_score) / gpu if gpu and gpu > 0 and sort_score is not None
                   and base_score is not None else None)
         out.append(LeaderboardRow(
-            key=f"{sha}:{weights}", target=target, weights=weights, is_base=False, run_name=run_name,
-            sweep_name=sweep_name, trial_number=trial_number, step=step, checkpoint_path=path,
-            run_dir=output_dir, mlflow_run_id=mlflow_run_id, method=_text(run_params.get("method")),
+            key=f"{p.sha}:{p.weights}", target=p.target, weights=p.weights, is_base=False, run_name=p.run_name,
+            sweep_name=p.sweep_name, trial_number=p.trial_number, step=p.ev_step_of, checkpoint_path=p.path,
+            run_dir=p.output_dir, mlflow_run_id=p.mlflow_run_id, method=_text(run_params.get("method")),
             base_model=_text(run_params.get("pretrained.model")), params=run_params, gpu_hours=gpu,
-            created_at=as_utc(ckpt_created_at), scores=scores, reward_per_gpu_hour=reward))
+            created_at=as_utc(p.ckpt_created_at), scores=scores, reward_per_gpu_hour=reward))
     return LeaderboardPage(rows=out, base_rows=base_rows, benchmarks=benchmarks, views=views)
 
 
-#: the page statement's columns `leaderboard` reads by name (after the scores), in this order
-_PAGE_FIELDS = ("sha", "weights", "ev_step_of", "target", "path", "ckpt_created_at", "ck_step", "run_id",
-                "run_created_at", "run_name", "sweep_name", "trial_number", "output_dir", "mlflow_run_id",
-                "run_gpu_hours", "last_step")
+class _PageFields(NamedTuple):
+    """The page statement's columns `leaderboard` reads by name (its scores are read by position)."""
+    sha: str
+    weights: str
+    ev_step_of: int | None
+    target: str
+    path: str | None
+    ckpt_created_at: datetime | None
+    ck_step: int | None
+    run_id: int | None
+    run_created_at: datetime | None
+    run_name: str | None
+    sweep_name: str | None
+    trial_number: int | None
+    output_dir: str | None
+    mlflow_run_id: str | None
+    run_gpu_hours: float | None
+    last_step: int | None
 
 
 def _text(value: float | str | None) -> str | None:
