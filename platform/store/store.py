@@ -265,15 +265,17 @@ class Store:
         """A connection for reads only, in one transaction (one consistent snapshot of every
         query made through it). On SQLite it is a deferred transaction, not `session()`'s BEGIN
         IMMEDIATE: readers (the leaderboard) never take the write lock, so they neither block the
-        workers' commits nor wait behind them. On PostgreSQL it is a READ ONLY transaction (a write
-        through it fails), ended with COMMIT: psycopg forgets every prepared statement of a
+        workers' commits nor wait behind them. On PostgreSQL it is a REPEATABLE READ, READ ONLY
+        transaction (a write through it fails), ended with COMMIT: psycopg forgets every prepared statement of a
         connection on ROLLBACK (and deallocates them on the server), so reads that rolled back were
         parsed and planned afresh each time, and never prepared (the leaderboard page: ~2x)."""
         if self.dialect == "sqlite" and time.monotonic() - self._stats_checked > STATS_CHECK_S:
             self.refresh_statistics()  # a long-lived reader (the UI) sees the store grow
         options: dict[str, Any] = {READ_ONLY_OPTION: True}
         if self.dialect == "postgresql":
-            options["postgresql_readonly"] = True  # BEGIN READ ONLY (no extra round trip)
+            # BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY (one command): one snapshot for every
+            # statement (READ COMMITTED takes one per statement); read-only, it never fails to serialize
+            options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             if self.dialect == "postgresql":
                 # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks:
