@@ -52,7 +52,6 @@ sys.path.insert(0, str(REPO))
 import sqlalchemy as sa
 
 from awm_platform.store import Store
-from awm_platform.store.store import PG_READ_RANDOM_PAGE_COST
 from awm_platform.ui import data
 
 BENCHES = ("geneval", "ocr", "pickscore")
@@ -293,7 +292,6 @@ def page_statement_floor(store: Store, query: data.LeaderboardQuery, repeats: in
     statement, parameters = [(s, p) for s, p in caught if " AS page" in s][-1]
     out = {}
     with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"SET random_page_cost = {PG_READ_RANDOM_PAGE_COST}")  # as `Store.reading()` does
         for name, mode in (("page_statement_ms_p50", "auto"), ("page_statement_generic_ms_p50", "force_generic_plan")):
             conn.exec_driver_sql(f"SET plan_cache_mode = {mode}")
             ms = []
@@ -302,7 +300,7 @@ def page_statement_floor(store: Store, query: data.LeaderboardQuery, repeats: in
                 conn.exec_driver_sql(statement, parameters).all()
                 ms.append((time.perf_counter() - t) * 1000)
             out[name] = round(statistics.median(ms[10:]), 2)
-        conn.exec_driver_sql("RESET ALL")
+        conn.exec_driver_sql("RESET plan_cache_mode")
     return out
 
 

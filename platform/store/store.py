@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Executable, Row, case, create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -61,7 +61,7 @@ READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` conn
 #: ANALYZE misjudges the few-valued columns, e.g. status); metrics and sample rows are only ever
 #: read through their unique keys
 ANALYZED_TABLES = ("evaluations", "runs", "checkpoints", "run_params", "sweeps")
-PG_READ_RANDOM_PAGE_COST = 1.1  # planner cost of a random page in `reading()` transactions (PostgreSQL)
+PG_RANDOM_PAGE_COST = 1.1  # planner cost of a random page on the store's PostgreSQL connections
 STATS_CHECK_S = 60.0  # how often a long-lived reader checks whether the statistics are stale
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -135,8 +135,23 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
         return engine
     connect_args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
     # LIFO: one reader's sequential reads reuse the same connection, where psycopg has prepared them
-    return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_use_lifo=True,
-                         connect_args=connect_args)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_use_lifo=True,
+                           connect_args=connect_args)
+    if parsed.get_backend_name() == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _pg_planner_costs(dbapi_conn: Any, _record: Any) -> None:
+            # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks: with
+            # the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches for a filtered
+            # leaderboard page (27 ms instead of 7 ms); 1.1 is the usual SSD value. A SET once per new
+            # connection (no round trip per read), not a startup option: that would replace the URL's
+            # own `options` and PGOPTIONS, and poolers such as pgbouncer refuse unknown startup options.
+            # It only prices plans: a pooler that hands the session on passes on a planner cost.
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET random_page_cost = {PG_RANDOM_PAGE_COST}")
+            dbapi_conn.commit()
+
+    return engine
 
 
 class Store:
@@ -277,14 +292,18 @@ class Store:
             # statement (READ COMMITTED takes one per statement); read-only, it never fails to serialize
             options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
-            if self.dialect == "postgresql":
-                # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks:
-                # with the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches
-                # for a filtered leaderboard page (27 ms instead of 7 ms). 1.1 is the usual SSD value.
-                # SET LOCAL (ends with this read transaction), not a connection option: that would
-                # replace the URL's own `options` and PGOPTIONS, and poolers such as pgbouncer refuse it.
-                conn.exec_driver_sql(f"SET LOCAL random_page_cost = {PG_READ_RANDOM_PAGE_COST}")
             yield conn  # leaving `begin()` commits (nothing was written: READ ONLY / a deferred read)
+
+    def read_once(self, statement: Executable) -> list[Row[Any]]:
+        """The rows of ONE read statement, which sees one snapshot by itself. On PostgreSQL it runs
+        outside a transaction block (autocommit): no BEGIN and COMMIT round trips, which are most of a
+        small read's time there (the leaderboard's page). On SQLite: in a `reading()` transaction
+        (in-process, nothing to save)."""
+        if self.dialect != "postgresql":
+            with self.reading() as conn:
+                return list(conn.execute(statement).all())
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return list(conn.execute(statement).all())
 
     def _retry(self, fn: Any, attempts: int = 8) -> Any:
         """SQLite under heavy contention can still report 'database is locked' past the

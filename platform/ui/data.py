@@ -320,11 +320,11 @@ def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
     return (str(conn.engine.url), *conn.execute(_EVALUATIONS_KEY_STATEMENT).one())
 
 
-_EVALUATIONS_KEY_STATEMENT = sa.select(
-    sa.select(sa.func.max(Evaluation.id)).scalar_subquery(),
-    sa.select(sa.func.max(Evaluation.updated_at)).scalar_subquery(),
-    sa.select(sa.func.count()).select_from(Run).scalar_subquery(),
-    sa.select(sa.func.max(Run.created_at)).scalar_subquery())
+_STATE = (sa.select(sa.func.max(Evaluation.id)).scalar_subquery(),
+          sa.select(sa.func.max(Evaluation.updated_at)).scalar_subquery(),
+          sa.select(sa.func.count()).select_from(Run).scalar_subquery(),
+          sa.select(sa.func.max(Run.created_at)).scalar_subquery())
+_EVALUATIONS_KEY_STATEMENT = sa.select(*_STATE)
 
 
 def _memo(key: tuple[Any, ...], compute: Any) -> Any:
@@ -508,28 +508,28 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     if query.page < 0:
         raise ValueError(f"page must be >= 0 (got {query.page})")
     f = query.filters
-    with store.reading() as conn:
-        key = _evaluations_key(conn)
-        views = _chosen_views(conn, f, key)
-        base_rows = _memo((*key, "base", *(v.compare_hash for v in views.values())), lambda: _base_rows(conn, views))
-        if not views:
-            return LeaderboardPage(rows=[], base_rows=base_rows, benchmarks=[], views={})
-        benchmarks = list(views)
-        hashes = tuple((b, v.compare_hash) for b, v in views.items())
-        sort_bench = _sort_benchmark(query, benchmarks)
-        base_score = _base_score(base_rows, sort_bench)
-        rows = None
-        if sort_bench is not None and _by_score(query.sort):
-            rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=True)).all()
-            if len(rows) < query.page_size:
-                rows = None  # the page reaches the rows without this score (or past the end)
-        if rows is None:
-            rows = conn.execute(_page_statement(hashes, sort_bench, base_score, query, scored=False)).all()
-        # the columns by position, looked up once (a Row's attribute access costs ~0.5 us: 10 us a row)
-        names = rows[0]._fields if rows else ()
-        fields = operator.itemgetter(*(names.index(name) for name in _PageFields._fields)) if rows else None
-        page = [_PageFields._make(fields(r)) for r in rows] if fields else []
-        params = _run_params(conn, {p.run_id: p.run_created_at for p in page if p.run_id is not None})
+    # The page in ONE statement, without a transaction: at the evaluations' state (`_evaluations_key`)
+    # of the last page read with these specs, whose views and base rows are memoized; the statement
+    # returns the state it saw, and a page read at another state is read again the full way: in one
+    # transaction, the state, views, base rows and page together. (On PostgreSQL the round trips of
+    # BEGIN, the state's own statement and COMMIT were half of a page's time.)
+    context = _last_context(store, f)
+    rows = _read_page(store.read_once, context, query, at_state=True) if context is not None else None
+    if rows is None:
+        with store.reading() as conn:
+            context = _page_context(conn, f)
+            rows = _read_page(lambda statement: conn.execute(statement).all(), context, query, at_state=False)
+    views, base_rows = context.views, context.base_rows
+    if not views:
+        return LeaderboardPage(rows=[], base_rows=base_rows, benchmarks=[], views={})
+    benchmarks = list(views)
+    sort_bench = _sort_benchmark(query, benchmarks)
+    base_score = _base_score(base_rows, sort_bench)
+    # the columns by position, looked up once (a Row's attribute access costs ~0.5 us: 10 us a row)
+    names = rows[0]._fields if rows else ()
+    fields = operator.itemgetter(*(names.index(name) for name in _PageFields._fields)) if rows else None
+    page = [_PageFields._make(fields(r)) for r in rows] if fields else []
+    params = _run_params(store, {p.run_id: p.run_created_at for p in page if p.run_id is not None})
     out = []
     for r, p in zip(rows, page, strict=True):
         run_params = params.get(p.run_id, {})
@@ -548,6 +548,58 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
             base_model=_text(run_params.get("pretrained.model")), params=run_params, gpu_hours=gpu,
             created_at=as_utc(p.ckpt_created_at), scores=scores, reward_per_gpu_hour=reward))
     return LeaderboardPage(rows=out, base_rows=base_rows, benchmarks=benchmarks, views=views)
+
+
+@dataclass(frozen=True)
+class _PageContext:
+    """What a page is read with, at one state of the evaluations (`_evaluations_key`)."""
+    state: tuple[Any, ...]
+    views: dict[str, BenchmarkView]
+    base_rows: list[LeaderboardRow]
+
+
+_CONTEXTS: dict[tuple[str, tuple[tuple[str, str], ...]], _PageContext] = {}  # (store URL, specs) -> the last one
+
+
+def _page_context(conn: sa.Connection, f: Filters) -> _PageContext:
+    """The evaluations' state, the chosen views and the base rows, read in `conn`'s transaction (the views
+    and base rows memoized per state); remembered as the last context of these specs."""
+    state = _evaluations_key(conn)
+    views = _chosen_views(conn, f, state)
+    base_rows = _memo((*state, "base", *(v.compare_hash for v in views.values())), lambda: _base_rows(conn, views))
+    context = _PageContext(state=state, views=views, base_rows=base_rows)
+    with _EVALUATIONS_LOCK:
+        while len(_CONTEXTS) >= 64:
+            _CONTEXTS.pop(next(iter(_CONTEXTS)))
+        _CONTEXTS[(state[0], f.specs)] = context
+    return context
+
+
+def _last_context(store: Store, f: Filters) -> _PageContext | None:
+    with _EVALUATIONS_LOCK:
+        return _CONTEXTS.get((str(store.engine.url), f.specs))
+
+
+def _read_page(read: Any, context: _PageContext, query: LeaderboardQuery, *, at_state: bool) -> list[Any] | None:
+    """The page's rows (`read(statement)` runs a statement); `at_state`: None unless every statement
+    saw the evaluations at `context.state` (its views may be out of date otherwise)."""
+    if not context.views:
+        return None if at_state else []  # no statement to tell the state: read it the full way
+    hashes = tuple((b, v.compare_hash) for b, v in context.views.items())
+    sort_bench = _sort_benchmark(query, list(context.views))
+    base_score = _base_score(context.base_rows, sort_bench)
+
+    def run(scored: bool) -> list[Any] | None:
+        rows = read(_page_statement(hashes, sort_bench, base_score, query, scored=scored))
+        # an empty page cannot tell the state it saw: read it the full way
+        return None if at_state and (not rows or tuple(rows[0][-len(_STATE):]) != context.state[1:]) else rows
+
+    if sort_bench is not None and _by_score(query.sort):
+        rows = run(True)
+        if rows is None or len(rows) == query.page_size:
+            return rows
+        # a short page reaches the rows without this score (or past the end): read the second way
+    return run(False)
 
 
 class _PageFields(NamedTuple):
@@ -685,6 +737,7 @@ def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQue
                       Run.sweep_name, Run.trial_number,
                       Run.output_dir, Run.mlflow_run_id, Run.gpu_hours.label("run_gpu_hours"),
                       last.label("last_step"))
+            .add_columns(*(c.label(f"state{i}") for i, c in enumerate(_STATE)))  # the state it saw, last
             .select_from(src)
             .order_by(*[_ordered(page.c[f"o{i}"], query.descending) for i in range(n_order)], page.c.sha,
                       page.c.weights))
@@ -762,12 +815,12 @@ _RUN_PARAMS_MAX = 4096  # runs
 _RUN_PARAMS_LOCK = threading.Lock()
 
 
-def _run_params(conn: sa.Connection, runs: Mapping[int, Any]) -> dict[int, dict[str, float | str]]:
+def _run_params(store: Store, runs: Mapping[int, Any]) -> dict[int, dict[str, float | str]]:
     """The parameters of the runs `{run id: its created_at}` (a copy per call). A run's parameters
     are written with the run and never change (`Store.update_run` refuses them), so they are read
     once per run and cached (bounded), keyed by database, id and creation time: a run id that SQLite
     reuses after a deletion names another run. A page of the leaderboard then reads only its rows."""
-    url = str(conn.engine.url)
+    url = str(store.engine.url)
     out: dict[int, dict[str, float | str]] = {}
     with _RUN_PARAMS_LOCK:
         for run_id, created_at in runs.items():
@@ -779,9 +832,9 @@ def _run_params(conn: sa.Connection, runs: Mapping[int, Any]) -> dict[int, dict[
         return out
     p = RunParam.__table__
     fetched: dict[int, dict[str, float | str]] = {run_id: {} for run_id in missing}
-    for run_id, key, num, text in conn.execute(
+    for run_id, key, num, text in store.read_once(
             sa.select(p.c.run_id, p.c.key, p.c.num_value, p.c.text_value).where(p.c.run_id.in_(missing))
-            .order_by(p.c.run_id, p.c.key, p.c.text_value)).all():  # one fetch, not a round of fetchone()
+            .order_by(p.c.run_id, p.c.key, p.c.text_value)):
         params = fetched[run_id]
         if key == "tag":
             params["tags"] = ",".join(filter(None, (str(params.get("tags", "")), text)))
@@ -859,7 +912,7 @@ def partial_evaluations(store: Store, filters: Filters, limit: int = 200) -> lis
             .select_from(e).outerjoin(Run, Run.name == e.c.run_name)
             .outerjoin(ck, sa.and_(ck.c.run_id == Run.id, ck.c.step == e.c.step))
             .where(*where).order_by(e.c.created_at.desc(), e.c.id.desc()).limit(int(limit))).all()
-        params = _run_params(conn, {r.run_id: r.run_created_at for r in rows if r.run_id is not None})
+    params = _run_params(store, {r.run_id: r.run_created_at for r in rows if r.run_id is not None})
     return [LeaderboardRow(
         key=f"{r.checkpoint_sha256}:{r.weights}", target=r.target, weights=r.weights,
         is_base=r.weights == BASE_WEIGHTS, run_name=r.run_name, sweep_name=r.sweep_name,
@@ -919,8 +972,7 @@ def _run_info(run: Run, method: str | None, base_model: str | None) -> RunInfo:
 def run_info(store: Store, run_name: str) -> RunInfo:
     """The run (NotFoundError if absent), with its method and base model from `run_params`."""
     run = store.get_run(run_name)
-    with store.reading() as conn:
-        params = _run_params(conn, {run.id: run.created_at}).get(run.id, {})
+    params = _run_params(store, {run.id: run.created_at}).get(run.id, {})
     return _run_info(run, _text(params.get("method")), _text(params.get("pretrained.model")))
 
 

@@ -638,3 +638,17 @@ def test_postgres_reads_keep_their_prepared_statements(fresh_postgres_db: str) -
         prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
     store.close()
     assert any("count(*)" in p and "runs" in p for p in prepared), prepared
+
+
+def test_read_once_returns_one_statements_rows_at_each_calls_state(store: Store) -> None:
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run
+
+    _run(store, "run-a")
+    names = sa.select(Run.name).order_by(Run.name)
+    assert [r.name for r in store.read_once(names)] == ["run-a"]
+    _run(store, "run-b")
+    assert [r.name for r in store.read_once(names)] == ["run-a", "run-b"]
+    if store.dialect == "postgresql":  # outside a transaction block: the statement is its own transaction
+        assert store.read_once(sa.select(sa.func.now() == sa.func.statement_timestamp()))[0][0] is True

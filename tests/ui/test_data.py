@@ -457,3 +457,39 @@ def test_a_runs_parameters_are_its_own_when_cached(backend: str, tmp_path, reque
             assert again_id == first_id  # SQLite reuses ids from the largest one left (none here)
         assert betas(store) == {"again": 0.2}
         assert data.run_info(store, "again").resolved_config == {"train": {"beta": 0.2}}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: str, tmp_path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """A page read again at the same state of the evaluations is ONE statement (no transaction on
+    PostgreSQL); the statement sees when the evaluations changed, and that page is read the full way."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
+    with Store(url) as store:
+        s, rng = Seed(store), random.Random(2)
+        for k in ("a", "b"):
+            _evaluate(s, rng, key_sha=sha(k), bench="ocr", sp=spec("policy"), quality=0.5, run=None, step=None)
+        selects: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                selects.append(statement)
+
+        sa.event.listen(store.engine, "before_cursor_execute", count)
+        query = LeaderboardQuery(page_size=1)  # sorted by the OCR score: a full page in score order
+        first = data.leaderboard(store, query)
+        first_selects = len(selects)
+        selects.clear()
+        assert data.leaderboard(store, query) == first and len(selects) == 1 < first_selects
+        # another spec overtakes the default view: the one statement sees a new state, the page is read again
+        for k in ("c", "d", "e"):
+            _evaluate(s, rng, key_sha=sha(k), bench="ocr", sp=spec("policy", num_steps=8), quality=0.9, run=None,
+                      step=None)
+        selects.clear()
+        page = data.leaderboard(store, query)
+        assert len(selects) > 1
+        assert page.views["ocr"].compare_hash == compare_hash("ocr", "ocr-1", spec("policy", num_steps=8), False)
+        assert page.rows[0].key.split(":")[0] in {sha(k) for k in ("c", "d", "e")}
+        sa.event.remove(store.engine, "before_cursor_execute", count)
