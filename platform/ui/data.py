@@ -306,8 +306,28 @@ def _views(conn: sa.Connection, *, partial: bool = False) -> dict[str, list[Benc
     return out
 
 
-_EVALUATIONS_CACHE: dict[tuple[Any, ...], Any] = {}
-_EVALUATIONS_LOCK = threading.Lock()
+class _BoundedCache:
+    """A process-wide dict of at most `size` entries (the oldest goes first), shared by the UI's
+    session threads: the memoized views and base rows, each specs' last page context, run parameters."""
+
+    def __init__(self, size: int) -> None:
+        self._entries: dict[Any, Any] = {}
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        """The value, or None when absent (no value stored here is None)."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            while len(self._entries) >= self._size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = value
+
+
+_EVALUATIONS_CACHE = _BoundedCache(64)  # what depends on the evaluations only, per `_evaluations_key`
 
 
 def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
@@ -328,16 +348,11 @@ _EVALUATIONS_KEY_STATEMENT = sa.select(*_STATE)
 
 
 def _memo(key: tuple[Any, ...], compute: Any) -> Any:
-    """`compute()` once per key (a bounded, process-wide cache of what depends on the evaluations only;
-    the UI's sessions read from several threads)."""
-    with _EVALUATIONS_LOCK:
-        if key in _EVALUATIONS_CACHE:
-            return _EVALUATIONS_CACHE[key]
-    value = compute()  # outside the lock: two threads may both compute a new key, and store the same
-    with _EVALUATIONS_LOCK:
-        while len(_EVALUATIONS_CACHE) >= 64:
-            _EVALUATIONS_CACHE.pop(next(iter(_EVALUATIONS_CACHE)))
-        _EVALUATIONS_CACHE[key] = value
+    """`compute()` once per key (two threads may both compute a new key, and store the same)."""
+    value = _EVALUATIONS_CACHE.get(key)
+    if value is None:
+        value = compute()
+        _EVALUATIONS_CACHE.put(key, value)
     return value
 
 
@@ -558,7 +573,7 @@ class _PageContext:
     base_rows: list[LeaderboardRow]
 
 
-_CONTEXTS: dict[tuple[str, tuple[tuple[str, str], ...]], _PageContext] = {}  # (store URL, specs) -> the last one
+_CONTEXTS = _BoundedCache(64)  # (store URL, specs) -> the last page context
 
 
 def _page_context(conn: sa.Connection, f: Filters) -> _PageContext:
@@ -568,16 +583,13 @@ def _page_context(conn: sa.Connection, f: Filters) -> _PageContext:
     views = _chosen_views(conn, f, state)
     base_rows = _memo((*state, "base", *(v.compare_hash for v in views.values())), lambda: _base_rows(conn, views))
     context = _PageContext(state=state, views=views, base_rows=base_rows)
-    with _EVALUATIONS_LOCK:
-        while len(_CONTEXTS) >= 64:
-            _CONTEXTS.pop(next(iter(_CONTEXTS)))
-        _CONTEXTS[(state[0], f.specs)] = context
+    _CONTEXTS.put((state[0], f.specs), context)
     return context
 
 
 def _last_context(store: Store, f: Filters) -> _PageContext | None:
-    with _EVALUATIONS_LOCK:
-        return _CONTEXTS.get((str(store.engine.url), f.specs))
+    context: _PageContext | None = _CONTEXTS.get((str(store.engine.url), f.specs))
+    return context
 
 
 def _read_page(read: Any, context: _PageContext, query: LeaderboardQuery, *, at_state: bool) -> list[Any] | None:
@@ -810,9 +822,7 @@ def _order_columns(sort: str, grouped: Any, score: Any, method: Any, base_model:
              "sweep": Run.sweep_name}[sort]]
 
 
-_RUN_PARAMS_CACHE: dict[tuple[str, int, Any], dict[str, float | str]] = {}
-_RUN_PARAMS_MAX = 4096  # runs
-_RUN_PARAMS_LOCK = threading.Lock()
+_RUN_PARAMS = _BoundedCache(4096)  # (store URL, run id, run created_at) -> its parameters
 
 
 def _run_params(store: Store, runs: Mapping[int, Any]) -> dict[int, dict[str, float | str]]:
@@ -822,11 +832,10 @@ def _run_params(store: Store, runs: Mapping[int, Any]) -> dict[int, dict[str, fl
     reuses after a deletion names another run. A page of the leaderboard then reads only its rows."""
     url = str(store.engine.url)
     out: dict[int, dict[str, float | str]] = {}
-    with _RUN_PARAMS_LOCK:
-        for run_id, created_at in runs.items():
-            hit = _RUN_PARAMS_CACHE.get((url, run_id, created_at))
-            if hit is not None:
-                out[run_id] = dict(hit)
+    for run_id, created_at in runs.items():
+        hit = _RUN_PARAMS.get((url, run_id, created_at))
+        if hit is not None:
+            out[run_id] = dict(hit)
     missing = sorted(set(runs) - set(out))
     if not missing:
         return out
@@ -840,12 +849,9 @@ def _run_params(store: Store, runs: Mapping[int, Any]) -> dict[int, dict[str, fl
             params["tags"] = ",".join(filter(None, (str(params.get("tags", "")), text)))
         else:
             params[key] = float(num) if text is None else str(text)
-    with _RUN_PARAMS_LOCK:
-        for run_id, params in fetched.items():
-            while len(_RUN_PARAMS_CACHE) >= _RUN_PARAMS_MAX:
-                _RUN_PARAMS_CACHE.pop(next(iter(_RUN_PARAMS_CACHE)))
-            _RUN_PARAMS_CACHE[(url, run_id, runs[run_id])] = params
-            out[run_id] = dict(params)
+    for run_id, params in fetched.items():
+        _RUN_PARAMS.put((url, run_id, runs[run_id]), params)
+        out[run_id] = dict(params)
     return out
 
 
