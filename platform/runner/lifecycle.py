@@ -151,17 +151,15 @@ def allowed_transitions() -> set[tuple[RunStatus, RunStatus]]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an event did: `run` is the row after it; `applied`: the table had a row for the
-    event in the run's status (False: ignored, e.g. a late report after the end); `changed`:
-    the status moved."""
+    """What an event did: `run` is the row read back after it (another writer may have moved it
+    on since); `applied`: the table had a row for the event in the run's status (False: ignored,
+    e.g. a late report after the end); `changed`: the status moved; `status`: the status this
+    event left the run in (its transition's target), whatever happened after it."""
 
     run: Run
     applied: bool
     changed: bool
-
-    @property
-    def status(self) -> RunStatus:
-        return RunStatus(self.run.status)
+    status: RunStatus
 
 
 # fields to write with a transition, decided on the row the compare-and-set expects; None: the
@@ -191,7 +189,7 @@ def apply_event(store: Store, name: str, event: RunEvent | None, *, fields: Mapp
             if gpu_hours is not None or add_gpu_hours:
                 store.add_gpu_hours(name, gpu_hours=gpu_hours, add_gpu_hours=add_gpu_hours)
                 run = store.get_run(name)
-            return Outcome(run, applied=False, changed=False)
+            return Outcome(run, applied=False, changed=False, status=current)
         values = dict(chosen)
         entering_end = target in TERMINAL_STATUSES and current not in TERMINAL_STATUSES
         if entering_end:
@@ -202,7 +200,7 @@ def apply_event(store: Store, name: str, event: RunEvent | None, *, fields: Mapp
             run = store.get_run(name)
             if entering_end:
                 end_mlflow_run(run)
-            return Outcome(run, applied=event is not None, changed=target != current)
+            return Outcome(run, applied=event is not None, changed=target != current, status=target)
     raise LifecycleError(f"run {name!r}: {event} lost {MAX_RACES} compare-and-set races in a row")
 
 
@@ -221,7 +219,7 @@ def stop_run(store: Store, name: str, event: RunEvent, stop: Callable[[Run], Non
     store.compare_and_set_run(name, decided.run.status, ended_at=datetime.now(UTC))
     run = store.get_run(name)
     end_mlflow_run(run)
-    return Outcome(run, applied=True, changed=True)
+    return Outcome(run, applied=True, changed=True, status=decided.status)
 
 
 def apply_observation(store: Store, name: str, observation: JobObservation) -> Outcome:
