@@ -263,6 +263,18 @@ class Sweep(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
+class DeletedRun(Base):
+    """The log of deleted runs (`Store.delete_run`; their checkpoints, evaluations and metrics went
+    with them), appended to, never changed: what was deleted and when, and the readers' sign of a
+    deletion (`max(id)`: one index lookup), which counting the runs made an O(runs) pass."""
+
+    __tablename__ = "deleted_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
 class RunParam(Base):
     """A run's leaderboard parameters (`store.leaderboard_params`), one row per (key, value), so
     the leaderboard filters and sorts on them in SQL: numbers in `num_value`, everything else

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from sqlalchemy import Connection, Engine, Executable, Row, case, create_engine,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from awm_platform.paths import default_platform_db_url
@@ -34,6 +35,7 @@ from awm_platform.redaction import redact_url  # make_url misplaces a password h
 from awm_platform.store.models import (
     TERMINAL_STATUSES,
     Checkpoint,
+    DeletedRun,
     EvalShard,
     EvalStatus,
     Evaluation,
@@ -138,18 +140,36 @@ def _make_engine(url: str, *, read_only: bool = False) -> Engine:
     engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, pool_use_lifo=True,
                            connect_args=connect_args)
     if parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "connect", _pg_planner_costs)
+    return engine
 
-        @event.listens_for(engine, "connect")
-        def _pg_planner_costs(dbapi_conn: Any, _record: Any) -> None:
-            # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks: with
-            # the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches for a filtered
-            # leaderboard page (27 ms instead of 7 ms); 1.1 is the usual SSD value. A SET once per new
-            # connection (no round trip per read), not a startup option: that would replace the URL's
-            # own `options` and PGOPTIONS, and poolers such as pgbouncer refuse unknown startup options.
-            # It only prices plans: a pooler that hands the session on passes on a planner cost.
-            with dbapi_conn.cursor() as cur:
-                cur.execute(f"SET random_page_cost = {PG_RANDOM_PAGE_COST}")
-            dbapi_conn.commit()
+
+def _pg_planner_costs(dbapi_conn: Any, _record: Any) -> None:
+    # PostgreSQL's default random_page_cost (4.0) prices index lookups for spinning disks: with
+    # the store in RAM/SSD it picks a 30,000-row seq scan over 100 index searches for a filtered
+    # leaderboard page (27 ms instead of 7 ms); 1.1 is the usual SSD value. A SET once per new
+    # connection (no round trip per read), not a startup option: that would replace the URL's
+    # own `options` and PGOPTIONS, and poolers such as pgbouncer refuse unknown startup options.
+    # It only prices plans: a pooler that hands the session on passes on a planner cost.
+    with dbapi_conn.cursor() as cur:
+        cur.execute(f"SET random_page_cost = {PG_RANDOM_PAGE_COST}")
+    dbapi_conn.commit()
+
+
+def _make_statement_engine(url: str) -> Engine:
+    """PostgreSQL: the pool of `Store.read_once`, apart from the store's: autocommit connections that
+    cannot write (`default_transaction_read_only`), checked out WITHOUT the pre-ping round trip (a
+    third of a leaderboard page's time besides its statement). A connection the server dropped fails
+    its statement instead; `read_once` then reads again, once, on a new one (safe: it is a read)."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=1, max_overflow=4,
+                           pool_use_lifo=True, connect_args={"connect_timeout": 10})
+
+    @event.listens_for(engine, "connect")
+    def _statement_session(dbapi_conn: Any, record: Any) -> None:
+        _pg_planner_costs(dbapi_conn, record)
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET default_transaction_read_only = on")
+        dbapi_conn.commit()
 
     return engine
 
@@ -165,6 +185,8 @@ class Store:
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             self.read_only = read_only
             self._stats_checked = 0.0
+            self._statement_engine: Engine | None = None  # PostgreSQL: `read_once`'s pool, made on first use
+            self._statement_lock = threading.Lock()
             if upgrade and not read_only:
                 self.upgrade()
                 self.refresh_statistics()
@@ -185,6 +207,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._statement_engine is not None:
+            self._statement_engine.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -302,8 +326,19 @@ class Store:
         if self.dialect != "postgresql":
             with self.reading() as conn:
                 return list(conn.execute(statement).all())
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return list(conn.execute(statement).all())
+        with self._statement_lock:
+            if self._statement_engine is None:
+                self._statement_engine = _make_statement_engine(self.url)
+        for attempt in (1, 2):
+            try:
+                with self._statement_engine.connect() as conn:
+                    return list(conn.execute(statement).all())
+            except DBAPIError as exc:
+                # the server closed a pooled connection (restart, idle timeout): SQLAlchemy has dropped
+                # the pool's connections of before; read again on a new one. Other errors propagate.
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     def _retry(self, fn: Any, attempts: int = 8) -> Any:
         """SQLite under heavy contention can still report 'database is locked' past the
@@ -464,6 +499,7 @@ class Store:
             if run is None:
                 raise NotFoundError(f"no run named {name!r}")
             s.delete(run)
+            s.add(DeletedRun(name=name, deleted_at=utcnow()))  # in the same transaction
 
     # ---------------------------------------------------------------- checkpoints ----
     def add_checkpoint(self, run_name: str, *, step: int, path: str | Path, sha256: str,

@@ -63,9 +63,9 @@ def test_db_upgrade_creates_the_store_under_awm_home(isolated_awm_home: Path) ->
     out = awm("db", "upgrade")
     assert out.returncode == 0, out.stderr
     assert (isolated_awm_home / "awm.db").exists()
-    assert "schema revision 0004" in out.stdout
+    assert "schema revision 0005" in out.stdout
     cur = awm("db", "current")
-    assert "current=0004 head=0004" in cur.stdout
+    assert "current=0005 head=0005" in cur.stdout
 
 
 def test_version() -> None:

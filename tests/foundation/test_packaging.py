@@ -67,7 +67,7 @@ def test_wheel_contains_all_packages_and_data(repo_root: Path, tmp_path: Path) -
     assert "awm_platform/config.py" in names and "platform/__init__.py" not in names
     assert "awm_platform/store/migrations/env.py" in names
     assert "awm_platform/store/migrations/script.py.mako" in names
-    for rev in ("0001", "0002", "0003", "0004"):
+    for rev in ("0001", "0002", "0003", "0004", "0005"):
         assert any(n.startswith(f"awm_platform/store/migrations/versions/{rev}") for n in names), rev
     for bench in ("geneval", "ocr", "pickscore"):
         data = [n for n in names if n.startswith(f"benchmarks/{bench}/data/")]

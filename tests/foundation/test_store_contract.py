@@ -652,3 +652,53 @@ def test_read_once_returns_one_statements_rows_at_each_calls_state(store: Store)
     assert [r.name for r in store.read_once(names)] == ["run-a", "run-b"]
     if store.dialect == "postgresql":  # outside a transaction block: the statement is its own transaction
         assert store.read_once(sa.select(sa.func.now() == sa.func.statement_timestamp()))[0][0] is True
+
+
+def test_read_once_cannot_write(store: Store) -> None:
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run
+
+    _run(store, "run-a")
+    if store.dialect == "postgresql":  # its own pool's sessions are read-only
+        with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+            store.read_once(sa.update(Run).values(status="FAILED").returning(Run.id))
+    assert {r.status for r in store.list_runs()} == {"PENDING"}
+
+
+@pytest.mark.postgres
+def test_read_once_reads_again_on_a_new_connection_when_the_server_dropped_its_own(fresh_postgres_db: str) -> None:
+    """`read_once`'s pool skips the pre-ping round trip: a pooled connection the server closed
+    (a restart, an idle timeout, an administrator) fails its statement, and the read is made again,
+    once, on a new connection. Here the server ends every session of the store's database."""
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run
+
+    store = Store(fresh_postgres_db)
+    _run(store, "run-a")
+    names = sa.select(Run.name)
+    assert [r.name for r in store.read_once(names)] == ["run-a"]
+    pid = store.read_once(sa.select(sa.func.pg_backend_pid()))[0][0]
+    with store.session() as s:  # the store's other pool: a different session, which ends the others
+        ended = s.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
+    assert ended and all(ended)
+    assert [r.name for r in store.read_once(names)] == ["run-a"]  # no error: read again
+    assert store.read_once(sa.select(sa.func.pg_backend_pid()))[0][0] != pid
+    store.close()
+
+
+def test_deleting_a_run_logs_its_name_and_time(store: Store) -> None:
+    from awm_platform.store import DeletedRun
+
+    _run(store, "run-a")
+    _run(store, "run-b")
+    t0 = datetime.now(UTC)
+    store.delete_run("run-b")
+    with pytest.raises(NotFoundError):
+        store.delete_run("run-b")  # nothing logged for a run that is not there
+    with store.session() as s:
+        log = [(d.name, as_utc(d.deleted_at)) for d in s.query(DeletedRun).order_by(DeletedRun.id)]
+    assert [name for name, _ in log] == ["run-b"] and t0 - timedelta(seconds=1) <= log[0][1] <= datetime.now(UTC)
+    assert [r.name for r in store.list_runs()] == ["run-a"]
