@@ -33,6 +33,7 @@ from awm_platform.config import flatten
 from awm_platform.redaction import redact_url
 from awm_platform.store import (
     Checkpoint,
+    DeletedRun,
     EvalStatus,
     Evaluation,
     MetricPoint,
@@ -88,8 +89,10 @@ class LeaderboardQuery:
     page_size: int = 50  # <= MAX_PAGE_SIZE
 
 
-@dataclass(frozen=True)
-class Score:
+# Score and LeaderboardRow: immutable records as NamedTuples, not frozen dataclasses: a page makes
+# ~200 of them, and a frozen dataclass's __init__ (one object.__setattr__ per field) took a fifth of
+# the page's Python time on PostgreSQL
+class Score(NamedTuple):
     evaluation_id: int
     score: float
     ci_low: float
@@ -98,8 +101,7 @@ class Score:
     status: str
 
 
-@dataclass(frozen=True)
-class LeaderboardRow:
+class LeaderboardRow(NamedTuple):
     key: str  # f"{checkpoint_sha256}:{weights}": the stable row id (compare URLs)
     target: str
     weights: str
@@ -266,14 +268,15 @@ class SweepDetail:
 # ------------------------------------------------------------------ change marker ----
 def change_marker(store: Store) -> str:
     """Cheap fingerprint of what the pages read: changes whenever a run, checkpoint, evaluation,
-    sweep or metric is written. Each part is one index lookup (a lone max() of an indexed column)
-    or an index-only count: runs and evaluations by count + max(updated_at) (every write sets
-    it), checkpoints and metrics by count / max(id) (rows are added, not changed), sweeps likewise."""
-    parts = (sa.select(sa.func.count()).select_from(Run), sa.select(sa.func.max(Run.updated_at)),
-             sa.select(sa.func.count()).select_from(Evaluation), sa.select(sa.func.max(Evaluation.updated_at)),
-             sa.select(sa.func.count()).select_from(Checkpoint), sa.select(sa.func.max(Checkpoint.id)),
-             sa.select(sa.func.max(Sweep.updated_at)), sa.select(sa.func.count()).select_from(Sweep),
-             sa.select(sa.func.max(MetricPoint.id)))
+    sweep or metric is written. Each part is one index lookup (a lone max() of an indexed column):
+    runs, evaluations and sweeps by max(updated_at) (every write sets it), checkpoints and metrics by
+    max(id) (rows are added, not changed), and deletions (a run, with its checkpoints, evaluations and
+    metrics: `Store.delete_run`) by the deletion log's last id. Counting rows instead is a pass over
+    an index on every page view."""
+    parts = (sa.select(sa.func.max(Run.updated_at)), sa.select(sa.func.max(Evaluation.updated_at)),
+             sa.select(sa.func.max(Checkpoint.id)), sa.select(sa.func.max(Sweep.updated_at)),
+             sa.select(sa.func.max(MetricPoint.id)),
+             sa.select(sa.func.max(DeletedRun.id)))
     with store.reading() as conn:  # one statement: each scalar subquery is its own index lookup
         row = conn.execute(sa.select(*(p.scalar_subquery() for p in parts))).one()
     return "|".join("" if p is None else str(p) for p in row)
@@ -331,19 +334,18 @@ _EVALUATIONS_CACHE = _BoundedCache(64)  # what depends on the evaluations only, 
 
 
 def _evaluations_key(conn: sa.Connection) -> tuple[Any, ...]:
-    """Changes whenever the evaluations do, from index lookups only (one statement): the largest
+    """Changes whenever the evaluations do, from three index lookups (one statement): the largest
     evaluation id (new evaluations), the latest updated_at (status changes), and for deletions (an
-    evaluation goes only with its run, `Store.delete_run`) the number of runs and the newest run's
-    creation time (a run deleted and another created: not its id, which SQLite reuses when the newest
-    run is deleted). Counting the evaluations instead costs a pass over their index on every page
-    (~1-2 ms at 30,000 on PostgreSQL)."""
+    evaluation goes only with its run) the last entry of the deletion log (`Store.delete_run`; an
+    evaluation id, which SQLite reuses when the newest row is deleted, would miss one). Counting the
+    evaluations, or the runs, costs a pass over their index on every page (~1-2 ms at 30,000 on
+    PostgreSQL)."""
     return (str(conn.engine.url), *conn.execute(_EVALUATIONS_KEY_STATEMENT).one())
 
 
 _STATE = (sa.select(sa.func.max(Evaluation.id)).scalar_subquery(),
           sa.select(sa.func.max(Evaluation.updated_at)).scalar_subquery(),
-          sa.select(sa.func.count()).select_from(Run).scalar_subquery(),
-          sa.select(sa.func.max(Run.created_at)).scalar_subquery())
+          sa.select(sa.func.max(DeletedRun.id)).scalar_subquery())
 _EVALUATIONS_KEY_STATEMENT = sa.select(*_STATE)
 
 
@@ -466,12 +468,18 @@ def _scores(row: Any, benchmarks: Sequence[str]) -> dict[str, Score]:
     for i, b in enumerate(benchmarks):
         ev_id, score, lo, hi, n = row[2 + 5 * i:7 + 5 * i]
         if ev_id is not None:
-            out[b] = Score(evaluation_id=int(ev_id), score=float(score), ci_low=float(lo), ci_high=float(hi), n=int(n),
-                           status=_COMPLETED)
+            out[b] = Score(int(ev_id), float(score), float(lo), float(hi), int(n), _COMPLETED)
     return out
 
 
 _COMPLETED = EvalStatus.COMPLETED.value
+# The page statement writes our own constants into its text (never a user's value): PostgreSQL prices
+# the generic plan of a prepared statement with each bound value unknown, from the column's number of
+# distinct values alone (`weights <> $1` with one weights value in the store: no row at all, so a seq
+# scan and sort), finds it dearer than a custom plan, and plans the page afresh on every execution
+# (2-3 ms of a ~6 ms page). See also `_page_window`.
+_COMPLETED_SQL = sa.literal_column(f"'{_COMPLETED}'")
+_BASE_WEIGHTS_SQL = sa.literal_column(f"'{BASE_WEIGHTS}'")
 
 
 def _base_rows(conn: sa.Connection, views: Mapping[str, BenchmarkView]) -> list[LeaderboardRow]:
@@ -669,17 +677,27 @@ def _ordered(column: Any, descending: bool) -> Any:
     return (column.desc() if descending else column.asc()).nulls_last()
 
 
+def _page_window(select: Any, query: LeaderboardQuery) -> Any:
+    """LIMIT and OFFSET written into the statement's text, not bound: PostgreSQL plans a prepared
+    statement afresh on every execution (a custom plan) while its generic plan looks dearer, and a
+    generic plan that cannot see the LIMIT costs the whole sort; with the numbers in the text it
+    keeps the generic plan, and the page pays no planning (2-3 ms of a ~6 ms page here). The
+    statement is built per query anyway (`_page_statement`); the values are validated ints."""
+    return (select.limit(sa.literal_column(str(int(query.page_size))))
+            .offset(sa.literal_column(str(int(query.page) * int(query.page_size)))))
+
+
 def _scored_page(view_hash: str, f: Filters, query: LeaderboardQuery) -> Any:
     """The page's keys among the rows that have a score in `view`, in score order: one index range
     scan of the view (stopping after the page) instead of a pivot of every filtered evaluation."""
     e = Evaluation.__table__
     o0 = e.c.score.label("o0")
-    return (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), o0)
+    keys = (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), o0)
             .where(e.c.compare_hash == view_hash, e.c.score.is_not(None), *_evaluation_conditions(f))
             # no NULLS LAST here (the scores are not null): PostgreSQL walks the index only for an ORDER
             # BY that matches its null ordering too
-            .order_by(e.c.score.desc() if query.descending else e.c.score.asc(), e.c.checkpoint_sha256, e.c.weights)
-            .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
+            .order_by(e.c.score.desc() if query.descending else e.c.score.asc(), e.c.checkpoint_sha256, e.c.weights))
+    return _page_window(keys, query).subquery("page")
 
 
 def _pivoted_page(views: ViewHashes, sort_bench: str | None, base_score: float | None, f: Filters,
@@ -701,8 +719,8 @@ def _pivoted_page(views: ViewHashes, sort_bench: str | None, base_score: float |
     else:
         order_cols = _order_columns(query.sort, grouped, score, None, None, None, None, None)
     inner = inner.add_columns(*(c.label(f"o{i}") for i, c in enumerate(order_cols)))
-    page = (inner.order_by(*[_ordered(c, query.descending) for c in order_cols], grouped.c.sha, grouped.c.weights)
-            .limit(query.page_size).offset(query.page * query.page_size).subquery("page"))
+    ordered = inner.order_by(*[_ordered(c, query.descending) for c in order_cols], grouped.c.sha, grouped.c.weights)
+    page = _page_window(ordered, query).subquery("page")
     return page, len(order_cols)
 
 
@@ -728,7 +746,7 @@ def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQue
     for ev, (_, view_hash) in zip(evs, views):
         src = src.outerjoin(ev, sa.and_(ev.c.checkpoint_sha256 == page.c.sha, ev.c.weights == page.c.weights,
                                         ev.c.compare_hash == view_hash,
-                                        ev.c.status == EvalStatus.COMPLETED.value, ev.c.partial == sa.false()))
+                                        ev.c.status == _COMPLETED_SQL, ev.c.partial == sa.false()))
 
     def first(column: str) -> Any:
         return sa.func.coalesce(*(ev.c[column] for ev in evs), None) if len(evs) > 1 else evs[0].c[column]
@@ -771,8 +789,8 @@ def _evaluation_conditions(f: Filters) -> list[ColumnElement[bool]]:
     filters (weights; sweeps on the evaluation's copy of its run's sweep, an index range; the other
     run-level filters as `run_name IN (...)`; checkpoint dates)."""
     e = Evaluation.__table__
-    where: list[ColumnElement[bool]] = [e.c.status == EvalStatus.COMPLETED.value, e.c.partial == sa.false(),
-                                        e.c.weights != BASE_WEIGHTS]
+    where: list[ColumnElement[bool]] = [e.c.status == _COMPLETED_SQL, e.c.partial == sa.false(),
+                                        e.c.weights != _BASE_WEIGHTS_SQL]
     if f.weights:
         where.append(e.c.weights.in_(list(f.weights)))
     if f.sweeps:

@@ -477,7 +477,8 @@ def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: 
             if statement.lstrip().upper().startswith("SELECT"):
                 selects.append(statement)
 
-        sa.event.listen(store.engine, "before_cursor_execute", count)
+        # every engine: on PostgreSQL `read_once` has its own pool
+        sa.event.listen(sa.Engine, "before_cursor_execute", count)
         query = LeaderboardQuery(page_size=1)  # sorted by the OCR score: a full page in score order
         first = data.leaderboard(store, query)
         first_selects = len(selects)
@@ -492,4 +493,53 @@ def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: 
         assert len(selects) > 1
         assert page.views["ocr"].compare_hash == compare_hash("ocr", "ocr-1", spec("policy", num_steps=8), False)
         assert page.rows[0].key.split(":")[0] in {sha(k) for k in ("c", "d", "e")}
-        sa.event.remove(store.engine, "before_cursor_execute", count)
+        sa.event.remove(sa.Engine, "before_cursor_execute", count)
+
+
+@pytest.mark.postgres
+def test_postgres_plans_a_repeated_page_once(fresh_postgres_db: str) -> None:
+    """The page statement writes its LIMIT and OFFSET into its text: PostgreSQL keeps one generic plan
+    of the prepared statement. With them bound it planned the page afresh on every execution (a custom
+    plan: the generic one, blind to the LIMIT, priced the whole sort), 2-3 ms of a ~6 ms page."""
+    import sqlalchemy as sa
+
+    with Store(fresh_postgres_db) as store:
+        n = 3000  # enough rows for a plan blind to the LIMIT to look dear
+        sp = spec("policy")
+        store.import_evaluations([
+            {"checkpoint_sha256": sha("k", k), "benchmark": "ocr", "benchmark_version": "ocr-1", "spec_hash": "h",
+             "spec": sp, "target": f"dir:/ckpt/{k}", "score": k / n, "ci_low": k / n - 0.01, "ci_high": k / n + 0.01,
+             "num_samples": 10} for k in range(n)])
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE evaluations")
+        query = LeaderboardQuery(page_size=5, page=1)
+        for _ in range(25):  # psycopg prepares a statement on its 5th execution; PostgreSQL then tries 5 custom plans
+            page = data.leaderboard(store, query)
+        assert [r.target for r in page.rows] == [f"dir:/ckpt/{k}" for k in range(n - 6, n - 11, -1)]
+        plans = store.read_once(sa.text("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                                        "WHERE statement LIKE '%AS page%'"))
+        assert len(plans) == 1
+        generic, custom = plans[0]
+        assert generic >= 10 and custom <= 5, (generic, custom)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_change_marker_sees_a_deletion_that_leaves_every_newest_row(backend: str, tmp_path,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """Deleting an older run (its checkpoint, evaluation and metrics go with it) leaves the newest
+    row and the latest time of every table as they were: the marker sees it in the deletion log."""
+    url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
+    with Store(url) as store:
+        for name in ("old", "new"):
+            store.create_run(name=name, config_hash="h", resolved_config={}, output_dir=f"/{name}")
+            ck = store.add_checkpoint(name, step=1, path=f"/{name}/1", sha256=sha(name), formats=[])
+            store.import_evaluations([{"checkpoint_sha256": ck.sha256, "checkpoint_id": ck.id, "benchmark": "ocr",
+                                       "benchmark_version": "ocr-1", "spec_hash": "s", "spec": spec("policy"),
+                                       "target": f"{name}@1", "run_name": name, "step": 1, "score": 0.5,
+                                       "ci_low": 0.4, "ci_high": 0.6, "num_samples": 4}])
+            store.log_metrics(name, {"eval/r": 1.0}, step=1)
+        before = data.change_marker(store)
+        assert [r.run_name for r in data.leaderboard(store, LeaderboardQuery()).rows] == ["new", "old"]
+        store.delete_run("old")
+        assert data.change_marker(store) != before
+        assert [r.run_name for r in data.leaderboard(store, LeaderboardQuery()).rows] == ["new"]
