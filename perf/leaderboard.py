@@ -1,6 +1,6 @@
 """The leaderboard's main query on 10,000 checkpoints x 3 benchmarks, against MLflow's search_runs.
 
-    .venv/bin/python perf/leaderboard.py [--checkpoints 10000] [--repeats 40] [--backends sqlite,postgresql]
+    .venv/bin/python perf/leaderboard.py [--checkpoints 10000] [--repeats 200] [--mlflow-repeats 40] [--backends sqlite,postgresql]
 
 Per backend (SQLite file; the test PostgreSQL of `scripts/services.sh`, in a database made and
 dropped here):
@@ -20,8 +20,8 @@ dropped here):
 * time `data.leaderboard` (top 50, one filter: one sweep, sorted by the OCR score) `--repeats`
   times after one warm-up (p50, p95), and `mlflow.search_runs` doing the same selection
   (`filter_string="tags.`awm.sweep` = '<sweep>'"`, `order_by=["metrics.ocr DESC"]`,
-  `max_results=50`), median of `--mlflow-repeats`, interleaved with the leaderboard's calls (the box's speed
-  drifts: both are timed in the same state of it); both return the same 50 checkpoints (checked);
+  `max_results=50`), median of `--mlflow-repeats`, in blocks alternating with the leaderboard's calls (the
+  box's speed drifts: both are timed in the same state of it); both return the same 50 checkpoints (checked);
 * also the unfiltered top 50, and the filter's row count (`data.leaderboard_total`, the pages'
   "N rows": its own call, cached per filter, so sorting and paging never recount), for information;
 * the leaderboard page's first render in Streamlit's `AppTest` (B's app), on SQLite.
@@ -57,6 +57,7 @@ from awm_platform.ui import data
 
 BENCHES = ("geneval", "ocr", "pickscore")
 VERSIONS = {b: f"{b}-1.0+perf" for b in BENCHES}
+ROUNDS = 10  # blocks of pages and of MLflow searches, alternating (`timed`)
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 STEPS_PER_RUN = 10
 N_SWEEPS = 10
@@ -229,21 +230,25 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
 
     def timed(q: data.LeaderboardQuery, *, with_mlflow: bool = False,
               ) -> tuple[list[float], list[float], data.LeaderboardPage]:
-        """`repeats` pages after one warm-up; `with_mlflow`: MLflow's search interleaved with them
-        (`mlflow_repeats` times, evenly spread), so that both see the box in the same state: on this
-        shared VM the speed of the same call drifts by 2x over minutes, which timing one after the other
-        would read as a speed-up or a slow-down."""
+        """`repeats` pages after one warm-up; `with_mlflow`: MLflow's search too (`mlflow_repeats` times),
+        in alternating blocks (ROUNDS rounds of repeats/ROUNDS pages, then mlflow_repeats/ROUNDS
+        searches), so that both see the box in the same state: on this shared VM the speed of the same
+        call drifts by 2x over minutes, which timing one after the other would read as a speed-up or a
+        slow-down. Blocks, not one search after every few pages: a page right after a search finds the
+        CPU caches filled by MLflow's ~60 ms of Python and pays ~1.5 ms more (its median with a search
+        after every 5th page: 3.7 ms instead of 2.2); in blocks only a block's first page does."""
         nonlocal frame
         page = data.leaderboard(store, q)  # warm-up: connection pool, prepared statements, caches
         if with_mlflow:
             frame = search()
-        every = max(1, repeats // max(1, mlflow_repeats))
         ours, theirs = [], []
-        for i in range(repeats):
-            t = time.perf_counter()
-            page = data.leaderboard(store, q)
-            ours.append((time.perf_counter() - t) * 1000)
-            if with_mlflow and i % every == 0 and len(theirs) < mlflow_repeats:
+        rounds = ROUNDS if with_mlflow else 1
+        for r in range(rounds):
+            for _ in range(repeats // rounds + (r < repeats % rounds)):
+                t = time.perf_counter()
+                page = data.leaderboard(store, q)
+                ours.append((time.perf_counter() - t) * 1000)
+            for _ in range(mlflow_repeats // rounds + (r < mlflow_repeats % rounds) if with_mlflow else 0):
                 t = time.perf_counter()
                 frame = search()
                 theirs.append((time.perf_counter() - t) * 1000)
@@ -274,7 +279,7 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
           f"(leaderboard_total, cached per filter by the pages): p50 {out['total_ms_p50']} ms, p95 "
           f"{out['total_ms_p95']} ms; "
           f"mlflow.search_runs same selection: "
-          f"{out['mlflow_search_ms']} ms (median of {len(search_ms)}, interleaved with ours); speedup {out['speedup']}x", flush=True)
+          f"{out['mlflow_search_ms']} ms (median of {len(search_ms)}, in blocks alternating with ours); speedup {out['speedup']}x", flush=True)
     if "page_statement_ms_p50" in out:
         print(f"[{name}] the page's SQL statement alone (no transaction, key, parameters or rows built): p50 "
               f"{out['page_statement_ms_p50']} ms as planned for the store, "
@@ -296,11 +301,11 @@ def page_statement_floor(store: Store, query: data.LeaderboardQuery, repeats: in
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         caught.append((statement, parameters))
 
-    sa.event.listen(store.engine, "before_cursor_execute", capture)
+    sa.event.listen(sa.Engine, "before_cursor_execute", capture)  # every engine: `read_once` has its own pool
     try:
         data.leaderboard(store, query)
     finally:
-        sa.event.remove(store.engine, "before_cursor_execute", capture)
+        sa.event.remove(sa.Engine, "before_cursor_execute", capture)
     # the last page statement is the one whose rows the page shows (a short score-order read falls back)
     statement, parameters = [(s, p) for s, p in caught if " AS page" in s][-1]
     out = {}
@@ -368,8 +373,8 @@ def drop_pg_db(admin_url: str, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=int, default=10000)
-    ap.add_argument("--repeats", type=int, default=40, help="timed leaderboard queries (after one warm-up)")
-    ap.add_argument("--mlflow-repeats", type=int, default=10, help="MLflow searches, interleaved with the pages")
+    ap.add_argument("--repeats", type=int, default=200, help="timed leaderboard queries (after one warm-up)")
+    ap.add_argument("--mlflow-repeats", type=int, default=40, help="MLflow searches, in blocks alternating with the pages")
     ap.add_argument("--backends", default="sqlite,postgresql")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="awm-leaderboard-perf-"))
