@@ -1,6 +1,7 @@
 """The leaderboard's main query on 10,000 checkpoints x 3 benchmarks, against MLflow's search_runs.
 
-    .venv/bin/python perf/leaderboard.py [--checkpoints 10000] [--repeats 200] [--mlflow-repeats 40] [--backends sqlite,postgresql]
+    .venv/bin/python perf/leaderboard.py [--checkpoints 10000] [--repeats 200] [--mlflow-repeats 40]
+                                         [--backends sqlite,postgresql]
 
 Per backend (SQLite file; the test PostgreSQL of `scripts/services.sh`, in a database made and
 dropped here):
@@ -279,7 +280,8 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
           f"(leaderboard_total, cached per filter by the pages): p50 {out['total_ms_p50']} ms, p95 "
           f"{out['total_ms_p95']} ms; "
           f"mlflow.search_runs same selection: "
-          f"{out['mlflow_search_ms']} ms (median of {len(search_ms)}, in blocks alternating with ours); speedup {out['speedup']}x", flush=True)
+          f"{out['mlflow_search_ms']} ms (median of {len(search_ms)}, in blocks alternating with ours); "
+          f"speedup {out['speedup']}x", flush=True)
     if "page_statement_ms_p50" in out:
         print(f"[{name}] the page's SQL statement alone (no transaction, key, parameters or rows built): p50 "
               f"{out['page_statement_ms_p50']} ms as planned for the store, "
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=int, default=10000)
     ap.add_argument("--repeats", type=int, default=200, help="timed leaderboard queries (after one warm-up)")
-    ap.add_argument("--mlflow-repeats", type=int, default=40, help="MLflow searches, in blocks alternating with the pages")
+    ap.add_argument("--mlflow-repeats", type=int, default=40,
+                    help="MLflow searches, in blocks alternating with the pages")
     ap.add_argument("--backends", default="sqlite,postgresql")
     args = ap.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="awm-leaderboard-perf-"))
