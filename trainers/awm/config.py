@@ -448,7 +448,9 @@ def _field(key: str):
 def _is_default_value(value: Any, default: Any) -> bool:
     if isinstance(value, (int, float)) and isinstance(default, (int, float)):  # 10 == 10.0, but True != 1
         return isinstance(value, bool) == isinstance(default, bool) and value == default
-    norm = lambda v: json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True)
+    def norm(v: Any) -> str:
+        return json.dumps(list(v) if isinstance(v, tuple) else v, sort_keys=True)
+
     try:
         return norm(value) == norm(default)
     except TypeError:
