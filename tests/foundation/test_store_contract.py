@@ -654,16 +654,19 @@ def test_read_once_returns_one_statements_rows_at_each_calls_state(store: Store)
         assert store.read_once(sa.select(sa.func.now() == sa.func.statement_timestamp()))[0][0] is True
 
 
-def test_read_once_cannot_write(store: Store) -> None:
+@pytest.mark.postgres
+def test_postgres_read_once_cannot_write(fresh_postgres_db: str) -> None:
+    """On PostgreSQL `read_once`'s own pool opens read-only sessions (on SQLite it is a `reading()`
+    transaction, which nothing but its callers keeps from writing)."""
     import sqlalchemy as sa
 
     from awm_platform.store import Run
 
-    _run(store, "run-a")
-    if store.dialect == "postgresql":  # its own pool's sessions are read-only
+    with Store(fresh_postgres_db) as store:
+        _run(store, "run-a")
         with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
             store.read_once(sa.update(Run).values(status="FAILED").returning(Run.id))
-    assert {r.status for r in store.list_runs()} == {"PENDING"}
+        assert {r.status for r in store.list_runs()} == {"PENDING"}
 
 
 @pytest.mark.postgres

@@ -498,9 +498,11 @@ def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: 
 
 @pytest.mark.postgres
 def test_postgres_plans_a_repeated_page_once(fresh_postgres_db: str) -> None:
-    """The page statement writes its LIMIT and OFFSET into its text: PostgreSQL keeps one generic plan
-    of the prepared statement. With them bound it planned the page afresh on every execution (a custom
-    plan: the generic one, blind to the LIMIT, priced the whole sort), 2-3 ms of a ~6 ms page."""
+    """The page statement writes its LIMIT and OFFSET, and our own constants ('COMPLETED', 'base'), into
+    its text: PostgreSQL keeps one generic plan of the prepared statement. With either bound it planned
+    the page afresh on every execution (a custom plan: the generic one, blind to the LIMIT, or to the
+    `weights <> 'base'` of a store with one weights value, priced a seq scan and sort), 2-3 ms of a
+    ~6 ms page. Each half reverted fails this test."""
     import sqlalchemy as sa
 
     with Store(fresh_postgres_db) as store:
