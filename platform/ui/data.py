@@ -668,8 +668,8 @@ def _page_statement(views: ViewHashes, sort_bench: str | None, base_score: float
     if scored:
         assert sort_bench is not None
         page, n_order = _scored_page(dict(views)[sort_bench], query.filters, query), 1
-    else:
-        page, n_order = _pivoted_page(views, sort_bench, base_score, query.filters, query)
+        return _page_rows(page, n_order, views, query, carried=[b for b, _ in views].index(sort_bench))
+    page, n_order = _pivoted_page(views, sort_bench, base_score, query.filters, query)
     return _page_rows(page, n_order, views, query)
 
 
@@ -687,12 +687,18 @@ def _page_window(select: Any, query: LeaderboardQuery) -> Any:
             .offset(sa.literal_column(str(int(query.page) * int(query.page_size)))))
 
 
+#: the evaluation columns of a page row's view that `_page_rows` reads
+_CARRIED = ("id", "score", "ci_low", "ci_high", "num_samples", "run_name", "step", "target")
+
+
 def _scored_page(view_hash: str, f: Filters, query: LeaderboardQuery) -> Any:
     """The page's keys among the rows that have a score in `view`, in score order: one index range
     scan of the view (stopping after the page) instead of a pivot of every filtered evaluation."""
     e = Evaluation.__table__
     o0 = e.c.score.label("o0")
-    keys = (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), o0)
+    # the sort view's evaluation columns come with the keys (`_page_rows` joins the other views only)
+    keys = (sa.select(e.c.checkpoint_sha256.label("sha"), e.c.weights.label("weights"), o0,
+                      *(e.c[c].label(f"ev_{c}") for c in _CARRIED))
             .where(e.c.compare_hash == view_hash, e.c.score.is_not(None), *_evaluation_conditions(f))
             # no NULLS LAST here (the scores are not null): PostgreSQL walks the index only for an ORDER
             # BY that matches its null ordering too
@@ -738,18 +744,29 @@ def _run_columns(run_name: Any, step: Any, score: Any, base_score: float | None)
     return ck, gpu, reward, joins
 
 
-def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQuery) -> Any:
+def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQuery, *,
+               carried: int | None = None) -> Any:
     """The page's keys joined to their evaluation in each view (the evaluation key's index:
-    sha256 first), run, checkpoint and run columns, in the page's order."""
-    evs = [_evaluation_alias(i) for i in range(len(views))]
+    sha256 first), run, checkpoint and run columns, in the page's order. `carried`: the view whose
+    evaluation columns the page's keys carry (`ev_<column>`: the page read in that view's score
+    order), not joined again (50 index lookups fewer, ~12% of the statement on PostgreSQL)."""
     src = page
-    for ev, (_, view_hash) in zip(evs, views):
+    sources: list[Any] = []  # per view, its evaluation's columns by name
+    for i, (_, view_hash) in enumerate(views):
+        if i == carried:
+            sources.append({c: page.c[f"ev_{c}"] for c in _CARRIED})
+            continue
+        ev = _evaluation_alias(i)
         src = src.outerjoin(ev, sa.and_(ev.c.checkpoint_sha256 == page.c.sha, ev.c.weights == page.c.weights,
                                         ev.c.compare_hash == view_hash,
                                         ev.c.status == _COMPLETED_SQL, ev.c.partial == sa.false()))
+        sources.append(ev.c)
 
     def first(column: str) -> Any:
-        return sa.func.coalesce(*(ev.c[column] for ev in evs), None) if len(evs) > 1 else evs[0].c[column]
+        if carried is not None:  # every page row has its evaluation in the carried view
+            return sources[carried][column]
+        cols = [source[column] for source in sources]
+        return sa.func.coalesce(*cols, None) if len(cols) > 1 else cols[0]
 
     run_name, step = first("run_name"), first("step")
     ck, _, _, joins = _run_columns(run_name, step, None, None)
@@ -757,9 +774,9 @@ def _page_rows(page: Any, n_order: int, views: ViewHashes, query: LeaderboardQue
         src = src.outerjoin(table, on)
     # the scores first (`_scores` reads them by position); GPU-hours, reward, method and base model
     # are worked out in Python from these columns and the run's parameters (no per-row subqueries)
-    ev_cols = [c for i, ev in enumerate(evs) for c in (
-        ev.c.id.label(f"b{i}_id"), ev.c.score.label(f"b{i}_score"), ev.c.ci_low.label(f"b{i}_lo"),
-        ev.c.ci_high.label(f"b{i}_hi"), ev.c.num_samples.label(f"b{i}_n"))]
+    ev_cols = [c for i, ev in enumerate(sources) for c in (
+        ev["id"].label(f"b{i}_id"), ev["score"].label(f"b{i}_score"), ev["ci_low"].label(f"b{i}_lo"),
+        ev["ci_high"].label(f"b{i}_hi"), ev["num_samples"].label(f"b{i}_n"))]
     last = sa.select(sa.func.max(Checkpoint.step)).where(Checkpoint.run_id == Run.id).scalar_subquery()
     return (sa.select(page.c.sha, page.c.weights, *ev_cols, step.label("ev_step_of"), first("target").label("target"),
                       ck.c.path, ck.c.created_at.label("ckpt_created_at"), ck.c.step.label("ck_step"),

@@ -161,6 +161,15 @@ def keys(page: data.LeaderboardPage) -> list[str]:
     return [r.key for r in page.rows]
 
 
+def by_run_rows(s: Seed) -> list[data.LeaderboardRow]:
+    """Every row, read from the pivot (a sort on the run), with the seed's scores and CIs checked."""
+    rows = data.leaderboard(s.store, LeaderboardQuery(sort="run", page_size=500)).rows
+    for r in rows:
+        assert {b: sc.score for b, sc in r.scores.items()} == pytest.approx(s.rows[r.key]["scores"]), r.key
+        assert all(sc.ci_low < sc.score < sc.ci_high for sc in r.scores.values()), r.key
+    return rows
+
+
 # -------------------------------------------------------------------------- tests ----
 def test_default_view_columns_and_base_row(seeded_store: Seed) -> None:
     s = seeded_store
@@ -207,11 +216,15 @@ def test_sorts_and_pagination(seeded_store: Seed) -> None:
     assert all(r.reward_per_gpu_hour is None for r in by_reward[len(shown):])  # missing last
     # every sort, paged: full pages sorted by a score are read from its view in score order, the
     # page reaching the rows without that score by the pivot; both give the one ordering
+    # and the same rows, whole: a page read in score order takes its sort view's evaluation columns
+    # from the keys' own scan (the other views joined), the pivot joins every view
+    pivoted = {r.key: r._replace(reward_per_gpu_hour=None) for r in by_run_rows(s)}
     for sort, desc in itertools.product(("", "score:ocr", *data.SORT_KEYS), (True, False)):
         whole = keys(data.leaderboard(s.store, LeaderboardQuery(sort=sort, descending=desc, page_size=500)))
-        paged = [k for p in range(-(-len(s.rows) // 3)) for k in keys(data.leaderboard(
-            s.store, LeaderboardQuery(sort=sort, descending=desc, page=p, page_size=3)))]
-        assert paged == whole and len(whole) == len(s.rows), (sort, desc)
+        paged_rows = [r for p in range(-(-len(s.rows) // 3)) for r in data.leaderboard(
+            s.store, LeaderboardQuery(sort=sort, descending=desc, page=p, page_size=3)).rows]
+        assert [r.key for r in paged_rows] == whole and len(whole) == len(s.rows), (sort, desc)
+        assert {r.key: r._replace(reward_per_gpu_hour=None) for r in paged_rows} == pivoted, (sort, desc)
     with pytest.raises(ValueError, match="unknown sort key 'bogus'; valid: score:<benchmark>"):
         data.leaderboard(s.store, LeaderboardQuery(sort="bogus"))
     with pytest.raises(ValueError, match="no benchmark 'nope'"):
