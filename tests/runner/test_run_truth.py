@@ -157,12 +157,14 @@ def test_max_requeues_counts_time_outs_not_preemptions(tiny_model: Path) -> None
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     with Store.default() as store:
-        # 12 epochs (~3 s each on an idle machine): the signal 10 s in finds the trainer at work
-        timed_out = submit_run(cfg("timed-out", 2, 110, 12), cluster="local", store=store)
+        # far more work than 10 s on any machine (12 epochs finished before the signal on a fast one,
+        # and the run COMPLETED): the signal 10 s in finds the job at work, and ends it
+        timed_out = submit_run(cfg("timed-out", 2, 110, 200), cluster="local", store=store)
         assert wait_terminal(store, "timed-out", 300) == "FAILED"
         assert "launcher.max_requeues" in store.get_run("timed-out").error
 
-        preempted = submit_run(cfg("preempted", 11, 120, 4), cluster="local", store=store)
+        # 12 epochs: still at work when the signal lands (4 finished first on a fast machine, ~0.2 s each)
+        preempted = submit_run(cfg("preempted", 11, 120, 12), cluster="local", store=store)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not any(
                 e["event"] == "train_call" for e in events(preempted.run_dir)):
