@@ -165,8 +165,9 @@ def test_local_job_and_its_requeue_run_the_submitted_code(tiny_model: Path, tmp_
     checkout = tmp_path / "checkout"
     _checkout(checkout)
     gate = tmp_path / "gate"
-    # the job waits for the gate, as a job waits in a queue
-    data = tiny_config_dict(tiny_model, "snap-local", num_epochs=2,
+    # the job waits for the gate, as a job waits in a queue; 12 epochs (~0.2 s each on a fast machine):
+    # still at work when the signal below lands, so the job is requeued
+    data = tiny_config_dict(tiny_model, "snap-local", num_epochs=12,
                             launcher={"setup": [f"while [ ! -e {gate} ]; do sleep 0.2; done"]})
     name = _submit_from(checkout, write_config(tmp_path / "c.yaml", data), "local")
     store = Store.default()
