@@ -398,3 +398,40 @@ def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
 
     _, run0, _ = baseline
     sigkill_then_resume(small_config_dict(tiny_dir, **BASE), run0, tmp_path)
+
+
+class FlushRecorder:
+    """A MetricLogger (plus the optional `flush`) that records the order of its calls, and at each
+    flush whether the newest logged step's checkpoint was already final."""
+
+    def __init__(self, run_dir):
+        self.run_dir, self.events, self.last_step = run_dir, [], -1
+
+    def log_metrics(self, metrics, step):
+        self.last_step = max(self.last_step, int(step))
+        self.events.append(("log", int(step)))
+
+    def log_images(self, images, captions, step, key): ...
+
+    def log_checkpoint(self, manifest_path, step):
+        self.events.append(("checkpoint", int(step)))
+
+    def flush(self):
+        final = (self.run_dir / "checkpoints" / f"step-{self.last_step}").exists()
+        self.events.append(("flush", self.last_step, final))
+
+    def close(self): ...
+
+
+def test_metrics_are_flushed_before_their_checkpoint_is_final(make_cfg, tmp_path):
+    """A job killed right after a checkpoint resumes after its step and never logs that step again:
+    so the step's metrics are flushed (MLflow: sent or spooled) before the checkpoint is final."""
+    run = tmp_path / "run"
+    rec = FlushRecorder(run)
+    assert _train(make_cfg(num_epochs=2, save_freq=1), run, logger=rec).status == "completed"
+    checkpoints = [i for i, e in enumerate(rec.events) if e[0] == "checkpoint"]
+    assert [rec.events[i][1] for i in checkpoints] == [1, 2]
+    for i in checkpoints:
+        step = rec.events[i][1]
+        last_log = max(j for j, e in enumerate(rec.events[:i]) if e == ("log", step))
+        assert ("flush", step, False) in rec.events[last_log:i], rec.events

@@ -175,6 +175,11 @@ class CompositeLogger:
     def finish(self, status: str) -> None:
         self._each("finish", status)
 
+    def flush(self) -> None:
+        """Make what was logged durable in every sink that buffers (the trainer calls it before a
+        checkpoint is final)."""
+        self._each("flush")
+
     def close(self) -> None:
         self._each("close")
 
