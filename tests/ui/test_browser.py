@@ -107,9 +107,16 @@ def test_leaderboard_filter_and_comparison_in_chromium(ui_server: UiServer, seed
         alpha = {r.name for r in store.list_runs(sweep_name="alpha")}
     browser.get(ui_server.base_url + "/?view=leaderboard&sweep=alpha&sort=score:ocr")
     body = _wait_text(browser, f"{_rows_of(seeded, alpha)} rows")
-    chips = [e.get_attribute("aria-label") for e in
-             browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMultiSelectTagsContainer"] [data-tag]')]
-    assert "alpha" in chips  # the sidebar's sweep filter took the link's value
+
+    def chips(d: Any) -> list[str]:
+        return [e.get_attribute("aria-label") for e in
+                d.find_elements(By.CSS_SELECTOR, '[data-testid="stMultiSelectTagsContainer"] [data-tag]')]
+
+    # the sidebar's sweep filter took the link's value (its chips may render after the rows' text)
+    try:
+        WebDriverWait(browser, WAIT_S, poll_frequency=0.25).until(lambda d: "alpha" in chips(d))
+    except Exception as exc:
+        raise AssertionError(f"no 'alpha' chip in the sweep filter; chips: {chips(browser)}") from exc
     _shot(browser, out, "leaderboard-alpha.png")
 
     # a comparison of two checkpoints and the base model, with images and per-image scores
