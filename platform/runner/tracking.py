@@ -112,6 +112,7 @@ class StoreLogger(NullLogger):
         self._buf: dict[int, dict[str, float]] = {}
         self._ckpts: list[tuple[Path, int]] = []
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # one flush at a time: a flush returns once what it saw is written
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="awm-store-flusher", daemon=True)
@@ -138,6 +139,12 @@ class StoreLogger(NullLogger):
                 _warn(f"store flush failed: {exc}")
 
     def flush(self) -> None:
+        # the trainer's flush before a checkpoint waits for the background thread's flush in progress
+        # (which holds values logged before it): both hold the io lock while they write
+        with self._io_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             buf, self._buf = self._buf, {}
             ckpts, self._ckpts = self._ckpts, []

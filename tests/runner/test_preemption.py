@@ -78,10 +78,10 @@ def test_local_timeout_requeue_resumes_same_run(tiny_model: Path, baseline: dict
     from awm_platform.store import Store
 
     # time limit 2 min, signal 117 s before it: USR2 ~3 s into every job segment, i.e. during start-up
-    # (the trainer's imports alone take 3.5 s on a fast machine; at 6 s in, a fast machine was already in
-    # its last epoch, which completed the run unrequeued): every segment makes at least one step (the
-    # stop is honoured after a step), so the run is interrupted several times whatever the machine. (submitit's local controller restarts a
-    # task at most 5 times: EPOCHS must stay <= 5.)
+    # (the trainer's imports alone take 3.5 s on a fast machine; at 6 s in, a fast machine was already
+    # in its last epoch, which completed the run unrequeued): every segment makes at least one step
+    # (the stop is honoured after a step), so the run is interrupted several times whatever the
+    # machine. (submitit's local controller restarts a task at most 5 times: EPOCHS must stay <= 5.)
     cfg = tiny_config(
         tiny_model,
         "pre-local",

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,6 +154,7 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
 _CRASHING_REPLAY = """
 import os, sys
 from pathlib import Path
+from typing import Any
 from mlflow.tracking import MlflowClient
 from awm_platform.runner import tracking
 from awm_platform.runner.tracking import replay_spool
@@ -302,3 +304,33 @@ def test_images_with_step_slider_captions_and_experiment_kind(tmp_path: Path) ->
         {"image_key": "eval_ema/images/00", "caption": "a cat at 10"},
         {"image_key": "eval_ema/images/01", "caption": "a dog at 10"}]}
     assert not [f for f in client.list_artifacts(run_id, "samples/eval_ema/images/step_000010") if f.path.endswith(".png")]
+
+
+def test_store_logger_flush_returns_once_a_flush_in_progress_is_written(tmp_path: Path) -> None:
+    """The trainer flushes before a checkpoint is final; the background thread may be writing values
+    logged before that (it took them from the buffer): the trainer's flush waits for it."""
+    import threading
+
+    from awm_platform.runner.tracking import StoreLogger
+    from awm_platform.store import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Store(url) as store:
+        store.create_run(name="r", config_hash="h", resolved_config={}, output_dir=str(tmp_path / "r"))
+    logger = StoreLogger(url, "r", flush_interval_s=3600)
+    real, writing = logger.store.log_metrics, threading.Event()
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:  # the background flush, caught mid-write
+        writing.set()
+        time.sleep(0.5)
+        real(*args, **kwargs)
+
+    logger.store.log_metrics = slow_write  # type: ignore[method-assign]
+    try:
+        logger.log_metrics({"eval/x": 1.0}, 1)  # an eval metric wakes the background thread at once
+        assert writing.wait(10)
+        logger.flush()
+        with Store(url) as store:
+            assert store.get_metric_history("r", "eval/x") == [(1, 1.0)]
+    finally:
+        logger.close()
