@@ -139,15 +139,22 @@ class StoreLogger(NullLogger):
                 _warn(f"store flush failed: {exc}")
 
     def flush(self) -> None:
-        # the trainer's flush before a checkpoint waits for the background thread's flush in progress
-        # (which holds values logged before it): both hold the io lock while they write
         with self._io_lock:
-            self._flush()
+            self._flush(checkpoints=True)
 
-    def _flush(self) -> None:
+    def flush_metrics(self) -> None:
+        """Write the buffered metrics now (the trainer's call before a checkpoint is final); checkpoint
+        registrations and their `on_checkpoint` hooks stay with the background thread. Waits for a
+        flush in progress, which holds values logged before this call: one flush at a time."""
+        with self._io_lock:
+            self._flush(checkpoints=False)
+
+    def _flush(self, *, checkpoints: bool) -> None:
         with self._lock:
             buf, self._buf = self._buf, {}
-            ckpts, self._ckpts = self._ckpts, []
+            ckpts: list[tuple[Path, int]] = []
+            if checkpoints:
+                ckpts, self._ckpts = self._ckpts, []
         try:
             for step, metrics in sorted(buf.items()):
                 self.store.log_metrics(self.run_name, metrics, step)
@@ -556,9 +563,15 @@ class MlflowLogger(NullLogger):
             )
         )
 
-    def flush(self, final: bool = False) -> bool:
-        """Send buffered metrics (and the spool); spool them if MLflow is unreachable.
-        Returns True when everything reached MLflow."""
+    def flush_metrics(self) -> None:
+        """Send the buffered metrics (and the spool), or spool them: the trainer's call before a
+        checkpoint is final. Staged images and checkpoint artifacts are left to the background thread
+        (an upload must not stall training); they are on disk already."""
+        self.flush(artifacts=False)
+
+    def flush(self, final: bool = False, *, artifacts: bool = True) -> bool:
+        """Send buffered metrics (and the spool); spool them if MLflow is unreachable; then, with
+        `artifacts`, upload what is staged. Returns True when everything reached MLflow."""
         with self._io_lock:
             with self._lock:
                 rows, self._buf = self._buf, []
@@ -574,7 +587,8 @@ class MlflowLogger(NullLogger):
                 self._send(run_id, rows)
                 sent = True
                 self._save_hwm(rows)
-                self._upload_artifacts(run_id)
+                if artifacts:
+                    self._upload_artifacts(run_id)
                 if self._status is not None and final:
                     state = mlflow_status(self._status)
                     if state:

@@ -154,7 +154,6 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
 _CRASHING_REPLAY = """
 import os, sys
 from pathlib import Path
-from typing import Any
 from mlflow.tracking import MlflowClient
 from awm_platform.runner import tracking
 from awm_platform.runner.tracking import replay_spool
@@ -306,7 +305,7 @@ def test_images_with_step_slider_captions_and_experiment_kind(tmp_path: Path) ->
     assert not [f for f in client.list_artifacts(run_id, "samples/eval_ema/images/step_000010") if f.path.endswith(".png")]
 
 
-def test_store_logger_flush_returns_once_a_flush_in_progress_is_written(tmp_path: Path) -> None:
+def test_store_logger_flush_metrics_returns_once_a_flush_in_progress_is_written(tmp_path: Path) -> None:
     """The trainer flushes before a checkpoint is final; the background thread may be writing values
     logged before that (it took them from the buffer): the trainer's flush waits for it."""
     import threading
@@ -329,8 +328,32 @@ def test_store_logger_flush_returns_once_a_flush_in_progress_is_written(tmp_path
     try:
         logger.log_metrics({"eval/x": 1.0}, 1)  # an eval metric wakes the background thread at once
         assert writing.wait(10)
-        logger.flush()
+        logger.flush_metrics()
         with Store(url) as store:
             assert store.get_metric_history("r", "eval/x") == [(1, 1.0)]
     finally:
         logger.close()
+
+
+def test_mlflow_flush_metrics_sends_the_metrics_and_leaves_uploads_to_the_background(tmp_path: Path) -> None:
+    """The trainer's call before a checkpoint: the metrics reach MLflow at once; the staged images stay
+    on disk for the background flush (an upload must not stall training), and go with the next flush."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from awm_platform.runner.tracking import MlflowLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lg = MlflowLogger(tmp_path / "r", tracking_uri=uri, experiment="flush", run_name="flush", background=False,
+                      artifact_root=(tmp_path / "art").as_uri())
+    try:
+        lg.log_images([Image.new("RGB", (8, 8))], ["a cat"], 1, "eval/images")
+        lg.log_metrics({"train/loss": 0.5}, 1)
+        lg.flush_metrics()
+        client = MlflowClient(uri)
+        assert [(m.step, m.value) for m in client.get_metric_history(lg.run_id, "train/loss")] == [(1, 0.5)]
+        assert lg.pending() and not client.list_artifacts(lg.run_id, "images")
+        lg.flush()
+        assert not lg.pending() and client.list_artifacts(lg.run_id, "images")
+    finally:
+        lg.close()

@@ -401,7 +401,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise(baseline, tiny_dir, tmp_path):
 
 
 class FlushRecorder:
-    """A MetricLogger (plus the optional `flush`) that records the order of its calls, and at each
+    """A MetricLogger (plus the optional `flush_metrics`) that records the order of its calls, and at each
     flush whether the newest logged step's checkpoint was already final."""
 
     def __init__(self, run_dir):
@@ -416,7 +416,7 @@ class FlushRecorder:
     def log_checkpoint(self, manifest_path, step):
         self.events.append(("checkpoint", int(step)))
 
-    def flush(self):
+    def flush_metrics(self):
         final = (self.run_dir / "checkpoints" / f"step-{self.last_step}").exists()
         self.events.append(("flush", self.last_step, final))
 

@@ -175,10 +175,10 @@ class CompositeLogger:
     def finish(self, status: str) -> None:
         self._each("finish", status)
 
-    def flush(self) -> None:
-        """Make what was logged durable in every sink that buffers (the trainer calls it before a
-        checkpoint is final)."""
-        self._each("flush")
+    def flush_metrics(self) -> None:
+        """Make the metrics logged so far durable in every sink that buffers them (the trainer calls
+        it before a checkpoint is final)."""
+        self._each("flush_metrics")
 
     def close(self) -> None:
         self._each("close")

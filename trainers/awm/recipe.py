@@ -572,9 +572,9 @@ class AWMTrainer:
             # what was logged up to this step must be durable (sent, or spooled on disk) before the
             # checkpoint is: a job killed right after it (SLURM's SIGKILL KillWait seconds after a
             # requeue's SIGTERM) resumes AFTER this step and never logs its metrics again
-            flush = getattr(self.logger, "flush", None)  # optional, like `on_resume`
-            if flush is not None:
-                flush()
+            flush_metrics = getattr(self.logger, "flush_metrics", None)  # optional, like `on_resume`
+            if flush_metrics is not None:
+                flush_metrics()
             path = C.finalize(self.run_dir, step, epoch, config_hash=self.cfg_hash, formats=formats,
                               extra={"next_epoch": next_epoch, "step_in_epoch": step_in_epoch,
                                      "mid_epoch": step_in_epoch != 0, "world_size": self.world,
