@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +25,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Executable, Row, case, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Executable, case, create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from awm_platform.paths import default_platform_db_url
 from awm_platform.redaction import redact_url  # make_url misplaces a password holding '@'
+from awm_platform.store.driver_read import DriverRead, compile_driver_read, run_driver_read
 from awm_platform.store.models import (
     TERMINAL_STATUSES,
     Checkpoint,
@@ -64,6 +67,7 @@ READ_ONLY_OPTION = "awm_read_only"  # execution option of `Store.reading()` conn
 #: read through their unique keys
 ANALYZED_TABLES = ("evaluations", "runs", "checkpoints", "run_params", "sweeps")
 PG_RANDOM_PAGE_COST = 1.1  # planner cost of a random page on the store's PostgreSQL connections
+DRIVER_READS_KEPT = 256  # statements `read_once(..., reused=True)` keeps compiled (the leaderboard: 256 pages)
 STATS_CHECK_S = 60.0  # how often a long-lived reader checks whether the statistics are stale
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -170,8 +174,26 @@ def _make_statement_engine(url: str) -> Engine:
         with dbapi_conn.cursor() as cur:
             cur.execute("SET default_transaction_read_only = on")
         dbapi_conn.commit()
+        if engine.dialect.driver == "psycopg":
+            dbapi_conn.cursor_factory = _binary_cursor(dbapi_conn.cursor_factory)
 
     return engine
+
+
+@functools.cache
+def _binary_cursor(base: type) -> type:
+    """psycopg 3's cursor `base`, asking for results in PostgreSQL's binary format (`cursor(binary=True)`,
+    which SQLAlchemy never passes). The same Python values as text results; the server skips formatting
+    each value as text and the client skips parsing it: a leaderboard page's 50 rows x 34 columns (floats,
+    timestamps) came ~10-17% faster. psycopg is imported here only: a SQLite store runs without it."""
+    from psycopg.pq import Format
+
+    class BinaryResultsCursor(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.format = Format.BINARY
+
+    return BinaryResultsCursor
 
 
 class Store:
@@ -187,6 +209,8 @@ class Store:
             self._stats_checked = 0.0
             self._statement_engine: Engine | None = None  # PostgreSQL: `read_once`'s pool, made on first use
             self._statement_lock = threading.Lock()
+            # `read_once(..., reused=True)`: id(statement) -> (statement, its driver form or None)
+            self._driver_reads: OrderedDict[int, tuple[Executable, DriverRead | None]] = OrderedDict()
             if upgrade and not read_only:
                 self.upgrade()
                 self.refresh_statistics()
@@ -318,20 +342,30 @@ class Store:
         with self.engine.connect().execution_options(**options) as conn, conn.begin():
             yield conn  # leaving `begin()` commits (nothing was written: READ ONLY / a deferred read)
 
-    def read_once(self, statement: Executable) -> list[Row[Any]]:
+    def read_once(self, statement: Executable, *, reused: bool = False) -> list[Any]:
         """The rows of ONE read statement, which sees one snapshot by itself. On PostgreSQL it runs
         outside a transaction block (autocommit): no BEGIN and COMMIT round trips, which are most of a
         small read's time there (the leaderboard's page). On SQLite: in a `reading()` transaction
-        (in-process, nothing to save)."""
+        (in-process, nothing to save). Rows are named tuples (by position, by name, `_fields`).
+
+        `reused`: the caller runs this very statement object again and again (the leaderboard's memoized
+        page statements). On PostgreSQL with psycopg it is then compiled once (the last
+        DRIVER_READS_KEPT, by identity) and run on the driver directly (store/driver_read.py): the same
+        rows without SQLAlchemy's per-execution work, ~20% of a page. A statement made afresh for each
+        call gains nothing from it (it would be compiled each time)."""
         if self.dialect != "postgresql":
             with self.reading() as conn:
                 return list(conn.execute(statement).all())
         with self._statement_lock:
             if self._statement_engine is None:
                 self._statement_engine = _make_statement_engine(self.url)
+        engine = self._statement_engine
+        driver_read = self._driver_read(statement, engine) if reused else None
+        if driver_read is not None:
+            return run_driver_read(engine, driver_read)
         for attempt in (1, 2):
             try:
-                with self._statement_engine.connect() as conn:
+                with engine.connect() as conn:
                     return list(conn.execute(statement).all())
             except DBAPIError as exc:
                 # the server closed a pooled connection (restart, idle timeout): SQLAlchemy has dropped
@@ -339,6 +373,21 @@ class Store:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
+
+    def _driver_read(self, statement: Executable, engine: Engine) -> DriverRead | None:
+        """`statement` compiled for the driver once (None: it cannot be; read through SQLAlchemy)."""
+        key = id(statement)
+        with self._statement_lock:
+            hit = self._driver_reads.get(key)
+            if hit is not None and hit[0] is statement:  # an id is reused only after its object is gone
+                self._driver_reads.move_to_end(key)
+                return hit[1]
+        compiled = compile_driver_read(statement, engine)
+        with self._statement_lock:
+            self._driver_reads[key] = (statement, compiled)
+            while len(self._driver_reads) > DRIVER_READS_KEPT:
+                self._driver_reads.popitem(last=False)
+        return compiled
 
     def _retry(self, fn: Any, attempts: int = 8) -> Any:
         """SQLite under heavy contention can still report 'database is locked' past the

@@ -650,30 +650,87 @@ def test_read_once_returns_one_statements_rows_at_each_calls_state(store: Store)
     assert [r.name for r in store.read_once(names)] == ["run-a"]
     _run(store, "run-b")
     assert [r.name for r in store.read_once(names)] == ["run-a", "run-b"]
-    if store.dialect == "postgresql":  # outside a transaction block: the statement is its own transaction
-        assert store.read_once(sa.select(sa.func.now() == sa.func.statement_timestamp()))[0][0] is True
+    if store.dialect == "postgresql":  # outside a transaction block: each statement is its own transaction
+        began = [store.read_once(sa.select(sa.func.now()), reused=reused)[0][0] for reused in (False, False, True, True)]
+        assert began == sorted(set(began))
+
+
+def test_a_reused_read_returns_what_sqlalchemy_returns(store: Store) -> None:
+    """`read_once(..., reused=True)` (on PostgreSQL: compiled once, run on the driver, binary results)
+    gives the rows SQLAlchemy gives, value for value and type for type: ints, floats, text, booleans,
+    JSON, timestamps, NULLs, an expanded IN list, a LIKE with its escape, and a column SQLAlchemy converts
+    (numeric read as float: a result processor); and the values the store changes in between."""
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run
+
+    for name in ("run-a", "run-b", "run_c"):
+        _run(store, name)
+    store.update_run("run-b", gpu_hours=1.5)
+    statement = (sa.select(Run.id, Run.name, Run.gpu_hours, Run.resolved_config, Run.created_at, Run.trial_number,
+                           (Run.gpu_hours > 1).label("busy"),
+                           sa.cast(Run.gpu_hours * 2, sa.Numeric(10, 2, asdecimal=False)).label("doubled"))
+                 .where(Run.name.in_(["run-a", "run-b", "run_c", "nope"]), Run.name.like("run\\_%", escape="\\")
+                        | Run.name.like("run-%"))
+                 .order_by(Run.name))
+    expected = store.read_once(statement)
+    got = store.read_once(statement, reused=True)
+    assert [r.name for r in expected] == ["run-a", "run-b", "run_c"]
+    assert got == expected and got[0]._fields == expected[0]._fields
+    assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
+    assert got[1].doubled == 3.0 and isinstance(got[1].doubled, float) and got[0].trial_number is None
+    store.update_run("run-a", gpu_hours=4.0)
+    assert store.read_once(statement, reused=True)[0].gpu_hours == 4.0  # compiled once, read afresh each time
 
 
 @pytest.mark.postgres
 def test_postgres_read_once_cannot_write(fresh_postgres_db: str) -> None:
     """On PostgreSQL `read_once`'s own pool opens read-only sessions (on SQLite it is a `reading()`
-    transaction, which nothing but its callers keeps from writing)."""
+    transaction, which nothing but its callers keeps from writing); a reused statement's driver error is
+    SQLAlchemy's, as from a `Connection`."""
     import sqlalchemy as sa
 
     from awm_platform.store import Run
 
     with Store(fresh_postgres_db) as store:
         _run(store, "run-a")
-        with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
-            store.read_once(sa.update(Run).values(status="FAILED").returning(Run.id))
+        write = sa.update(Run).values(status="FAILED").returning(Run.id)
+        for reused in (False, True):
+            with pytest.raises(sa.exc.InternalError, match="read-only transaction"):
+                store.read_once(write, reused=reused)
+        with pytest.raises(sa.exc.DataError, match="division by zero"):
+            store.read_once(sa.select((sa.func.count() / 0).label("x")).select_from(Run), reused=True)
         assert {r.status for r in store.list_runs()} == {"PENDING"}
+        assert [r.name for r in store.read_once(sa.select(Run.name), reused=True)] == ["run-a"]  # the pool is fine
 
 
 @pytest.mark.postgres
-def test_read_once_reads_again_on_a_new_connection_when_the_server_dropped_its_own(fresh_postgres_db: str) -> None:
+def test_a_statement_sqlalchemy_must_convert_a_value_of_is_not_run_on_the_driver(fresh_postgres_db: str) -> None:
+    """A bound value with a bind processor (JSON here) is compiled for SQLAlchemy only: the store
+    reads it the usual way and gets the same rows."""
+    import sqlalchemy as sa
+
+    from awm_platform.store import Run
+    from awm_platform.store.driver_read import compile_driver_read
+
+    with Store(fresh_postgres_db) as store:
+        _run(store, "run-a")
+        plain = sa.select(Run.name).where(Run.name == "run-a")
+        converted = sa.select(Run.name, sa.bindparam("j", {"a": 1}, type_=sa.JSON).label("j"))
+        engine = store.engine
+        assert compile_driver_read(plain, engine) is not None
+        assert compile_driver_read(converted, engine) is None
+        assert store.read_once(converted, reused=True) == store.read_once(converted) == [("run-a", {"a": 1})]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("reused", [False, True])
+def test_read_once_reads_again_on_a_new_connection_when_the_server_dropped_its_own(fresh_postgres_db: str,
+                                                                                   reused: bool) -> None:
     """`read_once`'s pool skips the pre-ping round trip: a pooled connection the server closed
     (a restart, an idle timeout, an administrator) fails its statement, and the read is made again,
-    once, on a new connection. Here the server ends every session of the store's database."""
+    once, on a new connection, through SQLAlchemy and on the driver (`reused`). Here the server ends
+    every session of the store's database."""
     import sqlalchemy as sa
 
     from awm_platform.store import Run
@@ -681,14 +738,15 @@ def test_read_once_reads_again_on_a_new_connection_when_the_server_dropped_its_o
     store = Store(fresh_postgres_db)
     _run(store, "run-a")
     names = sa.select(Run.name)
-    assert [r.name for r in store.read_once(names)] == ["run-a"]
-    pid = store.read_once(sa.select(sa.func.pg_backend_pid()))[0][0]
+    pid_statement = sa.select(sa.func.pg_backend_pid())
+    assert [r.name for r in store.read_once(names, reused=reused)] == ["run-a"]
+    pid = store.read_once(pid_statement, reused=reused)[0][0]
     with store.session() as s:  # the store's other pool: a different session, which ends the others
         ended = s.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalars().all()
     assert ended and all(ended)
-    assert [r.name for r in store.read_once(names)] == ["run-a"]  # no error: read again
-    assert store.read_once(sa.select(sa.func.pg_backend_pid()))[0][0] != pid
+    assert [r.name for r in store.read_once(names, reused=reused)] == ["run-a"]  # no error: read again
+    assert store.read_once(pid_statement, reused=reused)[0][0] != pid
     store.close()
 
 
