@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa
 
+import awm_platform.store.store as store_module
 from awm_platform.store import Store
 from awm_platform.ui import data
 
@@ -283,7 +284,7 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
           f"{out['mlflow_search_ms']} ms (median of {len(search_ms)}, in blocks alternating with ours); "
           f"speedup {out['speedup']}x", flush=True)
     if "page_statement_ms_p50" in out:
-        print(f"[{name}] the page's SQL statement alone (no transaction, key, parameters or rows built): p50 "
+        print(f"[{name}] the page's SQL statement alone, as the store sends it to psycopg (no pool, transaction, cache key or page rows built): p50 "
               f"{out['page_statement_ms_p50']} ms as planned for the store, "
               f"{out['page_statement_generic_ms_p50']} ms with a forced generic plan: at most "
               f"{out['mlflow_search_ms'] / out['page_statement_ms_p50']:.1f}x / "
@@ -294,33 +295,43 @@ def time_backend(name: str, store_url: str, mlflow_uri: str, root: Path, ckpts: 
 
 def page_statement_floor(store: Store, query: data.LeaderboardQuery, repeats: int) -> dict[str, float]:
     """What the page's one SQL statement alone costs (p50 ms), run again and again on one autocommit
-    connection with nothing else of the page (no transaction, no cache key, no parameters, no rows
-    built): as PostgreSQL plans it for the store (a custom plan per execution of the prepared
-    statement), and with a forced generic plan (planned once). A lower bound of any page read that
-    goes through this statement; docs/leaderboard.md compares it with MLflow's search."""
+    connection as the page runs it (psycopg, prepared, binary results: `Store.read_once(..., reused=True)`)
+    with nothing else of the page (no pool, no cache key, no rows built): as PostgreSQL plans it for the
+    store (a custom plan per execution of the prepared statement), and with a forced generic plan
+    (planned once). A lower bound of any page read that goes through this statement; docs/leaderboard.md
+    compares it with MLflow's search."""
     caught: list[tuple[str, Any]] = []
+    run_on_driver = store_module.run_driver_read
 
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        caught.append((statement, parameters))
+    def capture(engine: Any, read: Any) -> Any:
+        caught.append((read.sql, read.params))
+        return run_on_driver(engine, read)
 
-    sa.event.listen(sa.Engine, "before_cursor_execute", capture)  # every engine: `read_once` has its own pool
+    store_module.run_driver_read = capture  # the page's statement, as the store sends it to the driver
     try:
         data.leaderboard(store, query)
     finally:
-        sa.event.remove(sa.Engine, "before_cursor_execute", capture)
+        store_module.run_driver_read = run_on_driver
     # the last page statement is the one whose rows the page shows (a short score-order read falls back)
     statement, parameters = [(s, p) for s, p in caught if " AS page" in s][-1]
     out = {}
-    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    connection = store.engine.raw_connection()
+    try:
+        driver = connection.driver_connection
+        driver.autocommit = True
         for name, mode in (("page_statement_ms_p50", "auto"), ("page_statement_generic_ms_p50", "force_generic_plan")):
-            conn.exec_driver_sql(f"SET plan_cache_mode = {mode}")
+            driver.execute(f"SET plan_cache_mode = {mode}")
             ms = []
             for _ in range(repeats + 10):  # psycopg prepares a statement on its 5th execution
                 t = time.perf_counter()
-                conn.exec_driver_sql(statement, parameters).all()
+                with driver.cursor(binary=True) as cursor:
+                    cursor.execute(statement, parameters, prepare=True)
+                    cursor.fetchall()
                 ms.append((time.perf_counter() - t) * 1000)
             out[name] = round(statistics.median(ms[10:]), 2)
-        conn.exec_driver_sql("RESET plan_cache_mode")
+        driver.execute("RESET plan_cache_mode")
+    finally:
+        connection.invalidate()  # not back into the store's pool: its session settings were changed here
     return out
 
 

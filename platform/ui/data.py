@@ -463,12 +463,13 @@ def _pivot(views: ViewHashes) -> tuple[list[Any], ColumnElement[bool]]:
 
 
 def _scores(row: Any, benchmarks: Sequence[str]) -> dict[str, Score]:
-    """A page row's scores: the first columns after (sha, weights), five per benchmark."""
+    """A page row's scores: the first columns after (sha, weights), five per benchmark (id, score, CI
+    low and high, n: ints and floats as the columns' types give them on both databases)."""
     out: dict[str, Score] = {}
     for i, b in enumerate(benchmarks):
-        ev_id, score, lo, hi, n = row[2 + 5 * i:7 + 5 * i]
-        if ev_id is not None:
-            out[b] = Score(int(ev_id), float(score), float(lo), float(hi), int(n), _COMPLETED)
+        j = 2 + 5 * i
+        if row[j] is not None:
+            out[b] = Score(row[j], row[j + 1], row[j + 2], row[j + 3], row[j + 4], _COMPLETED)
     return out
 
 
@@ -537,7 +538,9 @@ def leaderboard(store: Store, query: LeaderboardQuery) -> LeaderboardPage:
     # transaction, the state, views, base rows and page together. (On PostgreSQL the round trips of
     # BEGIN, the state's own statement and COMMIT were half of a page's time.)
     context = _last_context(store, f)
-    rows = _read_page(store.read_once, context, query, at_state=True) if context is not None else None
+    # the page statements are memoized (`_page_statement`): the store runs them on its driver directly
+    read = functools.partial(store.read_once, reused=True)
+    rows = _read_page(read, context, query, at_state=True) if context is not None else None
     if rows is None:
         with store.reading() as conn:
             context = _page_context(conn, f)

@@ -474,10 +474,13 @@ def test_a_runs_parameters_are_its_own_when_cached(backend: str, tmp_path, reque
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: str, tmp_path,
-                                                                        request: pytest.FixtureRequest) -> None:
+                                                                        request: pytest.FixtureRequest,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A page read again at the same state of the evaluations is ONE statement (no transaction on
     PostgreSQL); the statement sees when the evaluations changed, and that page is read the full way."""
     import sqlalchemy as sa
+
+    import awm_platform.store.store as store_module
 
     url = f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_db")
     with Store(url) as store:
@@ -490,8 +493,11 @@ def test_a_repeated_page_is_one_statement_until_the_evaluations_change(backend: 
             if statement.lstrip().upper().startswith("SELECT"):
                 selects.append(statement)
 
-        # every engine: on PostgreSQL `read_once` has its own pool
+        # every engine: on PostgreSQL `read_once` has its own pool, and runs a reused statement on the driver
         sa.event.listen(sa.Engine, "before_cursor_execute", count)
+        run_on_driver = store_module.run_driver_read
+        monkeypatch.setattr(store_module, "run_driver_read",
+                            lambda engine, read: count(None, None, read.sql) or run_on_driver(engine, read))
         query = LeaderboardQuery(page_size=1)  # sorted by the OCR score: a full page in score order
         first = data.leaderboard(store, query)
         first_selects = len(selects)
