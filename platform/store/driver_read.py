@@ -62,22 +62,25 @@ def run_driver_read(engine: Engine, read: DriverRead) -> list[Any]:
         pooled = engine.raw_connection()
         try:
             with pooled.driver_connection.cursor(row_factory=namedtuple_row) as cursor:
-                try:
-                    cursor.execute(read.sql, read.params, prepare=True)
-                    rows = cursor.fetchall()
-                except dialect.loaded_dbapi.Error as exc:
-                    dropped = dialect.is_disconnect(exc, pooled.driver_connection, cursor)
-                    if dropped:
-                        pooled.invalidate(exc)
-                    if dropped and attempt == 1:
-                        continue
-                    raise DBAPIError.instance(read.sql, read.params, exc, dialect.loaded_dbapi.Error,
-                                              connection_invalidated=dropped, dialect=dialect) from exc
+                cursor.execute(read.sql, read.params, prepare=True)
+                rows = cursor.fetchall()
                 processors = read.processors
                 if processors is None:
                     processors = _processors(read, cursor.description or [], dialect)
-        finally:
+        except dialect.loaded_dbapi.Error as exc:
+            dropped = dialect.is_disconnect(exc, pooled.driver_connection, None)
+            if dropped:
+                pooled.invalidate(exc)
             pooled.close()
+            if dropped and attempt == 1:
+                continue
+            raise DBAPIError.instance(read.sql, read.params, exc, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=dropped, dialect=dialect) from exc
+        except BaseException:
+            pooled.invalidate()  # interrupted mid-read: what the session is doing is unknown
+            pooled.close()
+            raise
+        pooled.close()
         if not any(processors):
             return rows
         return [row._make(value if p is None else p(value) for p, value in zip(processors, row, strict=True))

@@ -656,10 +656,11 @@ def test_read_once_returns_one_statements_rows_at_each_calls_state(store: Store)
 
 
 def test_a_reused_read_returns_what_sqlalchemy_returns(store: Store) -> None:
-    """`read_once(..., reused=True)` (on PostgreSQL: compiled once, run on the driver, binary results)
-    gives the rows SQLAlchemy gives, value for value and type for type: ints, floats, text, booleans,
-    JSON, timestamps, NULLs, an expanded IN list, a LIKE with its escape, and a column SQLAlchemy converts
-    (numeric read as float: a result processor); and the values the store changes in between."""
+    """`read_once(..., reused=True)` (on PostgreSQL: compiled once, run on the driver) gives the rows
+    SQLAlchemy gives, value for value and type for type, and `read_once`'s binary results are the text
+    results of a `reading()` connection: ints, floats, text, booleans, JSON, timestamps, NULLs, an
+    expanded IN list, a LIKE with its escape, and a column SQLAlchemy converts (numeric read as float:
+    a result processor); and the values the store changes in between."""
     import sqlalchemy as sa
 
     from awm_platform.store import Run
@@ -675,6 +676,8 @@ def test_a_reused_read_returns_what_sqlalchemy_returns(store: Store) -> None:
                  .order_by(Run.name))
     expected = store.read_once(statement)
     got = store.read_once(statement, reused=True)
+    with store.reading() as conn:  # the store's main pool: text results on PostgreSQL
+        assert conn.execute(statement).all() == expected
     assert [r.name for r in expected] == ["run-a", "run-b", "run_c"]
     assert got == expected and got[0]._fields == expected[0]._fields
     assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
