@@ -55,7 +55,7 @@ def compile_driver_read(statement: Executable, engine: Engine) -> DriverRead | N
 def run_driver_read(engine: Engine, read: DriverRead) -> list[Any]:
     """The rows of `read` on a connection of `engine`'s pool, as named tuples. A pooled connection the
     server dropped is thrown away and the read made again, once, on a new one (it is a read)."""
-    from psycopg.rows import namedtuple_row  # psycopg is only installed with the postgres extra
+    from psycopg.rows import namedtuple_row  # deferred: psycopg is only installed with the postgres extra
 
     dialect = engine.dialect
     for attempt in (1, 2):

@@ -186,7 +186,7 @@ def _binary_cursor(base: type) -> type:
     which SQLAlchemy never passes). The same Python values as text results; the server skips formatting
     each value as text and the client skips parsing it: a leaderboard page's 50 rows x 34 columns (floats,
     timestamps) came ~10-17% faster. psycopg is imported here only: a SQLite store runs without it."""
-    from psycopg.pq import Format
+    from psycopg.pq import Format  # deferred: psycopg is only installed with the postgres extra
 
     class BinaryResultsCursor(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
