@@ -5,7 +5,7 @@
 #
 # Usually called through scripts/services.sh. Knobs (remembered in $AWM_SERVICES_DIR/postgres/settings.env):
 #   AWM_PG_PORT       port (default: the first free port >= 55432, picked once and remembered)
-#   AWM_PG_USER=awm   login role (LOGIN CREATEDB, password auth over TCP)
+#   AWM_PG_USER=awm   login role (LOGIN CREATEDB, member of pg_signal_backend, password auth over TCP)
 #   AWM_PG_PASSWORD   its password (default: random, generated once)
 #   AWM_PG_DBS="awm_test mlflow optuna"   databases created (owned by AWM_PG_USER)
 set -euo pipefail
@@ -146,6 +146,9 @@ cmd_up() {
       ELSE
         ALTER ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
       END IF; END\$\$;" >/dev/null || die "could not create role $PG_USER"
+  # the tests drop their databases WITH (FORCE), which must end every session there, an autovacuum
+  # worker's too: PostgreSQL 15 lets only a member of pg_signal_backend end a process of no role
+  psql_su -c "GRANT pg_signal_backend TO $PG_USER" >/dev/null || die "could not grant pg_signal_backend to $PG_USER"
   local have db
   have=$(psql_su -c "SELECT datname FROM pg_database") || die "could not list the databases"
   have=" $(echo "$have" | tr '\n' ' ') "

@@ -270,14 +270,24 @@ def test_sqlalchemy_creates_a_table_in_a_fresh_db(fresh_postgres_db: str) -> Non
 
 @pytest.mark.postgres
 def test_fresh_databases_are_unique_and_dropped(postgres_server: fx.PostgresServer) -> None:
+    """Dropped even with a session still in it (a store's pool). The test role is a member of
+    pg_signal_backend: a session of no role, an autovacuum worker's, in the database made the forced
+    drop fail on PostgreSQL 15 ("must be a member of the role whose process is being terminated")."""
+    import psycopg
+
     a = postgres_server.create_database()
     b = postgres_server.create_database()
     assert a != b
+    held = psycopg.connect(a.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    assert held.execute("SELECT pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')").fetchone() == (True,)
     for url in (a, b):
         name = url.rsplit("/", 1)[1]
         assert postgres_server.database_exists(name)
         postgres_server.drop_database(name)
         assert not postgres_server.database_exists(name)
+    with pytest.raises(psycopg.OperationalError):
+        held.execute("SELECT 1")
+    held.close()
 
 
 # ---- a second, private state dir: its own PostgreSQL on another free port. `down` -> `up` is tested on
